@@ -38,23 +38,32 @@ fn paper_examples() {
     assert_eq!(lid.predict_all("")[0].0, "__label__en");
 }
 
-/// How often the script fallback (`score >= 0.5`) agrees with fastText (`p_ja >= 0.5`) on every
-/// committed string (lid corpus plus the ROUGE corpus).
+/// How often the script fallback (`score >= 0.5`) agrees with fastText (`p_ja >= 0.5`): on the
+/// realistic strings (the ROUGE corpus' references and predictions) and on every committed string
+/// (adding random mixed-script gibberish, where fastText itself is erratic).
 #[test]
 fn script_fallback_agrees_with_fasttext() {
     let lid = ja_common::lid_corpus();
     let rouge = ja_common::corpus();
-    let rows: Vec<(&str, f32)> = lid
+    let in_pairs: std::collections::HashSet<&str> =
+        rouge.pairs.iter().flat_map(|p| [p.reference.as_str(), p.prediction.as_str()]).collect();
+    let natural: Vec<(&str, f32)> =
+        rouge.strings.iter().filter(|s| in_pairs.contains(s.text.as_str())).map(|s| (s.text.as_str(), s.p_ja)).collect();
+    let all: Vec<(&str, f32)> = lid
         .texts
         .iter()
         .map(|r| (r.text.as_str(), r.p_ja))
         .chain(rouge.strings.iter().map(|s| (s.text.as_str(), s.p_ja)))
         .collect();
-    let agree = rows.iter().filter(|(t, p)| (script_japanese_score(t) >= 0.5) == (*p >= 0.5)).count();
-    let rate = agree as f64 / rows.len() as f64;
-    println!("script fallback agrees with fastText on {agree}/{} strings ({:.1} %)", rows.len(), 100.0 * rate);
-    assert!(rate >= AGREEMENT_FLOOR, "agreement {rate:.3} below {AGREEMENT_FLOOR}");
+    let agreement = |rows: &[(&str, f32)]| {
+        let agree = rows.iter().filter(|(t, p)| (script_japanese_score(t) >= 0.5) == (*p >= 0.5)).count();
+        (agree, agree as f64 / rows.len() as f64)
+    };
+    let (a, natural_rate) = agreement(&natural);
+    println!("script fallback agrees with fastText on {a}/{} realistic strings ({:.1} %)", natural.len(), 100.0 * natural_rate);
+    let (b, all_rate) = agreement(&all);
+    println!("script fallback agrees with fastText on {b}/{} strings incl. random mixes ({:.1} %)", all.len(), 100.0 * all_rate);
+    // Measured 97.5 % and 80.9 %; the floors leave a small margin.
+    assert!(natural_rate >= 0.97, "agreement on realistic strings {natural_rate:.3}");
+    assert!(all_rate >= 0.80, "agreement on all strings {all_rate:.3}");
 }
-
-/// Measured agreement minus a small margin (see crates/eval/README.md).
-const AGREEMENT_FLOOR: f64 = 0.0;
