@@ -1,2 +1,36 @@
-//! Parameter-space model merging with mergekit semantics: one tensor-level merge function behind a
-//! method registry, used by both the streaming file merger and the in-memory merger.
+//! Parameter-space model merging with mergekit's semantics.
+//!
+//! A recipe ([`MergeConfig`], mergekit's YAML) is planned against its models ([`MergePlan`]):
+//! every output tensor gets its inputs, per-tensor parameters (scalars, per-layer gradients,
+//! name filters) and vocabulary handling. Each tensor is then merged by one function,
+//! [`merge_tensor`], which runs a method from the registry ([`methods::get`]): `linear`,
+//! `task_arithmetic`, `ties`, `dare_ties`, `dare_linear`, `slerp`, `passthrough`.
+//!
+//! Two drivers share that path: [`merge_to_dir`] streams a merge from checkpoints on disk to a new
+//! checkpoint (worker threads, bounded memory, atomic output), and [`InMemoryMerger`] hands merged
+//! tensors to the caller, for the evolutionary search that merges many candidates in memory.
+//!
+//! LLaVA checkpoints (llava-hf, newer transformers and original layouts) merge their language model
+//! with plain Mistral/Llama checkpoints; see [`layout::Layout`].
+
+pub mod config;
+mod error;
+mod execute;
+pub mod layout;
+mod memory;
+pub mod methods;
+pub mod params;
+pub mod plan;
+pub mod source;
+pub mod sparsify;
+mod stream;
+
+pub use config::{InputModel, InputSlice, MergeConfig, OutputSlice};
+pub use error::MergeError;
+pub use execute::TensorOutput;
+pub use memory::{InMemoryMerger, MergedTensor};
+pub use methods::{merge_tensor, BasePolicy, MergeMethod, ModelTensor, TensorContext};
+pub use params::{ParamSet, ParamValue, Parameters, Setting};
+pub use plan::{model_refs, MergePlan, PlannedTensor, TensorJob};
+pub use source::{MemorySource, TensorSource};
+pub use stream::{merge_to_dir, open_models, resolve_model_ref, write_plan, MergeOptions, MergeReport};

@@ -1,0 +1,189 @@
+//! The merge recipe: mergekit's YAML format parsed into typed structs and validated at load, so a
+//! bad key or value is reported (by its path) before any tensor is read.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::methods::{self, MergeMethod};
+use crate::params::{validate_setting, ParamScope, Parameters};
+use crate::MergeError;
+
+/// A whole recipe (`models:` or `slices:`, `merge_method:`, ...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MergeConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<InputModel>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slices: Option<Vec<OutputSlice>>,
+    pub merge_method: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Parameters>,
+    /// Dtype mergekit computes in; evomerge always computes in f32 and uses this as the output
+    /// dtype when `out_dtype` is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out_dtype: Option<String>,
+    /// `base` (default), or a model reference; gives the vocabulary size and the extra rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer_source: Option<String>,
+    /// Directory that relative model paths are resolved against when they do not exist relative
+    /// to the working directory (set by [`MergeConfig::from_file`] to the recipe's directory).
+    #[serde(skip)]
+    pub recipe_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputModel {
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Parameters>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSlice {
+    pub sources: Vec<InputSlice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Parameters>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSlice {
+    pub model: String,
+    pub layer_range: [usize; 2],
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Parameters>,
+}
+
+/// Output tensor dtype names accepted in `dtype` / `out_dtype`.
+pub fn parse_dtype(name: &str) -> Option<evomerge_checkpoint::Dtype> {
+    evomerge_checkpoint::Dtype::parse(name)
+}
+
+impl MergeConfig {
+    /// Parse and validate a recipe from YAML text.
+    pub fn from_yaml(text: &str) -> Result<Self, MergeError> {
+        let config: MergeConfig = serde_norway::from_str(text).map_err(|e| MergeError::Yaml(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Read a recipe file; relative model paths may be given relative to the recipe's directory.
+    pub fn from_file(path: &Path) -> Result<Self, MergeError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| MergeError::Io { context: format!("cannot read recipe {}", path.display()), source })?;
+        let mut config = Self::from_yaml(&text).map_err(|e| match e {
+            MergeError::Yaml(m) => MergeError::Yaml(format!("{}: {m}", path.display())),
+            other => other,
+        })?;
+        config.recipe_dir = path.parent().map(Path::to_path_buf);
+        Ok(config)
+    }
+
+    pub fn to_yaml(&self) -> Result<String, MergeError> {
+        serde_norway::to_string(self).map_err(|e| MergeError::Yaml(e.to_string()))
+    }
+
+    /// The registered method this recipe names.
+    pub fn method(&self) -> Result<&'static dyn MergeMethod, MergeError> {
+        methods::get(&self.merge_method)
+    }
+
+    /// Check structure, method, parameter names, types and ranges.
+    pub fn validate(&self) -> Result<(), MergeError> {
+        let method = self.method()?;
+        match (&self.models, &self.slices) {
+            (Some(m), None) if !m.is_empty() => {}
+            (None, Some(s)) if !s.is_empty() => {}
+            (Some(_), Some(_)) => {
+                return Err(MergeError::config("models", "give either `models` or `slices`, not both"))
+            }
+            _ => return Err(MergeError::config("models", "the recipe needs a non-empty `models` or `slices` list")),
+        }
+        for (key, name) in [("dtype", &self.dtype), ("out_dtype", &self.out_dtype)] {
+            if let Some(name) = name {
+                if parse_dtype(name).is_none() {
+                    return Err(MergeError::config(key, format!("unknown dtype `{name}`; use float32, float16 or bfloat16")));
+                }
+            }
+        }
+        if self.tokenizer_source.as_deref() == Some("union") {
+            return Err(MergeError::Unsupported("tokenizer_source: union (use `base` or a model)".into()));
+        }
+        check_parameters(method, self.parameters.as_ref(), "parameters", false)?;
+        if let Some(models) = &self.models {
+            for (i, m) in models.iter().enumerate() {
+                check_parameters(method, m.parameters.as_ref(), &format!("models[{i}].parameters"), true)?;
+            }
+        }
+        if let Some(slices) = &self.slices {
+            for (i, s) in slices.iter().enumerate() {
+                if s.sources.is_empty() {
+                    return Err(MergeError::config(format!("slices[{i}].sources"), "a slice needs at least one source"));
+                }
+                check_parameters(method, s.parameters.as_ref(), &format!("slices[{i}].parameters"), false)?;
+                let len0 = s.sources[0].layer_range[1].saturating_sub(s.sources[0].layer_range[0]);
+                for (j, src) in s.sources.iter().enumerate() {
+                    let key = format!("slices[{i}].sources[{j}]");
+                    let [a, b] = src.layer_range;
+                    if a >= b {
+                        return Err(MergeError::config(
+                            format!("{key}.layer_range"),
+                            format!("[{a}, {b}] is empty; the end is exclusive and must exceed the start"),
+                        ));
+                    }
+                    if b - a != len0 {
+                        return Err(MergeError::config(
+                            format!("{key}.layer_range"),
+                            format!("covers {} layers but the slice's first source covers {len0}; all sources of a slice need the same number of layers", b - a),
+                        ));
+                    }
+                    check_parameters(method, src.parameters.as_ref(), &format!("{key}.parameters"), true)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_parameters(
+    method: &dyn MergeMethod,
+    params: Option<&Parameters>,
+    key: &str,
+    per_model: bool,
+) -> Result<(), MergeError> {
+    let Some(params) = params else { return Ok(()) };
+    let specs = method.parameters();
+    for (name, setting) in params {
+        let Some(spec) = specs.iter().find(|s| s.name == name) else {
+            let known: Vec<&str> = specs.iter().map(|s| s.name).collect();
+            return Err(MergeError::config(
+                format!("{key}.{name}"),
+                format!(
+                    "unknown parameter for {}; known: {}",
+                    method.name(),
+                    if known.is_empty() { "(none)".to_string() } else { known.join(", ") }
+                ),
+            ));
+        };
+        // Per-model parameters may also be set globally (as mergekit allows), but a shared one set
+        // per model would be silently ignored: refuse it.
+        if per_model && spec.scope == ParamScope::Shared {
+            return Err(MergeError::config(
+                format!("{key}.{name}"),
+                format!("`{name}` applies to the whole merge; set it under the top-level `parameters`"),
+            ));
+        }
+        validate_setting(setting, spec, &format!("{key}.{name}"))?;
+    }
+    Ok(())
+}

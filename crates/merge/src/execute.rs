@@ -1,0 +1,113 @@
+//! Running one planned tensor: read its inputs as f32, call [`merge_tensor`], add vocabulary rows
+//! from the tokenizer source. Shared by the streaming and the in-memory merger.
+
+use evomerge_checkpoint::Dtype;
+
+use crate::methods::{merge_tensor, ModelTensor, TensorContext};
+use crate::plan::{MergePlan, PlannedTensor, TensorJob, VocabRows};
+use crate::source::TensorSource;
+use crate::MergeError;
+
+/// A merged tensor: computed values, or stored bytes copied unchanged.
+pub enum TensorOutput<'s> {
+    Values(Vec<f32>),
+    Raw(Dtype, &'s [u8]),
+}
+
+pub(crate) struct Executor<'a> {
+    pub plan: &'a MergePlan,
+    pub sources: &'a [&'a dyn TensorSource],
+    pub seed: u64,
+}
+
+impl<'a> Executor<'a> {
+    /// Read an input as f32, aligned to `vocab.rows` rows when the vocabulary needs aligning.
+    fn read(
+        &self,
+        model: usize,
+        name: &str,
+        vocab: Option<&VocabRows>,
+        row_len: usize,
+        donor: &mut Option<Vec<f32>>,
+    ) -> Result<Vec<f32>, MergeError> {
+        let mut values = Vec::new();
+        self.sources[model].read_f32(name, &mut values)?;
+        if let Some(vocab) = vocab {
+            let want = vocab.rows * row_len;
+            if values.len() > want {
+                values.truncate(want);
+            } else if values.len() < want {
+                if donor.is_none() {
+                    let mut d = Vec::new();
+                    self.sources[vocab.model].read_f32(&vocab.name, &mut d)?;
+                    if d.len() != want {
+                        return Err(MergeError::InvalidInputs {
+                            tensor: name.to_string(),
+                            message: format!("the tokenizer source's `{}` does not have {} rows", vocab.name, vocab.rows),
+                        });
+                    }
+                    *donor = Some(d);
+                }
+                if let Some(d) = donor.as_ref() {
+                    values.extend_from_slice(&d[values.len()..want]);
+                }
+            }
+        }
+        Ok(values)
+    }
+
+    /// Bytes of working memory `run` needs for this tensor (inputs, output, scratch), for admission control.
+    pub fn working_bytes(tensor: &PlannedTensor) -> usize {
+        let n = tensor.numel() * 4;
+        match &tensor.job {
+            TensorJob::Copy { .. } => 0,
+            TensorJob::Merge { base, inputs, .. } => n * (inputs.len() + usize::from(base.is_some()) + 2),
+        }
+    }
+
+    pub fn run(&self, tensor: &PlannedTensor) -> Result<TensorOutput<'a>, MergeError> {
+        match &tensor.job {
+            TensorJob::Copy { model, name } => {
+                let source = self.sources[*model];
+                match source.raw(name) {
+                    Some((dtype, bytes)) if dtype == tensor.dtype => Ok(TensorOutput::Raw(dtype, bytes)),
+                    _ => {
+                        let mut values = Vec::new();
+                        source.read_f32(name, &mut values)?;
+                        Ok(TensorOutput::Values(values))
+                    }
+                }
+            }
+            TensorJob::Merge { shared, base, inputs, vocab } => {
+                let row_len: usize = tensor.shape.iter().skip(1).product();
+                let vocab = vocab.as_ref();
+                let mut donor = None;
+                let base_values =
+                    base.as_ref().map(|b| self.read(b.model, &b.name, vocab, row_len, &mut donor)).transpose()?;
+                let input_values = inputs
+                    .iter()
+                    .map(|i| self.read(i.model, &i.name, vocab, row_len, &mut donor))
+                    .collect::<Result<Vec<_>, _>>()?;
+                drop(donor);
+                let model_tensors: Vec<ModelTensor> = inputs
+                    .iter()
+                    .zip(&input_values)
+                    .map(|(i, data)| ModelTensor { model: i.model, data, params: &i.params })
+                    .collect();
+                let mut out = vec![0f32; tensor.numel()];
+                let ctx = TensorContext { name: &tensor.name, layer: tensor.layer, seed: self.seed, shape: &tensor.shape };
+                merge_tensor(self.plan.method, &ctx, shared, base_values.as_deref(), &model_tensors, &mut out)?;
+                drop(model_tensors);
+                drop(input_values);
+                drop(base_values);
+                if let Some(v) = vocab {
+                    self.sources[v.model].release(&v.name);
+                }
+                for input in base.iter().chain(inputs) {
+                    self.sources[input.model].release(&input.name);
+                }
+                Ok(TensorOutput::Values(out))
+            }
+        }
+    }
+}

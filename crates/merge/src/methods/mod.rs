@@ -1,0 +1,145 @@
+//! Merge methods: one module per method behind [`MergeMethod`], found by name in a static registry,
+//! all called through [`merge_tensor`].
+
+mod dare;
+mod gta;
+mod linear;
+mod passthrough;
+mod slerp;
+mod task_arithmetic;
+mod ties;
+
+pub use gta::{Consensus, GeneralizedTaskArithmetic, Rescale, Sparsification};
+
+use crate::params::{ParamScope, ParamSet, ParamSpec};
+use crate::MergeError;
+
+/// Where the tensor being merged sits; kernels that draw random numbers key them on it.
+#[derive(Debug, Clone, Copy)]
+pub struct TensorContext<'a> {
+    /// Output tensor name (mergekit/HF naming, e.g. `model.layers.3.mlp.up_proj.weight`).
+    pub name: &'a str,
+    /// Output layer index, `None` for embeddings, final norm, lm_head.
+    pub layer: Option<usize>,
+    /// Recipe seed (DARE masks are a pure function of seed, tensor name and model index).
+    pub seed: u64,
+    pub shape: &'a [usize],
+}
+
+/// One input of a tensor merge: which model it comes from, its values (f32, row-major) and its
+/// resolved per-input parameters (`weight`, `density`, `scale`, ...).
+#[derive(Debug, Clone, Copy)]
+pub struct ModelTensor<'a> {
+    /// Stable index of the model in the recipe (keys DARE masks).
+    pub model: usize,
+    pub data: &'a [f32],
+    pub params: &'a ParamSet,
+}
+
+/// How a method treats the recipe's `base_model`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BasePolicy {
+    /// The base is passed separately; the others are deltas against it (task arithmetic family, slerp).
+    Required,
+    /// The base, if named, is one more ordinary input (linear, passthrough).
+    Ignored,
+}
+
+pub trait MergeMethod: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Parameters the method reads; anything else in a recipe is an error.
+    fn parameters(&self) -> &'static [ParamSpec];
+    fn base_policy(&self) -> BasePolicy;
+    /// Inclusive bounds on the number of inputs (base included).
+    fn input_bounds(&self) -> (usize, Option<usize>);
+    /// Merge one tensor. `inputs` excludes the base when `base_policy()` is `Required`; all slices
+    /// (base, inputs, out) have the same length. Parameters are already resolved for this tensor.
+    fn merge(
+        &self,
+        ctx: &TensorContext,
+        shared: &ParamSet,
+        base: Option<&[f32]>,
+        inputs: &[ModelTensor],
+        out: &mut [f32],
+    ) -> Result<(), MergeError>;
+}
+
+static LINEAR: linear::Linear = linear::Linear;
+static SLERP: slerp::Slerp = slerp::Slerp;
+static PASSTHROUGH: passthrough::Passthrough = passthrough::Passthrough;
+
+/// All registered methods, in the order they are listed to users.
+pub fn registry() -> [&'static dyn MergeMethod; 7] {
+    [
+        &LINEAR,
+        &task_arithmetic::TASK_ARITHMETIC,
+        &ties::TIES,
+        &dare::DARE_TIES,
+        &dare::DARE_LINEAR,
+        &SLERP,
+        &PASSTHROUGH,
+    ]
+}
+
+/// Look a method up by its recipe name.
+pub fn get(name: &str) -> Result<&'static dyn MergeMethod, MergeError> {
+    registry().into_iter().find(|m| m.name() == name).ok_or_else(|| MergeError::UnknownMethod {
+        name: name.to_string(),
+        known: registry().iter().map(|m| m.name().to_string()).collect(),
+    })
+}
+
+/// The one tensor-level entry point used by the file merger and the in-memory merger: checks the
+/// inputs fit the method, then runs its kernel into `out`.
+pub fn merge_tensor(
+    method: &dyn MergeMethod,
+    ctx: &TensorContext,
+    shared: &ParamSet,
+    base: Option<&[f32]>,
+    inputs: &[ModelTensor],
+    out: &mut [f32],
+) -> Result<(), MergeError> {
+    let invalid = |message: String| MergeError::InvalidInputs { tensor: ctx.name.to_string(), message };
+    let numel: usize = ctx.shape.iter().product();
+    if out.len() != numel {
+        return Err(invalid(format!("output has {} values but shape {:?} needs {numel}", out.len(), ctx.shape)));
+    }
+    if let Some(b) = base {
+        if b.len() != numel {
+            return Err(invalid(format!("base has {} values, expected {numel}", b.len())));
+        }
+    }
+    for input in inputs {
+        if input.data.len() != numel {
+            return Err(invalid(format!("input from model {} has {} values, expected {numel}", input.model, input.data.len())));
+        }
+    }
+    match (method.base_policy(), base) {
+        (BasePolicy::Required, None) => {
+            return Err(invalid(format!("{} needs a base model (set `base_model`)", method.name())))
+        }
+        (BasePolicy::Ignored, Some(_)) => {
+            return Err(invalid(format!("{} takes the base model as an ordinary input", method.name())))
+        }
+        _ => {}
+    }
+    let count = inputs.len() + usize::from(base.is_some());
+    let (lo, hi) = method.input_bounds();
+    if count < lo || hi.is_some_and(|h| count > h) {
+        let expected = match hi {
+            Some(h) if h == lo => format!("exactly {lo}"),
+            Some(h) => format!("{lo} to {h}"),
+            None => format!("at least {lo}"),
+        };
+        return Err(invalid(format!("{} needs {expected} input models (base included), got {count}", method.name())));
+    }
+    method.merge(ctx, shared, base, inputs, out)
+}
+
+/// Parameter specs of a method restricted to one scope.
+pub fn specs_in_scope(method: &dyn MergeMethod, scope: ParamScope) -> impl Iterator<Item = &'static ParamSpec> {
+    method.parameters().iter().filter(move |s| s.scope == scope)
+}
+
+/// Values per rayon work item inside one large tensor; fixed so results never depend on threads.
+pub(crate) const CHUNK: usize = 1 << 16;

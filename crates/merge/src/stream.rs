@@ -1,0 +1,213 @@
+//! The streaming file merger: opens the recipe's models, plans, merges tensors on a worker pool
+//! with bounded working memory, and writes the result atomically with the checkpoint writer.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::Instant;
+
+use evomerge_checkpoint::{encode_from_f32, Checkpoint, CheckpointWriter, TensorPlan, WriteOptions, DEFAULT_MAX_SHARD_BYTES};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::config::MergeConfig;
+use crate::execute::{Executor, TensorOutput};
+use crate::plan::{model_refs, MergePlan};
+use crate::source::TensorSource;
+use crate::MergeError;
+
+/// Options of [`merge_to_dir`].
+#[derive(Debug, Clone)]
+pub struct MergeOptions {
+    /// Seed of the random parts of a merge (DARE masks).
+    pub seed: u64,
+    /// Worker threads (default: all cores).
+    pub threads: Option<usize>,
+    /// Replace an existing output directory.
+    pub force: bool,
+    pub max_shard_bytes: u64,
+    /// Show a progress bar (only drawn when stderr is a terminal).
+    pub progress: bool,
+    /// Working memory (f32 buffers) the workers may hold at once; a tensor needing more runs alone.
+    pub memory_budget_bytes: usize,
+}
+
+impl Default for MergeOptions {
+    fn default() -> Self {
+        MergeOptions {
+            seed: 0,
+            threads: None,
+            force: false,
+            max_shard_bytes: DEFAULT_MAX_SHARD_BYTES,
+            progress: true,
+            memory_budget_bytes: 1 << 30,
+        }
+    }
+}
+
+/// What a finished merge did.
+#[derive(Debug, Clone)]
+pub struct MergeReport {
+    pub out_dir: PathBuf,
+    pub tensors: usize,
+    /// Bytes of input tensor data read (stored dtypes).
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub seconds: f64,
+}
+
+/// Where a model reference in a recipe points: an existing path (as given, else relative to the
+/// recipe's directory), or a hub id.
+pub fn resolve_model_ref(config: &MergeConfig, reference: &str) -> String {
+    let direct = Path::new(reference);
+    if direct.exists() || direct.is_absolute() {
+        return reference.to_string();
+    }
+    if let Some(dir) = &config.recipe_dir {
+        let joined = dir.join(reference);
+        if joined.exists() {
+            return joined.to_string_lossy().into_owned();
+        }
+    }
+    reference.to_string()
+}
+
+/// Open every model the recipe references, in [`model_refs`] order.
+pub fn open_models(config: &MergeConfig) -> Result<Vec<Checkpoint>, MergeError> {
+    model_refs(config).iter().map(|r| Ok(Checkpoint::open(&resolve_model_ref(config, r))?)).collect()
+}
+
+/// Merge as the recipe says and write the model to `out` (atomically: on any error nothing is left
+/// under `out`, nor a temporary directory).
+pub fn merge_to_dir(config: &MergeConfig, out: &Path, options: &MergeOptions) -> Result<MergeReport, MergeError> {
+    let models = open_models(config)?;
+    let sources: Vec<&dyn TensorSource> = models.iter().map(|m| m as &dyn TensorSource).collect();
+    let plan = MergePlan::new(config, &sources)?;
+    write_plan(&plan, &sources, out, options)
+}
+
+/// Execute a plan over opened sources and write the result to `out`.
+pub fn write_plan(
+    plan: &MergePlan,
+    sources: &[&dyn TensorSource],
+    out: &Path,
+    options: &MergeOptions,
+) -> Result<MergeReport, MergeError> {
+    let started = Instant::now();
+    let writer_plan: Vec<TensorPlan> =
+        plan.tensors.iter().map(|t| TensorPlan::new(t.name.clone(), t.dtype, t.shape.clone())).collect();
+    let bytes_written: u64 = writer_plan.iter().map(|t| t.size_in_bytes() as u64).sum();
+    let writer = CheckpointWriter::create(
+        out,
+        writer_plan,
+        WriteOptions { max_shard_bytes: options.max_shard_bytes, force: options.force },
+    )?;
+
+    let progress = if options.progress && std::io::stderr().is_terminal() {
+        let bar = ProgressBar::with_draw_target(Some(bytes_written), ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template("merging {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}") {
+            bar.set_style(style);
+        }
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+
+    let executor = Executor { plan, sources, seed: options.seed };
+    let budget = Budget::new(options.memory_budget_bytes);
+    let run_one = |tensor: &crate::plan::PlannedTensor| -> Result<(), MergeError> {
+        let _permit = budget.acquire(Executor::working_bytes(tensor));
+        match executor.run(tensor)? {
+            TensorOutput::Raw(_, bytes) => writer.write_tensor(&tensor.name, bytes)?,
+            TensorOutput::Values(values) => {
+                let mut bytes = vec![0u8; values.len() * tensor.dtype.size_of()];
+                encode_from_f32(tensor.dtype, &values, &mut bytes);
+                drop(values);
+                writer.write_tensor(&tensor.name, &bytes)?;
+            }
+        }
+        progress.inc((tensor.numel() * tensor.dtype.size_of()) as u64);
+        Ok(())
+    };
+    // Largest tensors first, so the workers are not left waiting on one big tensor at the end.
+    let mut order: Vec<&crate::plan::PlannedTensor> = plan.tensors.iter().collect();
+    order.sort_by_key(|t| std::cmp::Reverse(t.numel()));
+    let threads = options.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    // Kernels parallelise inside a tensor on this pool; whole tensors are spread over plain worker
+    // threads, which may block on the memory budget without stalling rayon's work stealing.
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| MergeError::Io {
+        context: "cannot start worker threads".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<MergeError>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                if failed.load(Ordering::Relaxed) {
+                    break;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(tensor) = order.get(i) else { break };
+                if let Err(e) = pool.install(|| run_one(tensor)) {
+                    failed.store(true, Ordering::Relaxed);
+                    let mut slot = first_error.lock().unwrap_or_else(|p| p.into_inner());
+                    slot.get_or_insert(e);
+                    break;
+                }
+            });
+        }
+    });
+    let result = match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    };
+    progress.finish_and_clear();
+    result?; // dropping `writer` on error removes its temporary directory
+    let files_from = sources[plan.files_from].files_dir();
+    let out_dir = writer.finish(&plan.config, files_from)?;
+    Ok(MergeReport {
+        out_dir,
+        tensors: plan.tensors.len(),
+        bytes_read: plan.bytes_read(sources),
+        bytes_written,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Admission control on working memory: a tensor waits until its buffers fit in the budget; one
+/// larger than the whole budget runs only when nothing else does.
+struct Budget {
+    limit: usize,
+    used: Mutex<usize>,
+    freed: Condvar,
+}
+
+struct Permit<'b> {
+    budget: &'b Budget,
+    bytes: usize,
+}
+
+impl Budget {
+    fn new(limit: usize) -> Self {
+        Budget { limit: limit.max(1), used: Mutex::new(0), freed: Condvar::new() }
+    }
+
+    fn acquire(&self, bytes: usize) -> Permit<'_> {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        while *used > 0 && *used + bytes > self.limit {
+            used = self.freed.wait(used).unwrap_or_else(|p| p.into_inner());
+        }
+        *used += bytes;
+        Permit { budget: self, bytes }
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        let mut used = self.budget.used.lock().unwrap_or_else(|p| p.into_inner());
+        *used -= self.bytes;
+        self.budget.freed.notify_all();
+    }
+}
