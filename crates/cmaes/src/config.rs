@@ -3,10 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+use crate::{BoundHandling, Error};
 
-/// Box constraints; `-inf`/`inf` leave a side open. Candidates handed out always lie inside:
-/// a candidate is resampled up to [`Config::max_resamples`] times, then clipped.
+/// Box constraints; `-inf`/`inf` leave a side open. Candidates handed out always lie inside
+/// (see [`BoundHandling`] for how).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Bounds {
     #[serde(with = "crate::json_f64")]
@@ -71,6 +71,9 @@ pub struct Config {
     /// Candidates per generation; default 4 + ⌊3 ln n⌋. Doubled on every IPOP restart.
     pub popsize: Option<usize>,
     pub bounds: Option<Bounds>,
+    /// How candidates are kept inside `bounds`.
+    #[serde(default)]
+    pub bound_handling: BoundHandling,
     pub seed: u64,
     /// Separable CMA-ES: a diagonal covariance (linear cost per candidate; for large n).
     pub separable: bool,
@@ -85,7 +88,7 @@ pub struct Config {
     pub restarts: usize,
     /// Budget of evaluations over all restarts.
     pub max_evals: Option<u64>,
-    /// Resampling attempts before an infeasible candidate is clipped into the box.
+    /// With [`BoundHandling::ResampleClip`]: attempts before an infeasible candidate is clipped.
     pub max_resamples: usize,
     pub tolerances: Tolerances,
 }
@@ -97,6 +100,7 @@ impl Config {
             sigma0,
             popsize: None,
             bounds: None,
+            bound_handling: BoundHandling::default(),
             seed: 0,
             separable: false,
             steps: None,
@@ -114,6 +118,10 @@ impl Config {
 
     pub fn with_bounds(mut self, lower: Vec<f64>, upper: Vec<f64>) -> Self {
         self.bounds = Some(Bounds { lower, upper });
+        self
+    }
+    pub fn with_bound_handling(mut self, handling: BoundHandling) -> Self {
+        self.bound_handling = handling;
         self
     }
     pub fn with_popsize(mut self, popsize: usize) -> Self {

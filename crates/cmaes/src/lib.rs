@@ -7,7 +7,8 @@
 //!   in order, so candidates can be evaluated in batches, in parallel or on other machines;
 //! * (μ/μ_w, λ)-CMA-ES with active weights, cumulative step-size adaptation, rank-one and
 //!   rank-μ updates, defaults of Hansen's tutorial (population 4 + ⌊3 ln n⌋);
-//! * box bounds (resample, then clip: candidates are always inside), separable CMA-ES for
+//! * box bounds (pycma's smooth periodic transform by default, or resample-then-clip as in the
+//!   `cmaes` library; candidates are always inside), separable CMA-ES for
 //!   high dimensions, CMA-ES with margin for discrete genes, IPOP restarts with pycma's
 //!   stopping criteria;
 //! * the whole state, random generator included, serializes to JSON after any `tell`;
@@ -29,6 +30,7 @@
 //! # Ok::<(), evomerge_cmaes::Error>(())
 //! ```
 
+mod bounds;
 mod config;
 mod eigen;
 mod error;
@@ -40,6 +42,7 @@ mod rng;
 mod run;
 mod stop;
 
+pub use bounds::BoundHandling;
 pub use config::{Bounds, Config, Tolerances};
 pub use error::Error;
 pub use optimizer::{Best, CmaEs, RestartRecord};

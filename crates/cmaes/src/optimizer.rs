@@ -80,7 +80,7 @@ impl CmaEs {
         let bounds = self.config.bounds.as_ref();
         let (mut raw, mut candidates) = (Vec::with_capacity(lambda), Vec::with_capacity(lambda));
         for _ in 0..lambda {
-            let s = self.run.sample(&mut self.rng, bounds, self.config.max_resamples);
+            let s = self.run.sample(&mut self.rng, bounds, self.config.bound_handling, self.config.max_resamples);
             raw.push(s.raw);
             candidates.push(s.x);
         }
@@ -167,7 +167,8 @@ impl CmaEs {
     pub fn generation(&self) -> u64 {
         self.run.generation
     }
-    /// Mean of the current sampling distribution.
+    /// Mean of the current sampling distribution (in the search's own coordinates: with
+    /// [`crate::BoundHandling::Transform`] these may lie outside the box).
     pub fn mean(&self) -> &[f64] {
         &self.run.mean
     }

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::bounds::{from_box, to_box, BoundHandling};
 use crate::config::{levels, Bounds, Config};
 use crate::eigen::symmetric_eigen;
 use crate::margin::{DiscreteGene, Margin};
@@ -98,9 +99,20 @@ impl Run {
             let alpha = config.margin.unwrap_or(1.0 / (n as f64 * lambda as f64));
             Some(Margin { alpha, genes, stretch: vec![1.0; n] })
         });
+        // With the transform the search runs in unconstrained coordinates: start from a
+        // preimage of x0.
+        let mut mean = config.x0.clone();
+        if let (Some(b), BoundHandling::Transform) = (&config.bounds, config.bound_handling) {
+            let discrete = |i: usize| margin.as_ref().is_some_and(|m: &Margin| m.genes.iter().any(|g| g.index == i));
+            for (i, m) in mean.iter_mut().enumerate() {
+                if !discrete(i) {
+                    *m = from_box(*m, b.lower[i], b.upper[i]);
+                }
+            }
+        }
         Self {
             params,
-            mean: config.x0.clone(),
+            mean,
             sigma: config.sigma0,
             sigma0: config.sigma0,
             cov,
@@ -191,33 +203,41 @@ impl Run {
         }
     }
 
-    /// Draws one candidate. With bounds, a candidate whose continuous genes leave the box is
-    /// redrawn up to `max_resamples` times and then clipped (the `cmaes` library's rule).
-    pub fn sample(&self, rng: &mut Rng, bounds: Option<&Bounds>, max_resamples: usize) -> Sample {
+    /// Draws one candidate and maps it into the box (see [`BoundHandling`]).
+    pub fn sample(&self, rng: &mut Rng, bounds: Option<&Bounds>, handling: BoundHandling, max_resamples: usize) -> Sample {
         let n = self.dim();
-        let mut raw = Vec::new();
-        for attempt in 0..=max_resamples {
+        let draw = |rng: &mut Rng| -> Vec<f64> {
             let z: Vec<f64> = (0..n).map(|_| rng.standard_normal()).collect();
             let y = self.transform(&z);
-            raw = (0..n).map(|i| self.mean[i] + self.sigma * y[i]).collect();
-            let Some(b) = bounds else { break };
-            let feasible =
-                (0..n).all(|i| self.is_discrete(i) || (raw[i] >= b.lower[i] && raw[i] <= b.upper[i]));
-            if feasible {
-                break;
+            (0..n).map(|i| self.mean[i] + self.sigma * y[i]).collect()
+        };
+        let mut raw = draw(rng);
+        if let (Some(b), BoundHandling::ResampleClip) = (bounds, handling) {
+            let feasible = |x: &[f64]| {
+                (0..n).all(|i| self.is_discrete(i) || (x[i] >= b.lower[i] && x[i] <= b.upper[i]))
+            };
+            let mut attempts = 0;
+            while !feasible(&raw) && attempts < max_resamples {
+                raw = draw(rng);
+                attempts += 1;
             }
-            if attempt == max_resamples {
-                for (i, r) in raw.iter_mut().enumerate() {
-                    if !self.is_discrete(i) {
-                        *r = r.clamp(b.lower[i], b.upper[i]);
-                    }
+            for (i, r) in raw.iter_mut().enumerate() {
+                if !self.is_discrete(i) {
+                    *r = r.clamp(b.lower[i], b.upper[i]);
                 }
             }
         }
-        let x = match &self.margin {
+        let mut x = match &self.margin {
             Some(m) => m.encode(&raw, &self.mean),
             None => raw.clone(),
         };
+        if let (Some(b), BoundHandling::Transform) = (bounds, handling) {
+            for (i, v) in x.iter_mut().enumerate() {
+                if !self.is_discrete(i) {
+                    *v = to_box(raw[i], b.lower[i], b.upper[i]);
+                }
+            }
+        }
         Sample { raw, x }
     }
 
