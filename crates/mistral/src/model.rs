@@ -1,0 +1,575 @@
+//! The Mistral/Llama causal language model over a layer pool and a [`LayerPath`].
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::cache::KvCache;
+use crate::config::{Config, ModelType};
+use crate::error::{MistralError, Result};
+use crate::layers::{linear, Attention, DecoderLayer, Mlp, RmsNorm, Rotary};
+use crate::path::{LayerPath, ScaleConvention};
+use crate::weights::{load_checked, LoadOptions, TensorSource};
+
+/// A decoder-only language model: embeddings, a pool of decoder layers run along a [`LayerPath`], the final
+/// norm and the LM head. A plain checkpoint loads with the identity path over its own layers.
+#[derive(Debug, Clone)]
+pub struct Mistral {
+    config: Config,
+    embed_tokens: Tensor,
+    pool: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    /// `None` when tied to the embeddings.
+    lm_head: Option<Tensor>,
+    path: LayerPath,
+    rotary: Rotary,
+    device: Device,
+    dtype: DType,
+}
+
+/// The decoder-layer tensor names, relative to `layers.{i}.`, with their shapes.
+fn layer_tensor_shapes(c: &Config) -> [(&'static str, [usize; 2]); 9] {
+    let (h, i, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
+    [
+        ("input_layernorm.weight", [h, 0]),
+        ("self_attn.q_proj.weight", [c.num_attention_heads * hd, h]),
+        ("self_attn.k_proj.weight", [c.num_key_value_heads * hd, h]),
+        ("self_attn.v_proj.weight", [c.num_key_value_heads * hd, h]),
+        ("self_attn.o_proj.weight", [h, c.num_attention_heads * hd]),
+        ("post_attention_layernorm.weight", [h, 0]),
+        ("mlp.gate_proj.weight", [i, h]),
+        ("mlp.up_proj.weight", [i, h]),
+        ("mlp.down_proj.weight", [h, i]),
+    ]
+}
+
+fn shape_of(s: &[usize; 2]) -> &[usize] {
+    if s[1] == 0 {
+        &s[..1]
+    } else {
+        &s[..]
+    }
+}
+
+impl Mistral {
+    /// Loads a model from any tensor source. Every tensor's shape is checked against `config`.
+    pub fn load(config: &Config, source: &dyn TensorSource, opts: &LoadOptions) -> Result<Mistral> {
+        let c = config;
+        let device = &opts.device;
+        let names = &opts.names;
+        let embed_name = format!("{}embed_tokens.weight", names.prefix);
+        let stored = source
+            .tensor(&embed_name, device)?
+            .ok_or_else(|| MistralError::MissingTensor(embed_name.clone()))?
+            .dtype();
+        let dtype = opts.resolve_dtype(stored);
+        let load = |name: &str, shape: &[usize]| load_checked(source, name, shape, dtype, device);
+        let embed_tokens = load(&embed_name, &[c.vocab_size, c.hidden_size])?;
+        let mut pool = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let mut w = Vec::with_capacity(9);
+            for (name, shape) in layer_tensor_shapes(c).iter() {
+                w.push(load(&format!("{}layers.{i}.{name}", names.prefix), shape_of(shape))?);
+            }
+            let mut w = w.into_iter();
+            let mut next = || w.next().ok_or_else(|| MistralError::BadInput("internal: layer tensor list".into()));
+            pool.push(DecoderLayer {
+                input_layernorm: RmsNorm::new(next()?, c.rms_norm_eps),
+                self_attn: Attention {
+                    q_proj: next()?,
+                    k_proj: next()?,
+                    v_proj: next()?,
+                    o_proj: next()?,
+                    num_heads: c.num_attention_heads,
+                    num_kv_heads: c.num_key_value_heads,
+                    head_dim: c.head_dim,
+                },
+                post_attention_layernorm: RmsNorm::new(next()?, c.rms_norm_eps),
+                mlp: Mlp {
+                    gate_proj: next()?,
+                    up_proj: next()?,
+                    down_proj: next()?,
+                },
+            });
+        }
+        let norm = RmsNorm::new(load(&format!("{}norm.weight", names.prefix), &[c.hidden_size])?, c.rms_norm_eps);
+        let lm_head = if c.tie_word_embeddings {
+            None
+        } else {
+            Some(load(&names.lm_head, &[c.vocab_size, c.hidden_size])?)
+        };
+        Ok(Mistral {
+            config: c.clone(),
+            embed_tokens,
+            pool,
+            norm,
+            lm_head,
+            path: LayerPath::identity(c.num_hidden_layers),
+            rotary: Rotary::new(c.head_dim, c.rope_theta),
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    /// Loads a model directory (`config.json` + safetensors, single or sharded). An `evomistral` directory
+    /// also gets its layer path (scales read per hop; see [`crate::evomistral::load`] for the other reading).
+    pub fn from_dir(dir: &Path, opts: &LoadOptions) -> Result<Mistral> {
+        Mistral::from_checkpoint(&evomerge_checkpoint::Checkpoint::open_dir(dir)?, opts)
+    }
+
+    /// Loads a model given as a directory or a hub id `org/name[@revision]` (resolved by the checkpoint
+    /// crate, from the local cache when present).
+    pub fn open(spec: &str, opts: &LoadOptions) -> Result<Mistral> {
+        Mistral::from_checkpoint(&evomerge_checkpoint::Checkpoint::open(spec)?, opts)
+    }
+
+    /// Loads from an opened checkpoint.
+    pub fn from_checkpoint(ckpt: &evomerge_checkpoint::Checkpoint, opts: &LoadOptions) -> Result<Mistral> {
+        let config = Config::from_json(ckpt.config())?;
+        if config.model_type == ModelType::EvoMistral {
+            return crate::evomistral::load(&config, ckpt, opts, Default::default());
+        }
+        Mistral::load(&config, ckpt, opts)
+    }
+
+    /// Appends the layers of `others` to this model's pool (after its own), keeping this model's embeddings,
+    /// final norm and head. Pool index `k` then names layer `k` of this model for `k < n`, then the other
+    /// models' layers in order. The path stays the identity over this model's own layers.
+    pub fn with_pool(mut self, others: &[&Mistral]) -> Result<Mistral> {
+        for other in others {
+            self.config.layers_compatible(&other.config)?;
+            for layer in &other.pool {
+                let mut layer = layer.clone();
+                convert_layer(&mut layer, self.dtype, &self.device)?;
+                self.pool.push(layer);
+            }
+        }
+        Ok(self)
+    }
+
+    /// Sets the layer path. Every hop must name a pool layer.
+    pub fn set_path(&mut self, path: LayerPath) -> Result<()> {
+        path.validate(self.pool.len())?;
+        self.path = path;
+        Ok(())
+    }
+
+    pub fn path(&self) -> &LayerPath {
+        &self.path
+    }
+
+    pub fn pool_len(&self) -> usize {
+        self.pool.len()
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Longest sequence (cached + new positions) the model accepts.
+    pub fn max_context(&self) -> usize {
+        self.config.max_position_embeddings
+    }
+
+    /// An empty KV cache with one slot per hop of the current path.
+    pub fn new_cache(&self, batch: usize) -> KvCache {
+        KvCache::new(self.path.len(), batch)
+    }
+
+    /// Token embeddings `[b, s, hidden]` in the model's dtype.
+    pub fn embed_tokens(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let (b, s) = input_ids.dims2().map_err(|_| {
+            MistralError::BadInput(format!("input_ids must be [batch, seq], got {:?}", input_ids.dims()))
+        })?;
+        let ids = input_ids.to_dtype(DType::U32)?.flatten_all()?;
+        if b * s > 0 {
+            let max = ids.max(0)?.to_scalar::<u32>()? as usize;
+            if max >= self.config.vocab_size {
+                return Err(MistralError::BadInput(format!(
+                    "token id {max} is outside the vocabulary of {} tokens",
+                    self.config.vocab_size
+                )));
+            }
+        }
+        Ok(self.embed_tokens.index_select(&ids, 0)?.reshape((b, s, self.config.hidden_size))?)
+    }
+
+    /// Logits `[b, s, vocab]` (f32) for token ids `[b, s]`.
+    ///
+    /// `positions` `[b, s]` are the rotary positions (for left-padded batches: `cumsum(mask) - 1`).
+    /// `attention_mask` `[b, past + s]` marks real tokens with 1 and padding with 0 over the cached and the
+    /// new positions; `None` means no padding. The cache is extended by `s` positions.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let embeds = self.embed_tokens(input_ids)?;
+        self.forward_embeds(&embeds, positions, attention_mask, cache)
+    }
+
+    /// As [`Mistral::forward`], but only the last position's logits `[b, vocab]`.
+    pub fn forward_last(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let embeds = self.embed_tokens(input_ids)?;
+        self.forward_embeds_last(&embeds, positions, attention_mask, cache)
+    }
+
+    /// Logits `[b, s, vocab]` (f32) for input embeddings `[b, s, hidden]` (LLaVA splices image features in).
+    pub fn forward_embeds(
+        &self,
+        embeds: &Tensor,
+        positions: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let hidden = self.hidden_states(embeds, positions, attention_mask, cache)?;
+        self.logits(&hidden)
+    }
+
+    /// Last-position logits `[b, vocab]` for input embeddings.
+    pub fn forward_embeds_last(
+        &self,
+        embeds: &Tensor,
+        positions: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let hidden = self.hidden_states(embeds, positions, attention_mask, cache)?;
+        let s = hidden.dim(1)?;
+        let last = hidden.narrow(1, s - 1, 1)?;
+        Ok(self.logits(&last)?.squeeze(1)?)
+    }
+
+    /// The LM head applied to final hidden states `[b, s, hidden]`: f32 logits `[b, s, vocab]`.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        Ok(linear(hidden, head)?.to_dtype(DType::F32)?)
+    }
+
+    /// Final-norm hidden states `[b, s, hidden]` along the current path.
+    pub fn hidden_states(
+        &self,
+        embeds: &Tensor,
+        positions: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let (b, s, h) = embeds.dims3().map_err(|_| {
+            MistralError::BadInput(format!("embeddings must be [batch, seq, hidden], got {:?}", embeds.dims()))
+        })?;
+        if h != self.config.hidden_size {
+            return Err(MistralError::BadInput(format!(
+                "embeddings have width {h}, the model's hidden size is {}",
+                self.config.hidden_size
+            )));
+        }
+        if s == 0 {
+            return Err(MistralError::BadInput("empty input: at least one position is needed".into()));
+        }
+        if cache.num_hops() != self.path.len() || cache.batch() != b {
+            return Err(MistralError::BadInput(format!(
+                "the cache was made for {} hops and {} rows, this call has {} hops and {b} rows; \
+                 make it with new_cache after setting the path",
+                cache.num_hops(),
+                cache.batch(),
+                self.path.len()
+            )));
+        }
+        let past = cache.seq_len();
+        let total = past + s;
+        if total > self.config.max_position_embeddings {
+            return Err(MistralError::ContextOverflow {
+                requested: total,
+                max: self.config.max_position_embeddings,
+            });
+        }
+        let positions = read_positions(positions, b, s)?;
+        if let Some(&p) = positions.iter().flatten().max() {
+            if p as usize >= self.config.max_position_embeddings {
+                return Err(MistralError::ContextOverflow {
+                    requested: p as usize + 1,
+                    max: self.config.max_position_embeddings,
+                });
+            }
+        }
+        let (cos, sin) = self.rotary.cos_sin(&positions, self.dtype, &self.device)?;
+        let mask = self.attention_bias(attention_mask, b, s, past)?;
+        let x = embeds.to_dtype(self.dtype)?.to_device(&self.device)?;
+        let out = self.run_path(x, &cos, &sin, mask.as_ref(), cache)?;
+        self.norm.forward(&out)
+    }
+
+    /// Runs the hops. See [`crate::path`] for the two scale conventions written out.
+    fn run_path(
+        &self,
+        mut x: Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let mut branch: Option<Tensor> = None;
+        for (t, hop) in self.path.hops().iter().enumerate() {
+            let layer = &self.pool[hop.layer];
+            x = match (self.path.convention(), branch.take()) {
+                (ScaleConvention::ReleasedBranch, Some(m)) => (x + scaled(m, hop.scale)?)?,
+                (_, _) => scaled(x, hop.scale)?,
+            };
+            let (h, m) = layer.forward_split(&x, cos, sin, mask, cache.slot_mut(t))?;
+            match self.path.convention() {
+                ScaleConvention::ReleasedBranch => {
+                    x = h;
+                    branch = Some(m);
+                }
+                ScaleConvention::PaperStream => x = (h + m)?,
+            }
+        }
+        match branch {
+            Some(m) => Ok((x + m)?),
+            None => Ok(x),
+        }
+    }
+
+    /// The additive f32 mask `[b, 1, s, past + s]` (0 = visible, f32::MIN = hidden), or `None` when every
+    /// query sees every key. Keys are indexed by cache position: causal `k <= q`, sliding window
+    /// `k > q - window` (transformers' rule: a token sees itself and the `window - 1` before it), and
+    /// padding from `attention_mask`. Fully hidden rows (queries at padding) get a large finite negative
+    /// instead of -inf so they stay finite.
+    fn attention_bias(&self, attention_mask: Option<&Tensor>, b: usize, s: usize, past: usize) -> Result<Option<Tensor>> {
+        let t = past + s;
+        let pad: Option<Vec<Vec<u8>>> = match attention_mask {
+            None => None,
+            Some(m) => {
+                let dims = m.dims();
+                if dims != [b, t] {
+                    return Err(MistralError::BadInput(format!(
+                        "attention_mask must be [batch, past + seq] = [{b}, {t}], got {dims:?}"
+                    )));
+                }
+                let rows = m.to_dtype(DType::U8)?.to_vec2::<u8>()?;
+                if rows.iter().flatten().all(|&v| v != 0) {
+                    None
+                } else {
+                    Some(rows)
+                }
+            }
+        };
+        let window = self.config.sliding_window.filter(|&w| w < t);
+        if s == 1 && pad.is_none() && window.is_none() {
+            return Ok(None);
+        }
+        let rows = if pad.is_some() { b } else { 1 };
+        let mut bias = vec![0f32; rows * s * t];
+        for r in 0..rows {
+            for i in 0..s {
+                let q = past + i;
+                for k in 0..t {
+                    let visible = k <= q
+                        && window.is_none_or(|w| k + w > q)
+                        && pad.as_ref().is_none_or(|p| p[r][k] != 0);
+                    if !visible {
+                        bias[(r * s + i) * t + k] = f32::MIN;
+                    }
+                }
+            }
+        }
+        Ok(Some(Tensor::from_vec(bias, (rows, 1, s, t), &self.device)?))
+    }
+
+    // ----- weights, in place ---------------------------------------------------------------------------
+
+    /// Names of all parameters, in checkpoint naming (`model.layers.{i}.…` over the whole pool).
+    pub fn parameter_names(&self) -> Vec<String> {
+        let mut names = vec!["model.embed_tokens.weight".to_string()];
+        for i in 0..self.pool.len() {
+            for (name, _) in layer_tensor_shapes(&self.config).iter() {
+                names.push(format!("model.layers.{i}.{name}"));
+            }
+        }
+        names.push("model.norm.weight".into());
+        if self.lm_head.is_some() {
+            names.push("lm_head.weight".into());
+        }
+        names
+    }
+
+    /// The parameter called `name` (checkpoint naming; with tied embeddings `lm_head.weight` is the
+    /// embedding matrix).
+    pub fn parameter(&self, name: &str) -> Result<&Tensor> {
+        self.find(name).map(|t| &*t)
+    }
+
+    /// Replaces the parameter `name` with `value` (converted to the model's dtype and device) without
+    /// reloading anything: the phase-2 search writes each candidate's merged weights into a live model.
+    /// The shape must match. With tied embeddings, setting either `lm_head.weight` or
+    /// `model.embed_tokens.weight` sets both.
+    pub fn set_tensor(&mut self, name: &str, value: &Tensor) -> Result<()> {
+        let (dtype, device) = (self.dtype, self.device.clone());
+        let slot = self.find_mut(name)?;
+        if slot.dims() != value.dims() {
+            return Err(MistralError::ShapeMismatch {
+                name: name.to_string(),
+                expected: slot.dims().to_vec(),
+                actual: value.dims().to_vec(),
+            });
+        }
+        *slot = value.to_device(&device)?.to_dtype(dtype)?;
+        Ok(())
+    }
+
+    /// [`Mistral::set_tensor`] from a flat row-major f32 slice.
+    pub fn set_tensor_f32(&mut self, name: &str, data: &[f32]) -> Result<()> {
+        let shape = self.find(name)?.dims().to_vec();
+        let numel: usize = shape.iter().product();
+        if data.len() != numel {
+            return Err(MistralError::ShapeMismatch {
+                name: name.to_string(),
+                expected: shape,
+                actual: vec![data.len()],
+            });
+        }
+        let t = Tensor::from_slice(data, shape, &Device::Cpu)?;
+        self.set_tensor(name, &t)
+    }
+
+    fn find(&self, name: &str) -> Result<&Tensor> {
+        let unknown = || MistralError::UnknownParameter(name.to_string());
+        match name {
+            "model.embed_tokens.weight" => return Ok(&self.embed_tokens),
+            "model.norm.weight" => return Ok(&self.norm.weight),
+            "lm_head.weight" => return Ok(self.lm_head.as_ref().unwrap_or(&self.embed_tokens)),
+            _ => {}
+        }
+        let (i, rest) = split_layer_name(name).ok_or_else(unknown)?;
+        let layer = self.pool.get(i).ok_or_else(unknown)?;
+        layer_field(layer, rest).ok_or_else(unknown)
+    }
+
+    fn find_mut(&mut self, name: &str) -> Result<&mut Tensor> {
+        let unknown = || MistralError::UnknownParameter(name.to_string());
+        match name {
+            "model.embed_tokens.weight" => return Ok(&mut self.embed_tokens),
+            "model.norm.weight" => return Ok(&mut self.norm.weight),
+            "lm_head.weight" => {
+                return Ok(match self.lm_head.as_mut() {
+                    Some(h) => h,
+                    None => &mut self.embed_tokens,
+                })
+            }
+            _ => {}
+        }
+        let (i, rest) = split_layer_name(name).ok_or_else(unknown)?;
+        let layer = self.pool.get_mut(i).ok_or_else(unknown)?;
+        layer_field_mut(layer, rest).ok_or_else(unknown)
+    }
+}
+
+fn split_layer_name(name: &str) -> Option<(usize, &str)> {
+    let rest = name.strip_prefix("model.layers.")?;
+    let (i, rest) = rest.split_once('.')?;
+    Some((i.parse().ok()?, rest))
+}
+
+fn layer_field<'a>(l: &'a DecoderLayer, name: &str) -> Option<&'a Tensor> {
+    Some(match name {
+        "input_layernorm.weight" => &l.input_layernorm.weight,
+        "post_attention_layernorm.weight" => &l.post_attention_layernorm.weight,
+        "self_attn.q_proj.weight" => &l.self_attn.q_proj,
+        "self_attn.k_proj.weight" => &l.self_attn.k_proj,
+        "self_attn.v_proj.weight" => &l.self_attn.v_proj,
+        "self_attn.o_proj.weight" => &l.self_attn.o_proj,
+        "mlp.gate_proj.weight" => &l.mlp.gate_proj,
+        "mlp.up_proj.weight" => &l.mlp.up_proj,
+        "mlp.down_proj.weight" => &l.mlp.down_proj,
+        _ => return None,
+    })
+}
+
+fn layer_field_mut<'a>(l: &'a mut DecoderLayer, name: &str) -> Option<&'a mut Tensor> {
+    Some(match name {
+        "input_layernorm.weight" => &mut l.input_layernorm.weight,
+        "post_attention_layernorm.weight" => &mut l.post_attention_layernorm.weight,
+        "self_attn.q_proj.weight" => &mut l.self_attn.q_proj,
+        "self_attn.k_proj.weight" => &mut l.self_attn.k_proj,
+        "self_attn.v_proj.weight" => &mut l.self_attn.v_proj,
+        "self_attn.o_proj.weight" => &mut l.self_attn.o_proj,
+        "mlp.gate_proj.weight" => &mut l.mlp.gate_proj,
+        "mlp.up_proj.weight" => &mut l.mlp.up_proj,
+        "mlp.down_proj.weight" => &mut l.mlp.down_proj,
+        _ => return None,
+    })
+}
+
+fn convert_layer(l: &mut DecoderLayer, dtype: DType, device: &Device) -> Result<()> {
+    for name in [
+        "input_layernorm.weight",
+        "post_attention_layernorm.weight",
+        "self_attn.q_proj.weight",
+        "self_attn.k_proj.weight",
+        "self_attn.v_proj.weight",
+        "self_attn.o_proj.weight",
+        "mlp.gate_proj.weight",
+        "mlp.up_proj.weight",
+        "mlp.down_proj.weight",
+    ] {
+        if let Some(t) = layer_field_mut(l, name) {
+            *t = t.to_device(device)?.to_dtype(dtype)?;
+        }
+    }
+    Ok(())
+}
+
+/// `x * scale`, skipping the multiply for 1 (which would be exact anyway).
+fn scaled(x: Tensor, scale: f64) -> Result<Tensor> {
+    if scale == 1.0 {
+        Ok(x)
+    } else {
+        Ok((x * scale)?)
+    }
+}
+
+/// Positions `[b, s]` of any integer dtype, read to the host.
+fn read_positions(positions: &Tensor, b: usize, s: usize) -> Result<Vec<Vec<u32>>> {
+    if positions.dims() != [b, s] {
+        return Err(MistralError::BadInput(format!(
+            "positions must be [batch, seq] = [{b}, {s}], got {:?}",
+            positions.dims()
+        )));
+    }
+    let p = match positions.dtype() {
+        DType::I64 => {
+            let rows = positions.to_vec2::<i64>()?;
+            if rows.iter().flatten().any(|&p| p < 0) {
+                return Err(MistralError::BadInput("positions must not be negative".into()));
+            }
+            rows.into_iter().map(|r| r.into_iter().map(|p| p as u32).collect()).collect()
+        }
+        DType::U32 => positions.to_vec2::<u32>()?,
+        other => {
+            return Err(MistralError::BadInput(format!("positions must be u32 or i64, got {other:?}")));
+        }
+    };
+    Ok(p)
+}
+
+/// `positions` `[b, s]` for a batch continuing after `past` cached positions with no padding.
+pub fn sequential_positions(b: usize, s: usize, past: usize, device: &Device) -> Result<Tensor> {
+    let row: Vec<u32> = (past as u32..(past + s) as u32).collect();
+    Ok(Tensor::new(row.as_slice(), device)?.unsqueeze(0)?.repeat((b, 1))?)
+}
