@@ -3,13 +3,15 @@
 
 Reproduce (from the repository root):
 
-    /root/pyref/models/bin/python crates/cmaes/bench/compare_pycma.py [--seeds 11]
+    /root/pyref/models/bin/python crates/cmaes/bench/compare_pycma.py [--seeds 5] [--json out.json]
 
 Needs: Python 3.11 with cma 4.5 and numpy (any virtualenv: `pip install cma==4.5 numpy`),
 and cargo. The Rust side runs through `cargo bench -p evomerge-cmaes --bench functions`
 (optimised build), reading the same problem list (x0, sigma0, restarts, budget) that pycma
 gets here. Reports median evaluations until a candidate with f < 1e-8 is evaluated (counted
-per whole generation on both sides) and, for Rastrigin with IPOP, the success rate.
+per whole generation on both sides; medians over successful runs) and, for Rastrigin with
+IPOP, the success rate; also the median wall time of one run (objective included; pycma pays
+Python's per-candidate overhead, so the times compare implementations, not algorithms).
 
 Problems: sphere and ellipsoid (condition 1e6), n = 10, x0 = 3, sigma0 = 2; Rosenbrock n = 10
 and n = 40, x0 = 0, sigma0 = 0.5; Rastrigin n = 10, x0 uniform in [-4, 4]^n (seeded, same
@@ -24,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 import cma
@@ -69,6 +72,12 @@ def problems(seeds):
 
 
 def run_pycma(p):
+    start = time.perf_counter()
+    evals = _run_pycma(p)
+    return evals, time.perf_counter() - start
+
+
+def _run_pycma(p):
     f = FUNCTIONS[p["function"]]
     total = 0
     popsize = None
@@ -113,7 +122,7 @@ def summary(evals):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, default=11)
+    ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--json", help="also write raw results here")
     args = ap.parse_args()
     ps = problems(args.seeds)
@@ -123,16 +132,18 @@ def main():
     labels = list(dict.fromkeys(p["label"] for p in ps))
     print(f"cma {cma.__version__}, numpy {np.__version__}, {args.seeds} seeds, target f < {TARGET:g}")
     print()
-    print("| problem | evomerge-cmaes median evals (successes) | pycma median evals (successes) | ratio |")
-    print("|---|---|---|---|")
+    print("| problem | evomerge-cmaes median evals (successes) | pycma median evals (successes) | ratio | evomerge-cmaes s/run | pycma s/run |")
+    print("|---|---|---|---|---|---|")
     raw = {}
     for label in labels:
         idx = [i for i, p in enumerate(ps) if p["label"] == label]
         r_med, r_ok, n = summary([rust[i]["evals"] for i in idx])
-        p_med, p_ok, _ = summary([py[i] for i in idx])
+        p_med, p_ok, _ = summary([py[i][0] for i in idx])
         ratio = r_med / p_med if p_ok and r_ok else float("nan")
-        print(f"| {label} | {r_med:.0f} ({r_ok}/{n}) | {p_med:.0f} ({p_ok}/{n}) | {ratio:.2f} |")
-        raw[label] = dict(rust=[rust[i]["evals"] for i in idx], pycma=[py[i] for i in idx])
+        r_sec = statistics.median(rust[i]["seconds"] for i in idx)
+        p_sec = statistics.median(py[i][1] for i in idx)
+        print(f"| {label} | {r_med:.0f} ({r_ok}/{n}) | {p_med:.0f} ({p_ok}/{n}) | {ratio:.2f} | {r_sec:.3f} | {p_sec:.3f} |")
+        raw[label] = dict(rust=[rust[i]["evals"] for i in idx], pycma=[py[i][0] for i in idx])
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(raw, fh, indent=1)

@@ -42,6 +42,8 @@ pub struct CmaEs {
     run: Run,
     rng: Rng,
     evaluations: u64,
+    /// Generations told over all runs.
+    generations: u64,
     best: Option<Best>,
     pending: Option<Pending>,
     restarts: Vec<RestartRecord>,
@@ -60,6 +62,7 @@ impl CmaEs {
             run,
             rng,
             evaluations: 0,
+            generations: 0,
             best: None,
             pending: None,
             restarts: Vec::new(),
@@ -114,6 +117,7 @@ impl CmaEs {
             });
         }
         self.evaluations += lambda as u64;
+        self.generations += 1;
         let ranked_raw: Vec<&[f64]> = order.iter().map(|&k| pending.raw[k].as_slice()).collect();
         let ranked_fitness: Vec<f64> = order.iter().map(|&k| fitness[k]).collect();
         self.run.update(&ranked_raw, &ranked_fitness);
@@ -162,6 +166,10 @@ impl CmaEs {
     /// Candidates per generation in the current run.
     pub fn popsize(&self) -> usize {
         self.run.params.lambda
+    }
+    /// Generations told so far, over all restarts (the index of the next generation).
+    pub fn generations(&self) -> u64 {
+        self.generations
     }
     /// Generations told in the current run.
     pub fn generation(&self) -> u64 {
