@@ -1,0 +1,219 @@
+//! Text generation over any causal language model: batched greedy decoding and beam search with the semantics of
+//! transformers' `generate` (5.23), plus repetition penalty, EOS lists, `max_new_tokens` and vLLM-style stop strings.
+//!
+//! The model is reached only through the [`CausalLm`] trait, so the same code drives the plain Mistral, a layer-path
+//! (data-flow) model and the language model inside a LLaVA-style VLM (whose first step feeds embeddings, see
+//! [`PromptInput::Embeds`]).
+//!
+//! # Batching
+//! Prompts of different lengths are left-padded into one batch. Each row's positions count its real tokens only
+//! (`cumsum(mask) - 1`, as transformers does) and the attention mask hides the padding, so every row gets the tokens
+//! it would get alone. Rows that finish leave the batch (their cache rows are dropped), so a long completion does not
+//! make short ones pay. Beam search keeps `num_beams` rows per prompt and reorders them through
+//! [`CausalLm::reorder_cache`].
+//!
+//! # Where this differs from transformers, on purpose
+//! - Repetition penalty looks at the row's own tokens (prompt + generated), never at left padding. transformers also
+//!   penalises the pad id in padded rows (with Mistral, pad = EOS, so batched and unbatched runs can differ there);
+//!   this crate's output never depends on the batch a prompt is in.
+//! - Stop strings follow vLLM (used by the paper's MGSM evaluation): generation of a row ends as soon as its decoded
+//!   completion contains one of them, and the completion text is cut just before it (the stop string is not
+//!   included; the token ids keep the tokens that spelled it).
+
+mod batch;
+mod beam;
+mod config;
+mod greedy;
+mod logits;
+mod mistral;
+mod stop;
+
+use candle_core::Tensor;
+
+pub use config::{EarlyStopping, GenerationConfig};
+
+/// Errors a model implementation may return; boxed so that any crate's error type fits.
+pub type ModelError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What one forward step feeds the model.
+#[derive(Debug, Clone, Copy)]
+pub enum StepInput<'a> {
+    /// Token ids, `[batch][seq]`.
+    Tokens(&'a [Vec<u32>]),
+    /// Input embeddings `[batch, seq, hidden]` (a VLM's prefill, with image features spliced in).
+    Embeds(&'a Tensor),
+}
+
+/// A causal language model as generation sees it.
+///
+/// Every call appends `seq` positions to each row of `cache`. `positions[b][s]` is the position id of each new
+/// input (padding gets 0), `attention_mask[b]` has one entry per cached position plus the new ones
+/// (`past + seq` entries; `false` = padding that no query may attend to). Causality among the new positions is the
+/// model's business.
+pub trait CausalLm {
+    type Cache;
+
+    /// An empty cache for `batch` rows.
+    fn new_cache(&self, batch: usize) -> Result<Self::Cache, ModelError>;
+
+    /// Runs one step and returns the logits of each row's last new position, `[batch, vocab]` (any float dtype).
+    fn forward_last(
+        &self,
+        input: StepInput<'_>,
+        positions: &[Vec<u32>],
+        attention_mask: &[Vec<bool>],
+        cache: &mut Self::Cache,
+    ) -> Result<Tensor, ModelError>;
+
+    /// Makes row `i` of the cache a copy of old row `rows[i]` (rows may repeat or be dropped).
+    fn reorder_cache(&self, cache: &mut Self::Cache, rows: &[usize]) -> Result<(), ModelError>;
+
+    /// The longest sequence (prompt + completion) the model handles.
+    fn max_context(&self) -> usize;
+}
+
+/// Turns token ids back into text; needed for stop strings.
+pub trait TokenDecoder {
+    /// The completion's text: special tokens skipped, as shown to a user.
+    fn decode_completion(&self, ids: &[u32]) -> Result<String, ModelError>;
+}
+
+/// One prompt of a batch.
+#[derive(Debug, Clone)]
+pub enum PromptInput {
+    /// Token ids (BOS included if the tokenizer adds one).
+    Tokens(Vec<u32>),
+    /// Input embeddings `[len, hidden]`; `context_ids` are the token ids the prompt stands for (what the repetition
+    /// penalty considers already present, e.g. the text tokens and the image placeholder).
+    Embeds { embeds: Tensor, context_ids: Vec<u32> },
+}
+
+impl PromptInput {
+    /// Positions the prompt occupies.
+    pub fn len(&self) -> usize {
+        match self {
+            PromptInput::Tokens(ids) => ids.len(),
+            PromptInput::Embeds { embeds, .. } => embeds.dims().first().copied().unwrap_or(0),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn context_ids(&self) -> &[u32] {
+        match self {
+            PromptInput::Tokens(ids) => ids,
+            PromptInput::Embeds { context_ids, .. } => context_ids,
+        }
+    }
+}
+
+/// Why a completion ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The model produced one of the EOS ids (it is the last token of [`Completion::tokens`]).
+    Eos,
+    /// `max_new_tokens` (or the model's context) was reached.
+    Length,
+    /// The decoded completion contains this stop string.
+    Stop(String),
+}
+
+/// The result for one prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// Generated token ids, EOS included when the completion ended with one.
+    pub tokens: Vec<u32>,
+    pub finish: FinishReason,
+    /// For [`FinishReason::Stop`]: the decoded completion, cut just before the stop string.
+    pub stop_text: Option<String>,
+    /// Beam search only: the hypothesis' summed log-probability divided by `length ^ length_penalty`.
+    pub score: Option<f32>,
+}
+
+impl Completion {
+    /// The generated ids without a trailing EOS (what gets decoded into text).
+    pub fn content_tokens(&self) -> &[u32] {
+        match self.finish {
+            FinishReason::Eos => &self.tokens[..self.tokens.len().saturating_sub(1)],
+            _ => &self.tokens,
+        }
+    }
+
+    /// The completion's text: the stop-cut text if a stop string ended it, else the decoded content tokens.
+    pub fn text(&self, decoder: &dyn TokenDecoder) -> Result<String, GenerationError> {
+        match &self.stop_text {
+            Some(text) => Ok(text.clone()),
+            None => decoder.decode_completion(self.content_tokens()).map_err(GenerationError::Decode),
+        }
+    }
+}
+
+/// Errors from [`generate`].
+#[derive(Debug, thiserror::Error)]
+pub enum GenerationError {
+    #[error("invalid generation settings: {0}")]
+    Config(String),
+    #[error("prompt {index} is empty; every prompt needs at least one token (a BOS token will do)")]
+    EmptyPrompt { index: usize },
+    #[error(
+        "prompt {index} has {len} tokens but the model's context is {max}; shorten the prompt \
+         (nothing would be left to generate)"
+    )]
+    PromptTooLong { index: usize, len: usize, max: usize },
+    #[error("a batch must be all token prompts or all embedding prompts; prompt {index} differs from prompt 0")]
+    MixedPrompts { index: usize },
+    #[error("prompt {index}: embeddings must be [len, hidden] with the same hidden size in every prompt, got {dims:?}")]
+    BadEmbeds { index: usize, dims: Vec<usize> },
+    #[error("stop strings were given but no tokenizer to decode completions with")]
+    StopWithoutDecoder,
+    #[error("the model returned logits of shape {dims:?}, expected [{rows}, vocab]")]
+    BadLogits { dims: Vec<usize>, rows: usize },
+    #[error("model forward failed: {0}")]
+    Model(#[source] ModelError),
+    #[error("decoding tokens failed: {0}")]
+    Decode(#[source] ModelError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Generates a completion for every prompt, in order. Greedy when `config.num_beams == 1`, beam search otherwise.
+/// `decoder` is needed only when `config.stop_strings` is not empty.
+pub fn generate<M: CausalLm>(
+    model: &M,
+    prompts: &[PromptInput],
+    config: &GenerationConfig,
+    decoder: Option<&dyn TokenDecoder>,
+) -> Result<Vec<Completion>, GenerationError> {
+    config.validate()?;
+    if prompts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stops = stop::StopChecker::new(&config.stop_strings, decoder)?;
+    let batch = batch::PromptBatch::new(prompts, model.max_context())?;
+    if config.num_beams == 1 {
+        greedy::run(model, &batch, config, &stops)
+    } else {
+        beam::run(model, &batch, config, &stops)
+    }
+}
+
+/// Runs a model step and checks the logits' shape; returns them as one `Vec<f32>` per row.
+fn step_logits<M: CausalLm>(
+    model: &M,
+    input: StepInput<'_>,
+    positions: &[Vec<u32>],
+    mask: &[Vec<bool>],
+    cache: &mut M::Cache,
+) -> Result<Vec<Vec<f32>>, GenerationError> {
+    let rows = positions.len();
+    let logits = model
+        .forward_last(input, positions, mask, cache)
+        .map_err(GenerationError::Model)?;
+    let dims = logits.dims().to_vec();
+    if dims.len() != 2 || dims[0] != rows || dims[1] == 0 {
+        return Err(GenerationError::BadLogits { dims, rows });
+    }
+    Ok(logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?)
+}
