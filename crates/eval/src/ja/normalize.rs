@@ -3,6 +3,9 @@
 //! Each step reproduces the pinned Python package exactly, bugs included, because the ROUGE scores
 //! the paper reports depend on them.
 
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
 use super::emoji_table::EMOJI_SINGLE_CODE_POINTS;
 
 /// `normalize_answer` of the paper: remove emoji, neologdn 0.5.2, collapse whitespace.
@@ -63,25 +66,29 @@ const HYPHENS: &str = "˗֊‐‑‒–⁃⁻₋−";
 const CHOONPUS: &str = "﹣－ｰ—―─━ー";
 const TILDES: &str = "~∼∾〜〰～";
 
-fn lookup(from: &str, to: &str, c: char) -> Option<char> {
-    from.chars().position(|x| x == c).and_then(|i| to.chars().nth(i))
+struct Tables {
+    conversion: HashMap<char, char>,
+    ten: HashMap<char, char>,
+    maru: HashMap<char, char>,
+}
+
+fn tables() -> &'static Tables {
+    static TABLES: OnceLock<Tables> = OnceLock::new();
+    TABLES.get_or_init(|| {
+        let zip = |a: &str, b: &str| a.chars().zip(b.chars()).collect::<HashMap<char, char>>();
+        let mut conversion = zip(ZENKAKU_ASCII, HANKAKU_ASCII);
+        conversion.extend(zip(HANKAKU_KANA, ZENKAKU_KANA));
+        Tables { conversion, ten: zip(TEN_BASE, TEN_VOICED), maru: zip(MARU_BASE, MARU_VOICED) }
+    })
 }
 
 /// neologdn 0.5.2's `conversion_map` (ASCII ∪ DIGIT ∪ KANA). The full-width minus U+2212 is
 /// listed there too but is caught earlier as a hyphen.
 fn convert(c: char) -> char {
-    let cp = c as u32;
-    if (0xFF01..=0xFF5D).contains(&cp) || matches!(cp, 0x201D | 0x2019 | 0x2018 | 0xA5 | 0x2212) {
-        if let Some(h) = lookup(ZENKAKU_ASCII, HANKAKU_ASCII, c) {
-            return h;
-        }
+    if c.is_ascii() {
+        return c;
     }
-    if (0xFF61..=0xFF9F).contains(&cp) || cp == 0x309B || cp == 0x309C {
-        if let Some(z) = lookup(HANKAKU_KANA, ZENKAKU_KANA, c) {
-            return z;
-        }
-    }
-    c
+    tables().conversion.get(&c).copied().unwrap_or(c)
 }
 
 /// neologdn's `blocks`: CJK ideographs, hiragana, katakana, CJK punctuation (U+3000 excluded),
@@ -132,12 +139,12 @@ pub fn neologdn_normalize(text: &str) -> String {
         } else {
             c = convert(c);
             if c == 'ﾞ' {
-                if let Some(v) = lookup(TEN_BASE, TEN_VOICED, prev) {
+                if let Some(&v) = tables().ten.get(&prev) {
                     pos -= 1;
                     c = v;
                 }
             } else if c == 'ﾟ' {
-                if let Some(v) = lookup(MARU_BASE, MARU_VOICED, prev) {
+                if let Some(&v) = tables().maru.get(&prev) {
                     pos -= 1;
                     c = v;
                 }
