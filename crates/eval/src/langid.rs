@@ -85,7 +85,7 @@ pub fn default_model_path() -> Result<PathBuf, LangIdError> {
 /// The Japanese test the evaluators use: fastText when its model is available, else the script
 /// heuristic. Reports must name which one ran ([`JapaneseDetector::name`]).
 pub enum JapaneseDetector {
-    FastText(LanguageId),
+    FastText(Box<LanguageId>),
     ScriptFallback,
 }
 
@@ -94,7 +94,7 @@ impl JapaneseDetector {
     /// reason is logged as a warning).
     pub fn from_env_or_fallback() -> JapaneseDetector {
         match LanguageId::from_env() {
-            Ok(model) => JapaneseDetector::FastText(model),
+            Ok(model) => JapaneseDetector::FastText(Box::new(model)),
             Err(err) => {
                 tracing::warn!("{err}; using the script-based Japanese detector instead");
                 JapaneseDetector::ScriptFallback

@@ -143,3 +143,20 @@ pub fn compute_score<T: Tokenize, R: AsRef<str>, P: AsRef<str>>(
     };
     JaVqaReport { items, summary, items_ja, summary_ja }
 }
+
+/// [`compute_score`] with a [`crate::langid::JapaneseDetector`] deciding the `_ja` pass (`None`:
+/// no `_ja` pass).
+pub fn compute_score_with_detector<T: Tokenize, R: AsRef<str>, P: AsRef<str>>(
+    rouge: &RougeJa<T>,
+    pairs: &[(R, P)],
+    detector: Option<&crate::langid::JapaneseDetector>,
+    rng: &mut NumpyRandomState,
+) -> JaVqaReport {
+    match detector {
+        Some(d) => {
+            let p_ja = |t: &str| d.p_ja(t);
+            compute_score(rouge, pairs, Some(&p_ja), rng)
+        }
+        None => compute_score(rouge, pairs, None, rng),
+    }
+}

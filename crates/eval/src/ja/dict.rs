@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::ops::Deref;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::JaError;
 
@@ -290,7 +290,7 @@ impl Matrix {
         Ok(Matrix { bytes, left_size, right_size })
     }
 
-    pub(crate) fn check_ids(&self, dictionary: &Dictionary, path: &PathBuf) -> Result<(), JaError> {
+    pub(crate) fn check_ids(&self, dictionary: &Dictionary, path: &Path) -> Result<(), JaError> {
         if dictionary.left_size as usize != self.left_size || dictionary.right_size as usize != self.right_size {
             return Err(format_error(
                 path,

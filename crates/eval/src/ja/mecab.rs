@@ -142,8 +142,9 @@ impl Mecab {
                 push(nodes, &token, begin2 + len);
             }
         }
+        // Dictionary words suppress unknown words unless the category says to always invoke them.
         let have_words = nodes.len() > first;
-        if !(have_words && !cinfo.invoke()) {
+        if !have_words || cinfo.invoke() {
             let unknown = self.unknown.get(cinfo.default_type()).map(Vec::as_slice).unwrap_or(&[]);
             let add_unknown = |nodes: &mut Vec<Node>, end_at: usize| {
                 for token in unknown {

@@ -365,8 +365,8 @@ impl FastText {
         }
         for i in 0..hashes.len() {
             let mut h = hashes[i] as i64 as u64;
-            for j in (i + 1)..hashes.len().min(i + self.word_ngrams) {
-                h = h.wrapping_mul(116_049_371).wrapping_add(hashes[j] as i64 as u64);
+            for &next in hashes.iter().take(i + self.word_ngrams).skip(i + 1) {
+                h = h.wrapping_mul(116_049_371).wrapping_add(next as i64 as u64);
                 self.push_bucket(&mut ids, (h % self.bucket as u64) as u32);
             }
         }

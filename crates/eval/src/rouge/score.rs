@@ -37,7 +37,7 @@ pub fn fmeasure(precision: f64, recall: f64) -> f64 {
 /// ROUGE-N: clipped n-gram overlap. Precision divides by `max(#prediction n-grams, 1)`, recall by
 /// `max(#reference n-grams, 1)`, as `_score_ngrams` does.
 pub fn rouge_n<S: AsRef<str>>(reference: &[S], prediction: &[S], n: usize) -> Score {
-    fn counts<'a, S: AsRef<str>>(tokens: &'a [S], n: usize) -> HashMap<Vec<&'a str>, usize> {
+    fn counts<S: AsRef<str>>(tokens: &[S], n: usize) -> HashMap<Vec<&str>, usize> {
         let mut map = HashMap::new();
         if n > 0 && tokens.len() >= n {
             for window in tokens.windows(n) {
