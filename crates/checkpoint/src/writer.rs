@@ -152,6 +152,7 @@ impl CheckpointWriter {
             _ => PathBuf::from("."),
         };
         std::fs::create_dir_all(&parent).map_err(|e| CheckpointError::io(&parent, e))?;
+        remove_stale_partials(&parent, &dir_name);
         let temp_dir = parent.join(format!(".{dir_name}.partial-{}-{}", std::process::id(), random_suffix()));
         std::fs::create_dir(&temp_dir).map_err(|e| CheckpointError::io(&temp_dir, e))?;
 
@@ -492,6 +493,32 @@ fn write_all_at(file: &File, mut data: &[u8], mut offset: u64) -> std::io::Resul
         offset += n as u64;
     }
     Ok(())
+}
+
+/// Removes `.<name>.partial-<pid>-*` / `.<name>.old-<pid>-*` directories left by writers that were
+/// killed (Drop never ran). Only where a process table exists to tell that `<pid>` is gone (Linux
+/// `/proc`); directories of live processes, including concurrent writers, are left alone.
+fn remove_stale_partials(parent: &Path, name: &str) {
+    let proc_dir = Path::new("/proc");
+    if !proc_dir.join("self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let Ok(file_name) = entry.file_name().into_string() else { continue };
+        let rest = file_name
+            .strip_prefix(&format!(".{name}.partial-"))
+            .or_else(|| file_name.strip_prefix(&format!(".{name}.old-")));
+        let Some(pid) = rest.and_then(|r| r.split('-').next()).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid == std::process::id() || proc_dir.join(pid.to_string()).exists() {
+            continue;
+        }
+        let path = entry.path();
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => tracing::info!(dir = %path.display(), "removed output left by an interrupted earlier run"),
+            Err(e) => tracing::warn!(dir = %path.display(), error = %e, "could not remove output left by an interrupted earlier run"),
+        }
+    }
 }
 
 /// Distinct enough to keep concurrent writers (threads or processes) apart.

@@ -355,3 +355,20 @@ fn invalid_plans_are_rejected() {
     assert!(matches!(err, CheckpointError::InvalidPlan { .. }), "{err}");
     assert!(entries(tmp.path()).is_empty());
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn leftovers_of_killed_writers_are_removed_live_ones_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    // pid_max on Linux is at most 2^22, so this pid cannot be running.
+    let dead = tmp.path().join(".out.partial-4999999-deadbeef");
+    let live = tmp.path().join(format!(".out.partial-{}-cafe0000", std::process::id()));
+    let other_model = tmp.path().join(".other.partial-4999999-deadbeef");
+    for d in [&dead, &live, &other_model] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let writer = CheckpointWriter::create(&tmp.path().join("out"), small_plan(), WriteOptions::default()).unwrap();
+    assert!(!dead.exists(), "a killed writer's leftovers are cleaned up");
+    assert!(live.exists() && other_model.exists(), "live writers and other outputs are left alone");
+    drop(writer);
+}
