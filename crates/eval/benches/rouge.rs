@@ -28,6 +28,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _ = rouge.score_pairs(&pairs);
     let rounds = 20;
     let start = Instant::now();
+    let mut tokens = 0usize;
+    for _ in 0..rounds {
+        for (r, p) in &pairs {
+            tokens += rouge.tokenizer().tokenize(r).len() + rouge.tokenizer().tokenize(p).len();
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!("tokenize only: {:.0} items/s ({tokens} tokens in {secs:.3} s)", (rounds * pairs.len()) as f64 / secs);
+    let start = Instant::now();
     let mut checksum = 0.0;
     for _ in 0..rounds {
         let items = rouge.score_pairs(&pairs);
