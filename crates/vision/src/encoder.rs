@@ -219,7 +219,7 @@ mod tests {
         // A tall image drops columns.
         assert_eq!(unpad_range((8, 8), (200, 100)), (2, 4, 1));
         // Same aspect: nothing to drop.
-        assert_eq!(unpad_range((8, 16), (50, 100)), (0, 8, 1));
+        assert_eq!(unpad_range((8, 16), (50, 100)), (0, 16, 1));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! llava-hf layouts (old and ≥ 4.52) and in the original liuhaotian/LLaVA layout.
 //!
 //! ```no_run
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! use evomerge_vision::{ImagePrompt, LlavaModel, LoadOptions};
 //! let model = LlavaModel::load("llava-hf/llava-v1.6-mistral-7b-hf", &LoadOptions::default())?;
 //! let tokenizer = tokenizers::Tokenizer::from_file("tokenizer.json")?;
