@@ -144,7 +144,7 @@ fn detector(args: &RougeJaArgs) -> anyhow::Result<Option<JapaneseDetector>> {
         None => LanguageId::from_env(),
     };
     match loaded {
-        Ok(model) => Ok(Some(JapaneseDetector::FastText(Box::new(model)))),
+        Ok(model) => Ok(Some(JapaneseDetector::FastText(model))),
         Err(err) if args.lid_fallback => {
             eprintln!("warning: {err}\nwarning: rougeL_ja uses the script-based Japanese detector (script-fallback)");
             Ok(Some(JapaneseDetector::ScriptFallback))

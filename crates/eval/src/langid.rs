@@ -84,8 +84,11 @@ pub fn default_model_path() -> Result<PathBuf, LangIdError> {
 
 /// The Japanese test the evaluators use: fastText when its model is available, else the script
 /// heuristic. Reports must name which one ran ([`JapaneseDetector::name`]).
+// The fastText variant is large but there is one detector per run; keeping it unboxed keeps
+// `JapaneseDetector::FastText(model)` simple for callers.
+#[allow(clippy::large_enum_variant)]
 pub enum JapaneseDetector {
-    FastText(Box<LanguageId>),
+    FastText(LanguageId),
     ScriptFallback,
 }
 
@@ -94,7 +97,7 @@ impl JapaneseDetector {
     /// reason is logged as a warning).
     pub fn from_env_or_fallback() -> JapaneseDetector {
         match LanguageId::from_env() {
-            Ok(model) => JapaneseDetector::FastText(Box::new(model)),
+            Ok(model) => JapaneseDetector::FastText(model),
             Err(err) => {
                 tracing::warn!("{err}; using the script-based Japanese detector instead");
                 JapaneseDetector::ScriptFallback
