@@ -103,3 +103,36 @@ fn compute_score_end_to_end_matches_the_paper_bit_for_bit() {
     );
     assert!((s.rouge_l.mean - corpus.mean.rouge_l).abs() < 1e-9);
 }
+
+#[derive(serde::Deserialize)]
+struct RawRow {
+    text: String,
+    tokens: Vec<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawCorpus {
+    strings: Vec<RawRow>,
+}
+
+/// MeCab on unnormalized text (spaces, CR/LF, U+3000, emoji, long runs, a string longer than the
+/// 65 535-byte lookup window) equals fugashi's `parse(text).split()`.
+#[test]
+fn raw_wakati_matches_fugashi() {
+    let path = ja_common::fixture_dir().join("mecab_raw.json");
+    let corpus: RawCorpus = serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("JSON");
+    let tok = tokenizer();
+    let mut mismatches = 0;
+    for row in &corpus.strings {
+        let joined = tok.wakati(&row.text).join(" ");
+        let got: Vec<&str> = evomerge_eval::ja::python_split(&joined);
+        if got != row.tokens {
+            mismatches += 1;
+            if mismatches <= 5 {
+                eprintln!("MISMATCH {:?}\n  rust  {:?}\n  mecab {:?}", row.text.chars().take(80).collect::<String>(), &got[..got.len().min(20)], &row.tokens[..row.tokens.len().min(20)]);
+            }
+        }
+    }
+    assert!(corpus.strings.iter().any(|r| r.text.len() > 65535));
+    assert_eq!(mismatches, 0, "{mismatches} of {} raw strings segment differently", corpus.strings.len());
+}
