@@ -104,3 +104,35 @@ fn missing_dictionary_is_a_clear_error_and_fallback_is_labelled() {
     assert_eq!(text.lines().count(), 3);
     assert!(text.lines().all(|l| l.contains("\"tokenizer\":\"char-fallback\"")), "{text}");
 }
+
+/// The whole corpus through the CLI with the Rust fastText port deciding the `_ja` pass: the printed
+/// bootstrap mids equal the paper stack's (seed 42), for rougeL and for rougeL_ja.
+#[test]
+fn whole_corpus_summary_matches_the_paper_including_rouge_l_ja() {
+    let corpus = corpus();
+    let pairs = corpus["pairs"].as_array().expect("pairs");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = write_pairs(dir.path(), pairs);
+    let out = dir.path().join("scores.jsonl");
+    let lid = std::env::var("EVOMERGE_LID176").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        format!("{home}/.cache/evomerge/lid.176.ftz")
+    });
+    let result = evomerge()
+        .args(["score", "rouge-ja", "--lid", &lid])
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(result.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&result.stderr));
+    let mid = |v: &Value| format!("bootstrap mid {:>7.3}", v["mid"].as_f64().expect("mid"));
+    let rouge_l = mid(&corpus["aggregate"]["rougeL"]);
+    let rouge_l_ja = mid(&corpus["aggregate_ja"]["rougeL"]);
+    let (main, ja) = stdout.split_once("_ja pass").expect("a _ja section is printed");
+    assert!(main.contains(&rouge_l), "want {rouge_l:?} in\n{stdout}");
+    assert!(ja.contains(&rouge_l_ja), "want {rouge_l_ja:?} in\n{stdout}");
+    let lines = std::fs::read_to_string(&out).expect("output");
+    assert!(lines.lines().all(|l| l.contains("\"rougeL_ja\"") && l.contains("fasttext-lid.176")));
+}
