@@ -1,6 +1,93 @@
-#[derive(clap::Args)]
-pub struct Args {}
+//! `evomerge merge CONFIG.yml --out DIR`: merge models as a mergekit-style recipe says and write
+//! the result as a Hugging Face model directory (atomically: nothing is left behind on failure).
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("this subcommand is not available yet")
+use std::path::PathBuf;
+
+use anyhow::Context;
+use evomerge_merge::{merge_to_dir, MergeConfig, MergeOptions};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The merge recipe (mergekit YAML: models or slices, merge_method, base_model, parameters, dtype).
+    pub config: PathBuf,
+    /// Output model directory (must not exist unless --force).
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// Seed for the random parts of a merge (DARE drop masks); same seed, same output.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Replace an existing output directory (only once the new model is complete).
+    #[arg(long)]
+    pub force: bool,
+    /// Maximum size of one safetensors shard, e.g. 5GB, 500MB, 2GiB.
+    #[arg(long, default_value = "5GB", value_parser = parse_size)]
+    pub shard_size: u64,
+    /// Working memory the merge may use for tensor buffers, e.g. 1GB.
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    pub memory: u64,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let config = MergeConfig::from_file(&args.config)?;
+    let options = MergeOptions {
+        seed: args.seed,
+        threads: args.threads,
+        force: args.force,
+        max_shard_bytes: args.shard_size,
+        progress: true,
+        memory_budget_bytes: usize::try_from(args.memory).unwrap_or(usize::MAX),
+    };
+    let report = merge_to_dir(&config, &args.out, &options)
+        .with_context(|| format!("merge of {} failed; nothing was written to {}", args.config.display(), args.out.display()))?;
+    eprintln!(
+        "merged {} tensors with {} into {} in {:.1}s ({:.2} GB read, {:.2} GB/s)",
+        report.tensors,
+        config.merge_method,
+        report.out_dir.display(),
+        report.seconds,
+        report.bytes_read as f64 / 1e9,
+        report.bytes_read as f64 / 1e9 / report.seconds.max(1e-9),
+    );
+    Ok(())
+}
+
+/// Sizes like `5GB`, `500MB`, `2GiB`, `1000000` (bytes).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number.parse().map_err(|_| format!("`{text}` is not a size like 5GB or 500MB"))?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" | "k" => 1e3,
+        "mb" | "m" => 1e6,
+        "gb" | "g" => 1e9,
+        "tb" | "t" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => return Err(format!("unknown size unit `{other}` in `{text}`; use B, KB, MB, GB, KiB, MiB or GiB")),
+    };
+    let bytes = value * scale;
+    if bytes < 1.0 {
+        return Err(format!("size `{text}` must be at least one byte"));
+    }
+    Ok(bytes as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("5GB"), Ok(5_000_000_000));
+        assert_eq!(parse_size("2GiB"), Ok(2 * 1024 * 1024 * 1024));
+        assert_eq!(parse_size("1234"), Ok(1234));
+        assert!(parse_size("5 parsecs").is_err());
+        assert!(parse_size("0").is_err());
+    }
 }
