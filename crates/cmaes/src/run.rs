@@ -391,7 +391,7 @@ impl Run {
         if h.recent_best.len() > 9 && hist_range < t.tolfunhist {
             return Some(StopReason::Tolfunhist);
         }
-        let stagnation = t.tolstagnation.unwrap_or((100.0 + 100.0 * nf.powf(1.5) / lambda) as u64);
+        let stagnation = t.tolstagnation.unwrap_or((100.0 + 100.0 * libm::pow(nf, 1.5) / lambda) as u64);
         if stagnation > 0 && self.stagnates(stagnation) {
             return Some(StopReason::Tolstagnation);
         }
