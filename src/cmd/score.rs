@@ -101,10 +101,12 @@ struct PairLine {
 }
 
 fn read_pairs(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut pairs = Vec::new();
     for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("{}: cannot read line {}", path.display(), i + 1))?;
+        let line =
+            line.with_context(|| format!("{}: cannot read line {}", path.display(), i + 1))?;
         if line.trim().is_empty() {
             continue;
         }
@@ -131,7 +133,8 @@ fn tokenizer(args: &RougeJaArgs) -> anyhow::Result<Box<dyn Tokenize>> {
             eprintln!("warning: {err}\nwarning: scoring with the CHARACTER-LEVEL fallback tokenizer (char-fallback); not comparable with the paper");
             Ok(Box::new(CharFallbackTokenizer))
         }
-        Err(err) => Err(anyhow::Error::new(err).context("loading the MeCab dictionary (or pass --char-fallback)")),
+        Err(err) => Err(anyhow::Error::new(err)
+            .context("loading the MeCab dictionary (or pass --char-fallback)")),
     }
 }
 
@@ -188,32 +191,60 @@ fn run_rouge_ja(args: RougeJaArgs) -> anyhow::Result<()> {
     write_atomically(&args.out, text.as_bytes())?;
 
     let describe = |name: &str, t: &TypeSummary| {
-        println!("{name:<10} mean {:>7.3}  bootstrap mid {:>7.3}  95% [{:.3}, {:.3}]", t.mean, t.mid, t.low, t.high)
+        println!(
+            "{name:<10} mean {:>7.3}  bootstrap mid {:>7.3}  95% [{:.3}, {:.3}]",
+            t.mean, t.mid, t.low, t.high
+        )
     };
     let print_summary = |label: &str, s: &Summary| {
-        println!("{label} (n={}, tokenizer={tokenizer_name}, seed={}):", s.n, args.seed);
+        println!(
+            "{label} (n={}, tokenizer={tokenizer_name}, seed={}):",
+            s.n, args.seed
+        );
         describe("rouge1", &s.rouge1);
         describe("rouge2", &s.rouge2);
         describe("rougeL", &s.rouge_l);
     };
     print_summary("rouge-ja", &report.summary);
     if let (Some(s), Some(d)) = (&report.summary_ja, &detector) {
-        print_summary(&format!("rouge-ja _ja pass (non-Japanese predictions scored as empty; detector={})", d.name()), s);
+        print_summary(
+            &format!(
+                "rouge-ja _ja pass (non-Japanese predictions scored as empty; detector={})",
+                d.name()
+            ),
+            s,
+        );
     }
-    println!("wrote {} lines to {}", report.items.len(), args.out.display());
+    println!(
+        "wrote {} lines to {}",
+        report.items.len(),
+        args.out.display()
+    );
     Ok(())
 }
 
 /// Writes `bytes` to a temporary file beside `path`, then renames it over `path`.
 fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().with_context(|| format!("{} is not a file path", path.display()))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} is not a file path", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let result = (|| -> anyhow::Result<()> {
-        let mut file = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        file.write_all(bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+        let mut file = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        file.write_all(bytes)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
         file.sync_all().ok();
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
     })();
     if result.is_err() {
         std::fs::remove_file(&tmp).ok();

@@ -17,7 +17,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut pairs = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let v: serde_json::Value = serde_json::from_str(line)?;
-        let field = |k: &str| v[k].as_str().map(str::to_owned).ok_or(format!("missing {k}"));
+        let field = |k: &str| {
+            v[k].as_str()
+                .map(str::to_owned)
+                .ok_or(format!("missing {k}"))
+        };
         pairs.push((field("reference")?, field("prediction")?));
     }
     let start = Instant::now();
@@ -35,7 +39,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let secs = start.elapsed().as_secs_f64();
-    println!("tokenize only: {:.0} items/s ({tokens} tokens in {secs:.3} s)", (rounds * pairs.len()) as f64 / secs);
+    println!(
+        "tokenize only: {:.0} items/s ({tokens} tokens in {secs:.3} s)",
+        (rounds * pairs.len()) as f64 / secs
+    );
     let start = Instant::now();
     let mut checksum = 0.0;
     for _ in 0..rounds {

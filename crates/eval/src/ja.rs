@@ -38,7 +38,10 @@ pub enum JaError {
     )]
     NoDictionary,
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not a usable MeCab dictionary file: {reason}")]
     Format { path: PathBuf, reason: String },
 }
@@ -67,7 +70,9 @@ pub struct JaTokenizer {
 impl JaTokenizer {
     /// Loads the MeCab dictionary files (`sys.dic`, `unk.dic`, `char.bin`, `matrix.bin`) from `dir`.
     pub fn load(dir: impl AsRef<Path>) -> Result<JaTokenizer, JaError> {
-        Ok(JaTokenizer { mecab: Mecab::open(dir.as_ref())? })
+        Ok(JaTokenizer {
+            mecab: Mecab::open(dir.as_ref())?,
+        })
     }
 
     /// Loads from `$EVOMERGE_UNIDIC_DIR`, else `~/.cache/evomerge/unidic-lite-1.0.8`.
@@ -112,7 +117,11 @@ pub struct CharFallbackTokenizer;
 
 impl Tokenize for CharFallbackTokenizer {
     fn tokenize(&self, text: &str) -> Vec<String> {
-        normalize_answer(text).chars().filter(|&c| c != ' ').map(String::from).collect()
+        normalize_answer(text)
+            .chars()
+            .filter(|&c| c != ' ')
+            .map(String::from)
+            .collect()
     }
     fn name(&self) -> &'static str {
         "char-fallback"
@@ -123,8 +132,13 @@ fn default_dictionary_dir() -> Result<PathBuf, JaError> {
     if let Some(dir) = std::env::var_os(UNIDIC_DIR_ENV).filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(dir));
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).ok_or(JaError::NoDictionary)?;
-    let dir = home.join(".cache").join("evomerge").join(UNIDIC_CACHE_SUBDIR);
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .ok_or(JaError::NoDictionary)?;
+    let dir = home
+        .join(".cache")
+        .join("evomerge")
+        .join(UNIDIC_CACHE_SUBDIR);
     if dir.is_dir() {
         Ok(dir)
     } else {

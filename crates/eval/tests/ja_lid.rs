@@ -22,7 +22,15 @@ fn probabilities_are_bit_exact_with_fasttext() {
         if got.len() != row.n_labels || top != row.top || p_ja.to_bits() != row.p_ja.to_bits() {
             bad += 1;
             if bad <= 5 {
-                eprintln!("MISMATCH {:?}: {} labels {:?} ja {p_ja}\n  want {} labels {:?} ja {}", row.text, got.len(), &top[..3.min(top.len())], row.n_labels, &row.top[..3.min(row.top.len())], row.p_ja);
+                eprintln!(
+                    "MISMATCH {:?}: {} labels {:?} ja {p_ja}\n  want {} labels {:?} ja {}",
+                    row.text,
+                    got.len(),
+                    &top[..3.min(top.len())],
+                    row.n_labels,
+                    &row.top[..3.min(row.top.len())],
+                    row.p_ja
+                );
             }
         }
     }
@@ -45,10 +53,17 @@ fn paper_examples() {
 fn script_fallback_agrees_with_fasttext() {
     let lid = ja_common::lid_corpus();
     let rouge = ja_common::corpus();
-    let in_pairs: std::collections::HashSet<&str> =
-        rouge.pairs.iter().flat_map(|p| [p.reference.as_str(), p.prediction.as_str()]).collect();
-    let natural: Vec<(&str, f32)> =
-        rouge.strings.iter().filter(|s| in_pairs.contains(s.text.as_str())).map(|s| (s.text.as_str(), s.p_ja)).collect();
+    let in_pairs: std::collections::HashSet<&str> = rouge
+        .pairs
+        .iter()
+        .flat_map(|p| [p.reference.as_str(), p.prediction.as_str()])
+        .collect();
+    let natural: Vec<(&str, f32)> = rouge
+        .strings
+        .iter()
+        .filter(|s| in_pairs.contains(s.text.as_str()))
+        .map(|s| (s.text.as_str(), s.p_ja))
+        .collect();
     let all: Vec<(&str, f32)> = lid
         .texts
         .iter()
@@ -56,14 +71,28 @@ fn script_fallback_agrees_with_fasttext() {
         .chain(rouge.strings.iter().map(|s| (s.text.as_str(), s.p_ja)))
         .collect();
     let agreement = |rows: &[(&str, f32)]| {
-        let agree = rows.iter().filter(|(t, p)| (script_japanese_score(t) >= 0.5) == (*p >= 0.5)).count();
+        let agree = rows
+            .iter()
+            .filter(|(t, p)| (script_japanese_score(t) >= 0.5) == (*p >= 0.5))
+            .count();
         (agree, agree as f64 / rows.len() as f64)
     };
     let (a, natural_rate) = agreement(&natural);
-    println!("script fallback agrees with fastText on {a}/{} realistic strings ({:.1} %)", natural.len(), 100.0 * natural_rate);
+    println!(
+        "script fallback agrees with fastText on {a}/{} realistic strings ({:.1} %)",
+        natural.len(),
+        100.0 * natural_rate
+    );
     let (b, all_rate) = agreement(&all);
-    println!("script fallback agrees with fastText on {b}/{} strings incl. random mixes ({:.1} %)", all.len(), 100.0 * all_rate);
+    println!(
+        "script fallback agrees with fastText on {b}/{} strings incl. random mixes ({:.1} %)",
+        all.len(),
+        100.0 * all_rate
+    );
     // Measured 97.5 % and 80.9 %; the floors leave a small margin.
-    assert!(natural_rate >= 0.97, "agreement on realistic strings {natural_rate:.3}");
+    assert!(
+        natural_rate >= 0.97,
+        "agreement on realistic strings {natural_rate:.3}"
+    );
     assert!(all_rate >= 0.80, "agreement on all strings {all_rate:.3}");
 }

@@ -7,7 +7,9 @@ mod ja_common;
 use std::collections::HashMap;
 
 use evomerge_eval::ja::{normalize_answer, JaTokenizer};
-use evomerge_eval::rouge::{self, compute_score, score_tokens, ItemScores, NumpyRandomState, RougeJa, Score};
+use evomerge_eval::rouge::{
+    self, compute_score, score_tokens, ItemScores, NumpyRandomState, RougeJa, Score,
+};
 
 fn tokenizer() -> JaTokenizer {
     JaTokenizer::from_env().unwrap_or_else(|e| panic!("{e}"))
@@ -20,11 +22,25 @@ fn as_array(s: &Score) -> [f64; 3] {
 #[test]
 fn normalization_matches_neologdn_and_emoji_on_every_string() {
     let corpus = ja_common::corpus();
-    let bad: Vec<_> = corpus.strings.iter().filter(|s| normalize_answer(&s.text) != s.normalized).collect();
+    let bad: Vec<_> = corpus
+        .strings
+        .iter()
+        .filter(|s| normalize_answer(&s.text) != s.normalized)
+        .collect();
     for s in bad.iter().take(5) {
-        eprintln!("MISMATCH {:?}: got {:?}, want {:?}", s.text, normalize_answer(&s.text), s.normalized);
+        eprintln!(
+            "MISMATCH {:?}: got {:?}, want {:?}",
+            s.text,
+            normalize_answer(&s.text),
+            s.normalized
+        );
     }
-    assert!(bad.is_empty(), "{} of {} strings normalize differently", bad.len(), corpus.strings.len());
+    assert!(
+        bad.is_empty(),
+        "{} of {} strings normalize differently",
+        bad.len(),
+        corpus.strings.len()
+    );
 }
 
 #[test]
@@ -37,30 +53,59 @@ fn segmentation_matches_fugashi_on_every_string() {
         if got != s.tokens {
             mismatches += 1;
             if mismatches <= 5 {
-                eprintln!("MISMATCH {:?}\n  rust  {:?}\n  mecab {:?}", s.text, got, s.tokens);
+                eprintln!(
+                    "MISMATCH {:?}\n  rust  {:?}\n  mecab {:?}",
+                    s.text, got, s.tokens
+                );
             }
         }
     }
     let n = corpus.strings.len();
-    println!("segmentation identical to fugashi on {}/{} strings", n - mismatches, n);
+    println!(
+        "segmentation identical to fugashi on {}/{} strings",
+        n - mismatches,
+        n
+    );
     assert!(n >= 400);
-    assert_eq!(mismatches, 0, "{mismatches} of {n} strings segment differently");
+    assert_eq!(
+        mismatches, 0,
+        "{mismatches} of {n} strings segment differently"
+    );
 }
 
 #[test]
 fn rouge_from_reference_tokens_is_bit_exact_with_rouge_score() {
     // Independent of the dictionary: score the fixture's own token lists.
     let corpus = ja_common::corpus();
-    let tokens: HashMap<&str, &Vec<String>> = corpus.strings.iter().map(|s| (s.text.as_str(), &s.tokens)).collect();
+    let tokens: HashMap<&str, &Vec<String>> = corpus
+        .strings
+        .iter()
+        .map(|s| (s.text.as_str(), &s.tokens))
+        .collect();
     let items: Vec<ItemScores> = corpus
         .pairs
         .iter()
         .map(|p| score_tokens(tokens[p.reference.as_str()], tokens[p.prediction.as_str()]))
         .collect();
     for (item, want) in items.iter().zip(&corpus.pairs) {
-        assert_eq!(as_array(&item.rouge1), want.rouge1, "rouge1 of {:?}", want.reference);
-        assert_eq!(as_array(&item.rouge2), want.rouge2, "rouge2 of {:?}", want.reference);
-        assert_eq!(as_array(&item.rouge_l), want.rouge_l, "rougeL of {:?}", want.reference);
+        assert_eq!(
+            as_array(&item.rouge1),
+            want.rouge1,
+            "rouge1 of {:?}",
+            want.reference
+        );
+        assert_eq!(
+            as_array(&item.rouge2),
+            want.rouge2,
+            "rouge2 of {:?}",
+            want.reference
+        );
+        assert_eq!(
+            as_array(&item.rouge_l),
+            want.rouge_l,
+            "rougeL of {:?}",
+            want.reference
+        );
     }
     let mut rng = NumpyRandomState::seed(42);
     let summary = rouge::aggregate(&items, &mut rng);
@@ -75,19 +120,37 @@ fn rouge_from_reference_tokens_is_bit_exact_with_rouge_score() {
 fn compute_score_end_to_end_matches_the_paper_bit_for_bit() {
     let corpus = ja_common::corpus();
     let rouge = RougeJa::new(tokenizer());
-    let pairs: Vec<(&str, &str)> = corpus.pairs.iter().map(|p| (p.reference.as_str(), p.prediction.as_str())).collect();
+    let pairs: Vec<(&str, &str)> = corpus
+        .pairs
+        .iter()
+        .map(|p| (p.reference.as_str(), p.prediction.as_str()))
+        .collect();
     // fastText probabilities recorded by the generator (the Rust fastText port is checked in ja_lid.rs).
-    let p_ja: HashMap<&str, f32> = corpus.strings.iter().map(|s| (s.text.as_str(), s.p_ja)).collect();
+    let p_ja: HashMap<&str, f32> = corpus
+        .strings
+        .iter()
+        .map(|s| (s.text.as_str(), s.p_ja))
+        .collect();
     let lookup = |t: &str| p_ja[t];
     let mut rng = NumpyRandomState::seed(42);
     let report = compute_score(&rouge, &pairs, Some(&lookup), &mut rng);
     for (item, want) in report.items.iter().zip(&corpus.pairs) {
-        assert_eq!(as_array(&item.rouge_l), want.rouge_l, "rougeL of {:?} / {:?}", want.reference, want.prediction);
+        assert_eq!(
+            as_array(&item.rouge_l),
+            want.rouge_l,
+            "rougeL of {:?} / {:?}",
+            want.reference,
+            want.prediction
+        );
         assert_eq!(as_array(&item.rouge1), want.rouge1);
         assert_eq!(as_array(&item.rouge2), want.rouge2);
     }
     let check = |got: &rouge::TypeSummary, want: &ja_common::Interval, what: &str| {
-        assert_eq!((got.low, got.mid, got.high), (want.low, want.mid, want.high), "{what}");
+        assert_eq!(
+            (got.low, got.mid, got.high),
+            (want.low, want.mid, want.high),
+            "{what}"
+        );
     };
     let s = &report.summary;
     check(&s.rouge1, &corpus.aggregate.rouge1, "rouge1");
@@ -99,7 +162,11 @@ fn compute_score_end_to_end_matches_the_paper_bit_for_bit() {
     check(&ja.rouge_l, &corpus.aggregate_ja.rouge_l, "rougeL_ja");
     println!(
         "rougeL mean {:.4} (python {:.4}), bootstrap mid {:.4} (python {:.4}); rougeL_ja mid {:.4}",
-        s.rouge_l.mean, corpus.mean.rouge_l, s.rouge_l.mid, corpus.aggregate.rouge_l.mid, ja.rouge_l.mid
+        s.rouge_l.mean,
+        corpus.mean.rouge_l,
+        s.rouge_l.mid,
+        corpus.aggregate.rouge_l.mid,
+        ja.rouge_l.mid
     );
     assert!((s.rouge_l.mean - corpus.mean.rouge_l).abs() < 1e-9);
 }
@@ -120,7 +187,8 @@ struct RawCorpus {
 #[test]
 fn raw_wakati_matches_fugashi() {
     let path = ja_common::fixture_dir().join("mecab_raw.json");
-    let corpus: RawCorpus = serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("JSON");
+    let corpus: RawCorpus =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("JSON");
     let tok = tokenizer();
     let mut mismatches = 0;
     for row in &corpus.strings {
@@ -129,10 +197,20 @@ fn raw_wakati_matches_fugashi() {
         if got != row.tokens {
             mismatches += 1;
             if mismatches <= 5 {
-                eprintln!("MISMATCH {:?}\n  rust  {:?}\n  mecab {:?}", row.text.chars().take(80).collect::<String>(), &got[..got.len().min(20)], &row.tokens[..row.tokens.len().min(20)]);
+                eprintln!(
+                    "MISMATCH {:?}\n  rust  {:?}\n  mecab {:?}",
+                    row.text.chars().take(80).collect::<String>(),
+                    &got[..got.len().min(20)],
+                    &row.tokens[..row.tokens.len().min(20)]
+                );
             }
         }
     }
     assert!(corpus.strings.iter().any(|r| r.text.len() > 65535));
-    assert_eq!(mismatches, 0, "{mismatches} of {} raw strings segment differently", corpus.strings.len());
+    assert_eq!(
+        mismatches,
+        0,
+        "{mismatches} of {} raw strings segment differently",
+        corpus.strings.len()
+    );
 }

@@ -34,11 +34,16 @@ impl Deref for Bytes {
 
 impl Bytes {
     pub(crate) fn map(path: &Path) -> Result<Bytes, JaError> {
-        let file = File::open(path).map_err(|source| JaError::Io { path: path.to_owned(), source })?;
+        let file = File::open(path).map_err(|source| JaError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
         // SAFETY: the dictionary files are opened read-only and never modified while mapped; a
         // concurrent writer would be a misuse of the cache directory, as with any mmap reader.
-        let map = unsafe { memmap2::Mmap::map(&file) }
-            .map_err(|source| JaError::Io { path: path.to_owned(), source })?;
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| JaError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
         Ok(Bytes::Mapped(map))
     }
 }
@@ -51,7 +56,10 @@ fn u32_at(b: &[u8], off: usize) -> u32 {
 }
 
 fn format_error(path: &Path, reason: impl Into<String>) -> JaError {
-    JaError::Format { path: path.to_owned(), reason: reason.into() }
+    JaError::Format {
+        path: path.to_owned(),
+        reason: reason.into(),
+    }
 }
 
 /// The connection costs a word needs for the Viterbi search (features are not needed for wakati).
@@ -83,23 +91,38 @@ impl Dictionary {
         }
         let magic = u32_at(&bytes, 0);
         if (magic ^ DICTIONARY_MAGIC) as usize != bytes.len() {
-            return Err(format_error(path, "bad magic number (truncated or not a MeCab dictionary)"));
+            return Err(format_error(
+                path,
+                "bad magic number (truncated or not a MeCab dictionary)",
+            ));
         }
         let version = u32_at(&bytes, 4);
         if version != DICTIONARY_VERSION {
-            return Err(format_error(path, format!("version {version}, expected {DICTIONARY_VERSION}")));
+            return Err(format_error(
+                path,
+                format!("version {version}, expected {DICTIONARY_VERSION}"),
+            ));
         }
         let charset_raw = &bytes[40..72];
         let charset_len = charset_raw.iter().position(|&b| b == 0).unwrap_or(32);
         let charset = String::from_utf8_lossy(&charset_raw[..charset_len]).to_ascii_lowercase();
         if charset != "utf8" && charset != "utf-8" {
-            return Err(format_error(path, format!("charset {charset:?}; only UTF-8 dictionaries are supported")));
+            return Err(format_error(
+                path,
+                format!("charset {charset:?}; only UTF-8 dictionaries are supported"),
+            ));
         }
         let dsize = u32_at(&bytes, 24) as usize;
         let tsize = u32_at(&bytes, 28) as usize;
         let fsize = u32_at(&bytes, 32) as usize;
-        if HEADER_BYTES + dsize + tsize + fsize != bytes.len() || dsize % 8 != 0 || tsize % TOKEN_BYTES != 0 {
-            return Err(format_error(path, "section sizes in the header do not add up to the file size"));
+        if HEADER_BYTES + dsize + tsize + fsize != bytes.len()
+            || dsize % 8 != 0
+            || tsize % TOKEN_BYTES != 0
+        {
+            return Err(format_error(
+                path,
+                "section sizes in the header do not add up to the file size",
+            ));
         }
         Ok(Dictionary {
             units: dsize / 8,
@@ -116,13 +139,18 @@ impl Dictionary {
             return None;
         }
         let off = HEADER_BYTES + 8 * index as usize;
-        Some((u32_at(&self.bytes, off) as i32, u32_at(&self.bytes, off + 4)))
+        Some((
+            u32_at(&self.bytes, off) as i32,
+            u32_at(&self.bytes, off + 4),
+        ))
     }
 
     /// A value stored at the node `b` (a key ends there) if any.
     fn value_at(&self, b: i64) -> Option<u32> {
         match self.unit(b) {
-            Some((base, check)) if check == b as u32 && base < 0 => Some((-(base as i64) - 1) as u32),
+            Some((base, check)) if check == b as u32 && base < 0 => {
+                Some((-(base as i64) - 1) as u32)
+            }
             _ => None,
         }
     }
@@ -131,7 +159,9 @@ impl Dictionary {
     /// `(value, length in bytes)`.
     pub(crate) fn common_prefix_search(&self, key: &[u8], out: &mut Vec<(u32, usize)>) {
         out.clear();
-        let Some((mut b, _)) = self.unit(0).map(|(base, c)| (base as i64, c)) else { return };
+        let Some((mut b, _)) = self.unit(0).map(|(base, c)| (base as i64, c)) else {
+            return;
+        };
         for (i, &byte) in key.iter().enumerate() {
             if let Some(v) = self.value_at(b) {
                 out.push((v, i));
@@ -164,14 +194,16 @@ impl Dictionary {
     pub(crate) fn tokens(&self, value: u32) -> impl Iterator<Item = Token> + '_ {
         let first = (value >> 8) as usize;
         let count = (value & 0xff) as usize;
-        (first..first + count).filter(|&i| i < self.tokens).map(move |i| {
-            let off = self.token_offset + TOKEN_BYTES * i;
-            Token {
-                left_id: u16_at(&self.bytes, off),
-                right_id: u16_at(&self.bytes, off + 2),
-                word_cost: u16_at(&self.bytes, off + 6) as i16,
-            }
-        })
+        (first..first + count)
+            .filter(|&i| i < self.tokens)
+            .map(move |i| {
+                let off = self.token_offset + TOKEN_BYTES * i;
+                Token {
+                    left_id: u16_at(&self.bytes, off),
+                    right_id: u16_at(&self.bytes, off + 2),
+                    word_cost: u16_at(&self.bytes, off + 6) as i16,
+                }
+            })
     }
 }
 
@@ -210,7 +242,10 @@ pub(crate) struct CharProperty {
 
 impl CharProperty {
     pub(crate) fn open(path: &Path) -> Result<CharProperty, JaError> {
-        let bytes = std::fs::read(path).map_err(|source| JaError::Io { path: path.to_owned(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| JaError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
         CharProperty::from_bytes(&bytes, path)
     }
 
@@ -220,7 +255,10 @@ impl CharProperty {
         }
         let count = u32_at(bytes, 0) as usize;
         if bytes.len() != 4 + 32 * count + 4 * CHAR_TABLE_LEN {
-            return Err(format_error(path, format!("size {} does not match {count} categories", bytes.len())));
+            return Err(format_error(
+                path,
+                format!("size {} does not match {count} categories", bytes.len()),
+            ));
         }
         let names = (0..count)
             .map(|i| {
@@ -230,7 +268,9 @@ impl CharProperty {
             })
             .collect();
         let start = 4 + 32 * count;
-        let table = (0..CHAR_TABLE_LEN).map(|i| CharInfo(u32_at(bytes, start + 4 * i))).collect();
+        let table = (0..CHAR_TABLE_LEN)
+            .map(|i| CharInfo(u32_at(bytes, start + 4 * i)))
+            .collect();
         Ok(CharProperty { names, table })
     }
 
@@ -285,13 +325,25 @@ impl Matrix {
         let left_size = u16_at(&bytes, 0) as usize;
         let right_size = u16_at(&bytes, 2) as usize;
         if bytes.len() != 4 + 2 * left_size * right_size {
-            return Err(format_error(path, format!("size {} does not match {left_size}x{right_size}", bytes.len())));
+            return Err(format_error(
+                path,
+                format!(
+                    "size {} does not match {left_size}x{right_size}",
+                    bytes.len()
+                ),
+            ));
         }
-        Ok(Matrix { bytes, left_size, right_size })
+        Ok(Matrix {
+            bytes,
+            left_size,
+            right_size,
+        })
     }
 
     pub(crate) fn check_ids(&self, dictionary: &Dictionary, path: &Path) -> Result<(), JaError> {
-        if dictionary.left_size as usize != self.left_size || dictionary.right_size as usize != self.right_size {
+        if dictionary.left_size as usize != self.left_size
+            || dictionary.right_size as usize != self.right_size
+        {
             return Err(format_error(
                 path,
                 format!(

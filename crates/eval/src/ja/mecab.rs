@@ -51,10 +51,18 @@ impl Mecab {
             if path.is_file() {
                 Ok(path)
             } else {
-                Err(JaError::DictionaryMissing { dir: dir.to_owned(), file: name })
+                Err(JaError::DictionaryMissing {
+                    dir: dir.to_owned(),
+                    file: name,
+                })
             }
         };
-        let (sys, unk, chr, mtx) = (file("sys.dic")?, file("unk.dic")?, file("char.bin")?, file("matrix.bin")?);
+        let (sys, unk, chr, mtx) = (
+            file("sys.dic")?,
+            file("unk.dic")?,
+            file("char.bin")?,
+            file("matrix.bin")?,
+        );
         let system = Dictionary::open(&sys)?;
         let unknown = Dictionary::open(&unk)?;
         let chars = CharProperty::open(&chr)?;
@@ -65,7 +73,12 @@ impl Mecab {
 
     /// Builds a tagger from in-memory file images (used for synthetic dictionaries in tests).
     #[cfg(test)]
-    pub(crate) fn from_images(sys: Vec<u8>, unk: Vec<u8>, chars: &[u8], matrix: Vec<u8>) -> Result<Mecab, JaError> {
+    pub(crate) fn from_images(
+        sys: Vec<u8>,
+        unk: Vec<u8>,
+        chars: &[u8],
+        matrix: Vec<u8>,
+    ) -> Result<Mecab, JaError> {
         let p = Path::new("<memory>");
         let system = Dictionary::from_bytes(Bytes::Owned(sys), p)?;
         let unknown = Dictionary::from_bytes(Bytes::Owned(unk), p)?;
@@ -83,19 +96,34 @@ impl Mecab {
     ) -> Result<Mecab, JaError> {
         let mut unknown = Vec::with_capacity(chars.names.len());
         for name in &chars.names {
-            let value = unknown_dic.exact_match(name.as_bytes()).ok_or_else(|| JaError::Format {
-                path: unk_path.to_owned(),
-                reason: format!("no unknown-word entry for character category {name}"),
-            })?;
+            let value =
+                unknown_dic
+                    .exact_match(name.as_bytes())
+                    .ok_or_else(|| JaError::Format {
+                        path: unk_path.to_owned(),
+                        reason: format!("no unknown-word entry for character category {name}"),
+                    })?;
             unknown.push(unknown_dic.tokens(value).collect());
         }
         let space = chars.info_of(0x20);
-        Ok(Mecab { system, chars, matrix, unknown, space })
+        Ok(Mecab {
+            system,
+            chars,
+            matrix,
+            unknown,
+            space,
+        })
     }
 
     /// `CharProperty::seekToOtherType`: advances while each next character shares a category
     /// with the previous accepted one. Returns (stop, last char info, its byte length, count).
-    fn seek_to_other_type(&self, text: &[u8], mut at: usize, end: usize, mut current: CharInfo) -> (usize, usize, usize) {
+    fn seek_to_other_type(
+        &self,
+        text: &[u8],
+        mut at: usize,
+        end: usize,
+        mut current: CharInfo,
+    ) -> (usize, usize, usize) {
         let mut char_len = 0;
         let mut count = 0;
         while at != end {
@@ -113,7 +141,13 @@ impl Mecab {
 
     /// `Tokenizer::lookup` at byte `begin`: appends the candidate nodes starting there to `nodes`
     /// in MeCab's `bnext` order (the reverse of creation order).
-    fn lookup(&self, text: &[u8], begin: usize, nodes: &mut Vec<Node>, prefix: &mut Vec<(u32, usize)>) {
+    fn lookup(
+        &self,
+        text: &[u8],
+        begin: usize,
+        nodes: &mut Vec<Node>,
+        prefix: &mut Vec<(u32, usize)>,
+    ) {
         let first = nodes.len();
         let end = text.len().min(begin + LOOKUP_WINDOW);
         let (begin2, _, _) = self.seek_to_other_type(text, begin, end, self.space);
@@ -145,7 +179,11 @@ impl Mecab {
         // Dictionary words suppress unknown words unless the category says to always invoke them.
         let have_words = nodes.len() > first;
         if !have_words || cinfo.invoke() {
-            let unknown = self.unknown.get(cinfo.default_type()).map(Vec::as_slice).unwrap_or(&[]);
+            let unknown = self
+                .unknown
+                .get(cinfo.default_type())
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
             let add_unknown = |nodes: &mut Vec<Node>, end_at: usize| {
                 for token in unknown {
                     push(nodes, token, end_at);
@@ -198,7 +236,9 @@ impl Mecab {
     pub fn wakati(&self, text: &str) -> Vec<String> {
         self.best_path(text.as_bytes())
             .into_iter()
-            .map(|(start, len)| String::from_utf8_lossy(&text.as_bytes()[start..start + len]).into_owned())
+            .map(|(start, len)| {
+                String::from_utf8_lossy(&text.as_bytes()[start..start + len]).into_owned()
+            })
             .collect()
     }
 
@@ -230,7 +270,9 @@ impl Mecab {
                 let mut best: Option<(i64, u32)> = None;
                 for &left_index in ending[pos].iter().rev() {
                     let left = &nodes[left_index as usize];
-                    let cost = left.cost + self.matrix.cost(left.right_id, right.left_id) + right.word_cost as i64;
+                    let cost = left.cost
+                        + self.matrix.cost(left.right_id, right.left_id)
+                        + right.word_cost as i64;
                     if best.is_none_or(|(b, _)| cost < b) {
                         best = Some((cost, left_index));
                     }
@@ -249,7 +291,9 @@ impl Mecab {
             }
         }
         // EOS connects from the last position that some node ends at.
-        let Some(last) = (0..=len).rev().find(|&p| !ending[p].is_empty()) else { return Vec::new() };
+        let Some(last) = (0..=len).rev().find(|&p| !ending[p].is_empty()) else {
+            return Vec::new();
+        };
         let mut best: Option<(i64, u32)> = None;
         for &left_index in ending[last].iter().rev() {
             let left = &nodes[left_index as usize];

@@ -18,7 +18,9 @@ pub fn normalize_answer(text: &str) -> String {
 /// Drops every code point that emoji 2.10.1 `is_emoji` accepts, then the five code point ranges
 /// the paper's regular expression deletes.
 pub fn remove_emoji(text: &str) -> String {
-    text.chars().filter(|&c| !is_single_emoji(c) && !in_emoji_regex_ranges(c)).collect()
+    text.chars()
+        .filter(|&c| !is_single_emoji(c) && !in_emoji_regex_ranges(c))
+        .collect()
 }
 
 fn is_single_emoji(c: char) -> bool {
@@ -51,7 +53,9 @@ pub fn is_python_whitespace(c: char) -> bool {
 
 /// Python's `str.split()` with no argument.
 pub fn python_split(text: &str) -> Vec<&str> {
-    text.split(is_python_whitespace).filter(|s| !s.is_empty()).collect()
+    text.split(is_python_whitespace)
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 const ZENKAKU_ASCII: &str = "ａｂｃｄｅｆｇｈｉｊｋｌｍｎｏｐｑｒｓｔｕｖｗｘｙｚＡＢＣＤＥＦＧＨＩＪＫＬＭＮＯＰＱＲＳＴＵＶＷＸＹＺ！”＃＄％＆’（）＊＋，−．／：；＜＝＞？＠［¥］＾＿‘｛｜｝０１２３４５６７８９";
@@ -78,7 +82,11 @@ fn tables() -> &'static Tables {
         let zip = |a: &str, b: &str| a.chars().zip(b.chars()).collect::<HashMap<char, char>>();
         let mut conversion = zip(ZENKAKU_ASCII, HANKAKU_ASCII);
         conversion.extend(zip(HANKAKU_KANA, ZENKAKU_KANA));
-        Tables { conversion, ten: zip(TEN_BASE, TEN_VOICED), maru: zip(MARU_BASE, MARU_VOICED) }
+        Tables {
+            conversion,
+            ten: zip(TEN_BASE, TEN_VOICED),
+            maru: zip(MARU_BASE, MARU_VOICED),
+        }
     })
 }
 
@@ -195,7 +203,10 @@ mod tests {
     fn emoji_and_whitespace() {
         assert_eq!(remove_emoji("犬😀が©いる✨"), "犬がいる");
         assert_eq!(remove_emoji("〰〽"), "");
-        assert_eq!(python_split("\u{1c}a\u{3000}b \u{200b}c"), vec!["a", "b", "\u{200b}c"]);
+        assert_eq!(
+            python_split("\u{1c}a\u{3000}b \u{200b}c"),
+            vec!["a", "b", "\u{200b}c"]
+        );
         // Measured with neologdn 0.5.2: the kept Latin space is dropped before a Japanese character.
         assert_eq!(normalize_answer("  ＡＢＣ の  看板😀 "), "ABCの看板");
     }

@@ -47,7 +47,9 @@ fn double_array(entries: &[(Vec<u8>, u32)]) -> Vec<(i32, u32)> {
         let mut base = 1usize;
         loop {
             if !used_bases.contains(&base)
-                && slots.iter().all(|&s| units.get(base + s).is_none_or(|u| u.1 == FREE))
+                && slots
+                    .iter()
+                    .all(|&s| units.get(base + s).is_none_or(|u| u.1 == FREE))
             {
                 break;
             }
@@ -101,7 +103,18 @@ pub(crate) fn dictionary_image(entries: &[Entry], kind: u32, lsize: u32, rsize: 
     let tsize = tokens.len() * 16;
     let total = 72 + dsize + tsize + features.len();
     let mut out = Vec::with_capacity(total);
-    for v in [(total as u32) ^ 0xef71_8f77, 102, kind, tokens.len() as u32, lsize, rsize, dsize as u32, tsize as u32, features.len() as u32, 0] {
+    for v in [
+        (total as u32) ^ 0xef71_8f77,
+        102,
+        kind,
+        tokens.len() as u32,
+        lsize,
+        rsize,
+        dsize as u32,
+        tsize as u32,
+        features.len() as u32,
+        0,
+    ] {
         out.extend_from_slice(&v.to_le_bytes());
     }
     let mut charset = [0u8; 32];
@@ -185,7 +198,10 @@ pub(crate) const CATEGORIES: &[Category] = &[
 /// A tagger over `words` (ids 1..=3 for words, 0 for BOS/EOS) with a flat matrix of `link` cost
 /// and one unknown-word entry of cost `unknown_cost` per category.
 pub(crate) fn tagger(words: &[Entry], link: i16, unknown_cost: i16) -> Mecab {
-    let unk: Vec<Entry> = CATEGORIES.iter().map(|c| (c.0, 3, 3, unknown_cost)).collect();
+    let unk: Vec<Entry> = CATEGORIES
+        .iter()
+        .map(|c| (c.0, 3, 3, unknown_cost))
+        .collect();
     Mecab::from_images(
         dictionary_image(words, 0, 4, 4),
         dictionary_image(&unk, 2, 4, 4),
@@ -202,8 +218,18 @@ mod tests {
 
     #[test]
     fn double_array_prefix_search_finds_every_prefix_in_length_order() {
-        let words: Vec<Entry> = vec![("東", 1, 1, 10), ("東京", 1, 1, 10), ("東京都", 1, 1, 10), ("京都", 1, 1, 10), ("東京", 2, 2, 5)];
-        let dic = Dictionary::from_bytes(Bytes::Owned(dictionary_image(&words, 0, 4, 4)), std::path::Path::new("x")).unwrap();
+        let words: Vec<Entry> = vec![
+            ("東", 1, 1, 10),
+            ("東京", 1, 1, 10),
+            ("東京都", 1, 1, 10),
+            ("京都", 1, 1, 10),
+            ("東京", 2, 2, 5),
+        ];
+        let dic = Dictionary::from_bytes(
+            Bytes::Owned(dictionary_image(&words, 0, 4, 4)),
+            std::path::Path::new("x"),
+        )
+        .unwrap();
         let mut out = Vec::new();
         dic.common_prefix_search("東京都庁".as_bytes(), &mut out);
         let lens: Vec<usize> = out.iter().map(|&(_, l)| l).collect();
@@ -217,7 +243,12 @@ mod tests {
 
     #[test]
     fn cheapest_path_wins_and_spaces_are_skipped() {
-        let words: Vec<Entry> = vec![("東京", 1, 1, 100), ("東", 1, 1, 100), ("京都", 1, 1, 100), ("東京都", 1, 1, 1000)];
+        let words: Vec<Entry> = vec![
+            ("東京", 1, 1, 100),
+            ("東", 1, 1, 100),
+            ("京都", 1, 1, 100),
+            ("東京都", 1, 1, 1000),
+        ];
         let t = tagger(&words, 0, 5000);
         assert_eq!(t.wakati("東京都"), vec!["東", "京都"]);
         assert_eq!(t.wakati("東京  東京"), vec!["東京", "東京"]);

@@ -21,33 +21,48 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], LangIdError> {
         if self.bytes.len() - self.at < n {
-            return Err(LangIdError::Format { path: self.path.to_owned(), reason: "file ends early".into() });
+            return Err(LangIdError::Format {
+                path: self.path.to_owned(),
+                reason: "file ends early".into(),
+            });
         }
         let out = &self.bytes[self.at..self.at + n];
         self.at += n;
         Ok(out)
     }
     fn i32(&mut self) -> Result<i32, LangIdError> {
-        Ok(i32::from_le_bytes(self.take(4)?.try_into().unwrap_or_default()))
+        Ok(i32::from_le_bytes(
+            self.take(4)?.try_into().unwrap_or_default(),
+        ))
     }
     fn i64(&mut self) -> Result<i64, LangIdError> {
-        Ok(i64::from_le_bytes(self.take(8)?.try_into().unwrap_or_default()))
+        Ok(i64::from_le_bytes(
+            self.take(8)?.try_into().unwrap_or_default(),
+        ))
     }
     fn f64(&mut self) -> Result<f64, LangIdError> {
-        Ok(f64::from_le_bytes(self.take(8)?.try_into().unwrap_or_default()))
+        Ok(f64::from_le_bytes(
+            self.take(8)?.try_into().unwrap_or_default(),
+        ))
     }
     fn u8(&mut self) -> Result<u8, LangIdError> {
         Ok(self.take(1)?[0])
     }
     fn f32s(&mut self, n: usize) -> Result<Vec<f32>, LangIdError> {
         let raw = self.take(n.checked_mul(4).ok_or_else(|| self.bad("size overflow"))?)?;
-        Ok(raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        Ok(raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
     }
     fn count(&self, value: i64, what: &str) -> Result<usize, LangIdError> {
         usize::try_from(value).map_err(|_| self.bad(&format!("negative {what}")))
     }
     fn bad(&self, reason: &str) -> LangIdError {
-        LangIdError::Format { path: self.path.to_owned(), reason: reason.to_owned() }
+        LangIdError::Format {
+            path: self.path.to_owned(),
+            reason: reason.to_owned(),
+        }
     }
 }
 
@@ -79,17 +94,30 @@ impl ProductQuantizer {
     fn centroid(&self, m: usize, code: u8) -> &[f32] {
         let code = code as usize;
         let (start, len) = if m == self.nsubq - 1 {
-            (m * CENTROIDS_PER_SUBQUANTIZER * self.dsub + code * self.lastdsub, self.lastdsub)
+            (
+                m * CENTROIDS_PER_SUBQUANTIZER * self.dsub + code * self.lastdsub,
+                self.lastdsub,
+            )
         } else {
-            ((m * CENTROIDS_PER_SUBQUANTIZER + code) * self.dsub, self.dsub)
+            (
+                (m * CENTROIDS_PER_SUBQUANTIZER + code) * self.dsub,
+                self.dsub,
+            )
         };
         &self.centroids[start..start + len]
     }
 }
 
 enum Matrix {
-    Dense { cols: usize, data: Vec<f32> },
-    Quantized { codes: Vec<u8>, pq: ProductQuantizer, norms: Option<(Vec<u8>, ProductQuantizer)> },
+    Dense {
+        cols: usize,
+        data: Vec<f32>,
+    },
+    Quantized {
+        codes: Vec<u8>,
+        pq: ProductQuantizer,
+        norms: Option<(Vec<u8>, ProductQuantizer)>,
+    },
 }
 
 impl Matrix {
@@ -115,14 +143,20 @@ impl Matrix {
         } else {
             let (m, n) = (r.i64()?, r.i64()?);
             let (rows, cols) = (r.count(m, "rows")?, r.count(n, "columns")?);
-            let data = r.f32s(rows.checked_mul(cols).ok_or_else(|| r.bad("size overflow"))?)?;
+            let data = r.f32s(
+                rows.checked_mul(cols)
+                    .ok_or_else(|| r.bad("size overflow"))?,
+            )?;
             Ok((Matrix::Dense { cols, data }, rows, cols))
         }
     }
 
     fn norm(&self, row: usize) -> f32 {
         match self {
-            Matrix::Quantized { norms: Some((codes, npq)), .. } => npq.centroid(0, codes[row])[0],
+            Matrix::Quantized {
+                norms: Some((codes, npq)),
+                ..
+            } => npq.centroid(0, codes[row])[0],
             _ => 1.0,
         }
     }
@@ -196,7 +230,10 @@ pub struct FastText {
 
 impl FastText {
     pub fn load(path: &Path) -> Result<FastText, LangIdError> {
-        let bytes = std::fs::read(path).map_err(|source| LangIdError::Io { path: path.to_owned(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| LangIdError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
         FastText::from_bytes(&bytes, path)
     }
 
@@ -207,16 +244,21 @@ impl FastText {
         }
         let version = r.i32()?;
         if version != VERSION {
-            return Err(r.bad(&format!("version {version}, only fastText model version {VERSION} is supported")));
+            return Err(r.bad(&format!(
+                "version {version}, only fastText model version {VERSION} is supported"
+            )));
         }
         let mut args = [0i32; 12];
         for a in args.iter_mut() {
             *a = r.i32()?;
         }
         let _sampling_threshold = r.f64()?;
-        let [dim, _ws, _epoch, _min_count, _neg, word_ngrams, loss, _model, bucket, minn, maxn, _lr_update] = args;
+        let [dim, _ws, _epoch, _min_count, _neg, word_ngrams, loss, _model, bucket, minn, maxn, _lr_update] =
+            args;
         if loss != LOSS_HIERARCHICAL_SOFTMAX {
-            return Err(r.bad(&format!("loss {loss}; only hierarchical softmax (1) models are supported")));
+            return Err(r.bad(&format!(
+                "loss {loss}; only hierarchical softmax (1) models are supported"
+            )));
         }
         let (size, nwords, nlabels) = (r.i32()?, r.i32()?, r.i32()?);
         let size = r.count(size as i64, "dictionary size")?;
@@ -233,7 +275,10 @@ impl FastText {
         let mut counts = Vec::with_capacity(size);
         for i in 0..size {
             let rest = &r.bytes[r.at..];
-            let len = rest.iter().position(|&b| b == 0).ok_or_else(|| r.bad("unterminated dictionary word"))?;
+            let len = rest
+                .iter()
+                .position(|&b| b == 0)
+                .ok_or_else(|| r.bad("unterminated dictionary word"))?;
             let word = r.take(len + 1)?[..len].to_vec();
             counts.push(r.i64()?);
             is_label.push(r.u8()? == 1);
@@ -397,12 +442,30 @@ impl FastText {
             return Vec::new();
         }
         let mut found: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
-        self.dfs(k, std_log(threshold), 2 * self.nlabels - 2, 0.0, &hidden, &mut found);
+        self.dfs(
+            k,
+            std_log(threshold),
+            2 * self.nlabels - 2,
+            0.0,
+            &hidden,
+            &mut found,
+        );
         found.sort_by(|a, b| b.0.total_cmp(&a.0));
-        found.into_iter().map(|(score, node)| (self.entries[self.nwords + node].clone(), score.exp())).collect()
+        found
+            .into_iter()
+            .map(|(score, node)| (self.entries[self.nwords + node].clone(), score.exp()))
+            .collect()
     }
 
-    fn dfs(&self, k: usize, log_threshold: f32, node: usize, score: f32, hidden: &[f32], found: &mut Vec<(f32, usize)>) {
+    fn dfs(
+        &self,
+        k: usize,
+        log_threshold: f32,
+        node: usize,
+        score: f32,
+        hidden: &[f32],
+        found: &mut Vec<(f32, usize)>,
+    ) {
         if score < log_threshold {
             return;
         }
@@ -414,7 +477,8 @@ impl FastText {
         if left == -1 && right == -1 {
             found.push((score, node));
             if found.len() > k {
-                if let Some(i) = (0..found.len()).min_by(|&a, &b| found[a].0.total_cmp(&found[b].0)) {
+                if let Some(i) = (0..found.len()).min_by(|&a, &b| found[a].0.total_cmp(&found[b].0))
+                {
                     found.swap_remove(i);
                 }
             }
@@ -422,8 +486,22 @@ impl FastText {
         }
         let f = self.output.dot_row(hidden, node - self.nlabels);
         let f = (1.0f64 / (1.0f32 + (-f).exp()) as f64) as f32;
-        self.dfs(k, log_threshold, left as usize, score + std_log_f64(1.0 - f as f64), hidden, found);
-        self.dfs(k, log_threshold, right as usize, score + std_log(f), hidden, found);
+        self.dfs(
+            k,
+            log_threshold,
+            left as usize,
+            score + std_log_f64(1.0 - f as f64),
+            hidden,
+            found,
+        );
+        self.dfs(
+            k,
+            log_threshold,
+            right as usize,
+            score + std_log(f),
+            hidden,
+            found,
+        );
     }
 }
 

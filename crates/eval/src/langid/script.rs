@@ -51,7 +51,11 @@ pub fn script_japanese_score(text: &str) -> f32 {
     if units == 0 {
         return 0.0;
     }
-    let japanese = if kana == 0 && kanji > 4 { 0 } else { kana + kanji };
+    let japanese = if kana == 0 && kanji > 4 {
+        0
+    } else {
+        kana + kanji
+    };
     japanese as f32 / units as f32
 }
 

@@ -22,14 +22,19 @@ impl NumpyRandomState {
         let mut key = [0u32; MT_N];
         key[0] = seed;
         for i in 1..MT_N {
-            key[i] = 1_812_433_253u32.wrapping_mul(key[i - 1] ^ (key[i - 1] >> 30)).wrapping_add(i as u32);
+            key[i] = 1_812_433_253u32
+                .wrapping_mul(key[i - 1] ^ (key[i - 1] >> 30))
+                .wrapping_add(i as u32);
         }
         NumpyRandomState { key, pos: MT_N }
     }
 
     /// A state as `np.random.get_state()` gives it: the 624-word key and the position.
     pub fn from_state(key: [u32; MT_N], pos: usize) -> NumpyRandomState {
-        NumpyRandomState { key, pos: pos.min(MT_N) }
+        NumpyRandomState {
+            key,
+            pos: pos.min(MT_N),
+        }
     }
 
     /// The key and position, as `np.random.get_state()[1:3]`.
@@ -99,13 +104,30 @@ pub struct BootstrapInterval {
 
 /// `BootstrapAggregator._bootstrap_resample` for one score type. Empty input gives NaN and
 /// consumes nothing.
-pub fn bootstrap(scores: &[Score], rng: &mut NumpyRandomState, n_samples: usize, confidence: f64) -> BootstrapInterval {
-    let nan = Score { precision: f64::NAN, recall: f64::NAN, fmeasure: f64::NAN };
+pub fn bootstrap(
+    scores: &[Score],
+    rng: &mut NumpyRandomState,
+    n_samples: usize,
+    confidence: f64,
+) -> BootstrapInterval {
+    let nan = Score {
+        precision: f64::NAN,
+        recall: f64::NAN,
+        fmeasure: f64::NAN,
+    };
     if scores.is_empty() || n_samples == 0 {
-        return BootstrapInterval { low: nan, mid: nan, high: nan };
+        return BootstrapInterval {
+            low: nan,
+            mid: nan,
+            high: nan,
+        };
     }
     let n = scores.len();
-    let mut means: [Vec<f64>; 3] = [Vec::with_capacity(n_samples), Vec::with_capacity(n_samples), Vec::with_capacity(n_samples)];
+    let mut means: [Vec<f64>; 3] = [
+        Vec::with_capacity(n_samples),
+        Vec::with_capacity(n_samples),
+        Vec::with_capacity(n_samples),
+    ];
     let mut idx = Vec::with_capacity(n);
     for _ in 0..n_samples {
         rng.choice_indices(n, &mut idx);
@@ -124,13 +146,21 @@ pub fn bootstrap(scores: &[Score], rng: &mut NumpyRandomState, n_samples: usize,
     }
     let delta = (1.0 - confidence) / 2.0;
     // numpy receives percentages and divides them by 100 again.
-    let quantiles = [100.0 * delta / 100.0, 100.0 * 0.5 / 100.0, 100.0 * (1.0 - delta) / 100.0];
+    let quantiles = [
+        100.0 * delta / 100.0,
+        100.0 * 0.5 / 100.0,
+        100.0 * (1.0 - delta) / 100.0,
+    ];
     let at = |q: f64| Score {
         precision: percentile_linear(&means[0], q),
         recall: percentile_linear(&means[1], q),
         fmeasure: percentile_linear(&means[2], q),
     };
-    BootstrapInterval { low: at(quantiles[0]), mid: at(quantiles[1]), high: at(quantiles[2]) }
+    BootstrapInterval {
+        low: at(quantiles[0]),
+        mid: at(quantiles[1]),
+        high: at(quantiles[2]),
+    }
 }
 
 /// numpy 1.26 `percentile(..., method="linear")` on sorted values, `q` in [0, 1].

@@ -12,7 +12,11 @@ pub struct Score {
 
 impl Score {
     fn from_pr(precision: f64, recall: f64) -> Score {
-        Score { precision, recall, fmeasure: fmeasure(precision, recall) }
+        Score {
+            precision,
+            recall,
+            fmeasure: fmeasure(precision, recall),
+        }
     }
 }
 
@@ -41,7 +45,8 @@ pub fn rouge_n<S: AsRef<str>>(reference: &[S], prediction: &[S], n: usize) -> Sc
         let mut map = HashMap::new();
         if n > 0 && tokens.len() >= n {
             for window in tokens.windows(n) {
-                *map.entry(window.iter().map(AsRef::as_ref).collect()).or_insert(0) += 1;
+                *map.entry(window.iter().map(AsRef::as_ref).collect())
+                    .or_insert(0) += 1;
             }
         }
         map
@@ -67,7 +72,11 @@ pub fn lcs_length<T: PartialEq>(a: &[T], b: &[T]) -> usize {
         let mut diagonal = 0;
         for (j, y) in b.iter().enumerate() {
             let above = row[j + 1];
-            row[j + 1] = if x == y { diagonal + 1 } else { above.max(row[j]) };
+            row[j + 1] = if x == y {
+                diagonal + 1
+            } else {
+                above.max(row[j])
+            };
             diagonal = above;
         }
     }

@@ -61,7 +61,8 @@ pub struct Corpus {
 
 pub fn corpus() -> Corpus {
     let path = fixture_dir().join("rouge_ja_corpus.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad fixture {}: {e}", path.display()))
 }
 
@@ -80,6 +81,7 @@ pub struct LidCorpus {
 
 pub fn lid_corpus() -> LidCorpus {
     let path = fixture_dir().join("lid_corpus.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad fixture {}: {e}", path.display()))
 }
