@@ -284,3 +284,52 @@ mod tests {
         assert_eq!(t.wakati("あい"), vec!["あ", "い"]);
     }
 }
+
+#[cfg(test)]
+mod error_tests {
+    use super::super::dict::{Bytes, Dictionary, Matrix};
+    use super::super::{JaError, JaTokenizer};
+    use super::*;
+
+    #[test]
+    fn missing_dictionary_names_the_file_and_the_fix() {
+        let dir = std::env::temp_dir().join(format!("evomerge-no-dic-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let err = JaTokenizer::load(&dir)
+            .err()
+            .expect("an empty directory is not a dictionary");
+        assert!(
+            matches!(
+                err,
+                JaError::DictionaryMissing {
+                    file: "sys.dic",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("scripts/fetch-assets.sh"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn truncated_or_foreign_files_are_rejected() {
+        let p = std::path::Path::new("sys.dic");
+        let mut image = dictionary_image(&[("犬", 1, 1, 10)], 0, 4, 4);
+        image.pop();
+        let err = Dictionary::from_bytes(Bytes::Owned(image), p)
+            .err()
+            .expect("truncated");
+        assert!(err.to_string().contains("magic"), "{err}");
+        let err = Dictionary::from_bytes(Bytes::Owned(vec![0; 10]), p)
+            .err()
+            .expect("tiny");
+        assert!(err.to_string().contains("header"), "{err}");
+        let mut matrix = matrix_image(4, 4, |_, _| 0);
+        matrix.truncate(20);
+        let err = Matrix::from_bytes(Bytes::Owned(matrix), std::path::Path::new("matrix.bin"))
+            .err()
+            .expect("short matrix");
+        assert!(err.to_string().contains("does not match"), "{err}");
+    }
+}
