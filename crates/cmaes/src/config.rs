@@ -152,7 +152,7 @@ impl Config {
     /// Population size of the first run.
     pub fn base_popsize(&self) -> usize {
         self.popsize
-            .unwrap_or_else(|| 4 + (3.0 * (self.dim().max(1) as f64).ln()).floor() as usize)
+            .unwrap_or_else(|| 4 + (3.0 * libm::log(self.dim().max(1) as f64)).floor() as usize)
     }
 
     /// Checks everything a user can get wrong, naming the offending value.

@@ -370,7 +370,7 @@ impl Run {
         let lambda = self.params.lambda as f64;
         let h = &self.history;
         let maxiter =
-            t.maxiter.unwrap_or((100.0 + 150.0 * (nf + 3.0).powi(2) / lambda.sqrt()).floor() as u64);
+            t.maxiter.unwrap_or((100.0 + 150.0 * sq(nf + 3.0) / lambda.sqrt()).floor() as u64);
         if self.generation >= maxiter {
             return Some(StopReason::Maxiter);
         }
@@ -457,4 +457,9 @@ fn median(v: &[f64]) -> f64 {
     } else {
         0.5 * (s[k / 2 - 1] + s[k / 2])
     }
+}
+
+/// x² by one multiplication (`powi` may differ in the last bit between platforms).
+fn sq(x: f64) -> f64 {
+    x * x
 }
