@@ -39,6 +39,8 @@ struct Node {
     word_cost: i16,
     cost: i64,
     prev: u32,
+    /// Next older node ending at the same byte (MeCab's `enext` list, newest first).
+    enext: u32,
 }
 
 const NO_NODE: u32 = u32::MAX;
@@ -168,6 +170,7 @@ impl Mecab {
                 word_cost: token.word_cost,
                 cost: 0,
                 prev: NO_NODE,
+                enext: NO_NODE,
             })
         };
         self.system.common_prefix_search(&text[begin2..end], prefix);
@@ -254,54 +257,53 @@ impl Mecab {
             word_cost: 0,
             cost: 0,
             prev: NO_NODE,
+            enext: NO_NODE,
         }];
-        // Nodes ending at each byte, in connection order; MeCab scans them newest first.
-        let mut ending: Vec<Vec<u32>> = vec![Vec::new(); len + 8];
-        ending[0].push(0);
+        // Newest node ending at each byte; older ones follow through `enext`, as in MeCab.
+        let mut ending: Vec<u32> = vec![NO_NODE; len + 8];
+        ending[0] = 0;
         let mut candidates = Vec::new();
         let mut prefix = Vec::new();
+        let best_predecessor = |nodes: &[Node], head: u32, left_id: u16| -> Option<(i64, u32)> {
+            let mut best: Option<(i64, u32)> = None;
+            let mut at = head;
+            while at != NO_NODE {
+                let left = &nodes[at as usize];
+                let cost = left.cost + self.matrix.cost(left.right_id, left_id);
+                if best.is_none_or(|(b, _)| cost < b) {
+                    best = Some((cost, at));
+                }
+                at = left.enext;
+            }
+            best
+        };
         for pos in 0..len {
-            if ending[pos].is_empty() {
+            if ending[pos] == NO_NODE {
                 continue;
             }
             candidates.clear();
             self.lookup(text, pos, &mut candidates, &mut prefix);
             for mut right in candidates.drain(..) {
-                let mut best: Option<(i64, u32)> = None;
-                for &left_index in ending[pos].iter().rev() {
-                    let left = &nodes[left_index as usize];
-                    let cost = left.cost
-                        + self.matrix.cost(left.right_id, right.left_id)
-                        + right.word_cost as i64;
-                    if best.is_none_or(|(b, _)| cost < b) {
-                        best = Some((cost, left_index));
-                    }
-                }
-                if let Some((cost, prev)) = best {
-                    right.cost = cost;
+                // The word cost is the same for every predecessor, so adding it after the
+                // comparison keeps both the minimum and the tie-breaking.
+                if let Some((cost, prev)) = best_predecessor(&nodes, ending[pos], right.left_id) {
+                    right.cost = cost + right.word_cost as i64;
                     right.prev = prev;
                 }
                 let end_at = pos + right.rlength as usize;
-                let index = nodes.len() as u32;
-                nodes.push(right);
                 if end_at >= ending.len() {
-                    ending.resize(end_at + 1, Vec::new());
+                    ending.resize(end_at + 1, NO_NODE);
                 }
-                ending[end_at].push(index);
+                right.enext = ending[end_at];
+                ending[end_at] = nodes.len() as u32;
+                nodes.push(right);
             }
         }
         // EOS connects from the last position that some node ends at.
-        let Some(last) = (0..=len).rev().find(|&p| !ending[p].is_empty()) else {
+        let Some(last) = (0..=len).rev().find(|&p| ending[p] != NO_NODE) else {
             return Vec::new();
         };
-        let mut best: Option<(i64, u32)> = None;
-        for &left_index in ending[last].iter().rev() {
-            let left = &nodes[left_index as usize];
-            let cost = left.cost + self.matrix.cost(left.right_id, 0);
-            if best.is_none_or(|(b, _)| cost < b) {
-                best = Some((cost, left_index));
-            }
-        }
+        let best = best_predecessor(&nodes, ending[last], 0);
         let mut path = Vec::new();
         let mut at = best.map_or(NO_NODE, |(_, i)| i);
         while at != NO_NODE && at != 0 {
