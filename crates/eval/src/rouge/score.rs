@@ -41,12 +41,34 @@ pub fn fmeasure(precision: f64, recall: f64) -> f64 {
 /// ROUGE-N: clipped n-gram overlap. Precision divides by `max(#prediction n-grams, 1)`, recall by
 /// `max(#reference n-grams, 1)`, as `_score_ngrams` does.
 pub fn rouge_n<S: AsRef<str>>(reference: &[S], prediction: &[S], n: usize) -> Score {
-    fn counts<S: AsRef<str>>(tokens: &[S], n: usize) -> HashMap<Vec<&str>, usize> {
+    let (r, p) = intern(reference, prediction);
+    rouge_n_ids(&r, &p, n)
+}
+
+/// Maps both token lists to small integer ids (equal strings, equal ids) so n-grams and the LCS
+/// compare integers.
+fn intern<S: AsRef<str>>(reference: &[S], prediction: &[S]) -> (Vec<u32>, Vec<u32>) {
+    fn map<'a, S: AsRef<str>>(ids: &mut HashMap<&'a str, u32>, tokens: &'a [S]) -> Vec<u32> {
+        tokens
+            .iter()
+            .map(|t| {
+                let next = ids.len() as u32;
+                *ids.entry(t.as_ref()).or_insert(next)
+            })
+            .collect()
+    }
+    let mut ids = HashMap::with_capacity(reference.len() + prediction.len());
+    let r = map(&mut ids, reference);
+    let p = map(&mut ids, prediction);
+    (r, p)
+}
+
+fn rouge_n_ids(reference: &[u32], prediction: &[u32], n: usize) -> Score {
+    fn counts(tokens: &[u32], n: usize) -> HashMap<&[u32], usize> {
         let mut map = HashMap::new();
         if n > 0 && tokens.len() >= n {
             for window in tokens.windows(n) {
-                *map.entry(window.iter().map(AsRef::as_ref).collect())
-                    .or_insert(0) += 1;
+                *map.entry(window).or_insert(0) += 1;
             }
         }
         map
@@ -57,12 +79,28 @@ pub fn rouge_n<S: AsRef<str>>(reference: &[S], prediction: &[S], n: usize) -> Sc
         .iter()
         .map(|(gram, &c)| c.min(prediction_counts.get(gram).copied().unwrap_or(0)))
         .sum();
-    let reference_total: usize = reference_counts.values().sum();
-    let prediction_total: usize = prediction_counts.values().sum();
+    let reference_total = if n > 0 {
+        reference.len().saturating_sub(n - 1)
+    } else {
+        0
+    };
+    let prediction_total = if n > 0 {
+        prediction.len().saturating_sub(n - 1)
+    } else {
+        0
+    };
     Score::from_pr(
         overlap as f64 / prediction_total.max(1) as f64,
         overlap as f64 / reference_total.max(1) as f64,
     )
+}
+
+fn rouge_l_ids(reference: &[u32], prediction: &[u32]) -> Score {
+    if reference.is_empty() || prediction.is_empty() {
+        return Score::default();
+    }
+    let lcs = lcs_length(reference, prediction) as f64;
+    Score::from_pr(lcs / prediction.len() as f64, lcs / reference.len() as f64)
 }
 
 /// Length of the longest common subsequence (token equality).
@@ -85,13 +123,8 @@ pub fn lcs_length<T: PartialEq>(a: &[T], b: &[T]) -> usize {
 
 /// ROUGE-L: LCS-based; all zero when either side has no tokens.
 pub fn rouge_l<S: AsRef<str>>(reference: &[S], prediction: &[S]) -> Score {
-    if reference.is_empty() || prediction.is_empty() {
-        return Score::default();
-    }
-    let r: Vec<&str> = reference.iter().map(AsRef::as_ref).collect();
-    let p: Vec<&str> = prediction.iter().map(AsRef::as_ref).collect();
-    let lcs = lcs_length(&r, &p) as f64;
-    Score::from_pr(lcs / p.len() as f64, lcs / r.len() as f64)
+    let (r, p) = intern(reference, prediction);
+    rouge_l_ids(&r, &p)
 }
 
 /// Alias of [`rouge_l`] under the name the evaluators use.
@@ -101,10 +134,11 @@ pub fn score_l<S: AsRef<str>>(reference_tokens: &[S], prediction_tokens: &[S]) -
 
 /// All three types for one tokenized pair.
 pub fn score_tokens<S: AsRef<str>>(reference: &[S], prediction: &[S]) -> ItemScores {
+    let (r, p) = intern(reference, prediction);
     ItemScores {
-        rouge1: rouge_n(reference, prediction, 1),
-        rouge2: rouge_n(reference, prediction, 2),
-        rouge_l: rouge_l(reference, prediction),
+        rouge1: rouge_n_ids(&r, &p, 1),
+        rouge2: rouge_n_ids(&r, &p, 2),
+        rouge_l: rouge_l_ids(&r, &p),
     }
 }
 
