@@ -31,13 +31,17 @@ fn time<F: FnMut()>(reps: usize, mut f: F) -> f64 {
     runs[runs.len() / 2]
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let quick = std::env::args().any(|a| a == "--quick");
     let reps = if quick { 3 } else { 7 };
     let image_path = fixtures().join("images/test.png");
     let tokenizer = tokenizers::Tokenizer::from_file(fixtures().join("tokenizer/tokenizer.json"))?;
     let question = "USER: <image>\nWhat is in the picture? ASSISTANT:";
-    println!("threads: {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!(
+        "cores: {}, RAYON_NUM_THREADS={}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "unset".into())
+    );
     for dir in ["llava", "llava_next"] {
         let model = LlavaModel::load(fixtures().join(dir).to_str().ok_or("path")?, &LoadOptions::default())?;
         let prompt = ImagePrompt::from_text(&tokenizer, question)?;

@@ -17,6 +17,7 @@
 //! # let _ = logits; Ok(()) }
 //! ```
 
+pub mod cli;
 pub mod clip;
 pub mod config;
 pub mod encoder;

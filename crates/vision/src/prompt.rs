@@ -1,6 +1,7 @@
 //! Prompts with one image: the token ids before and after the `<image>` marker. The marker stands for
 //! the whole image feature sequence, which is spliced in between when the prompt is embedded.
 
+use evomerge_mistral::prompt::TextTokenizer;
 use tokenizers::Tokenizer;
 
 use crate::error::{Result, VisionError};
@@ -49,6 +50,35 @@ impl ImagePrompt {
         }
         let (left, right) = text.split_once(IMAGE_MARKER).unwrap_or((text, ""));
         Ok(ImagePrompt { before: encode(left, true)?, after: encode(right, false)? })
+    }
+
+    /// As [`ImagePrompt::from_text`], with a model's [`TextTokenizer`] so that BOS/EOS follow its
+    /// `tokenizer_config.json` (BOS before the image, EOS — if the config adds one — at the very end).
+    pub fn from_text_tokenizer(tokenizer: &TextTokenizer, text: &str) -> Result<ImagePrompt> {
+        let count = text.matches(IMAGE_MARKER).count();
+        if count == 0 {
+            return Err(VisionError::NoImageToken { token: IMAGE_MARKER.into() });
+        }
+        if count > 1 {
+            return Err(VisionError::TooManyImageTokens { token: IMAGE_MARKER.into(), count });
+        }
+        let tok_err = |e: evomerge_mistral::prompt::PromptError| VisionError::Tokenizer(e.to_string());
+        if let Some(id) = tokenizer.token_to_id(IMAGE_MARKER) {
+            return ImagePrompt::from_ids(&tokenizer.encode(text).map_err(tok_err)?, id);
+        }
+        let (left, right) = text.split_once(IMAGE_MARKER).unwrap_or((text, ""));
+        // Special tokens the tokenizer adds around a text: find them by encoding with and without them.
+        let full = tokenizer.encode(left).map_err(tok_err)?;
+        let plain = tokenizer.encode_plain(left).map_err(tok_err)?;
+        let at = if plain.is_empty() {
+            usize::from(full.first().is_some() && full.first() == tokenizer.bos_token_id().as_ref())
+        } else {
+            full.windows(plain.len()).position(|w| w == plain.as_slice()).unwrap_or(0)
+        };
+        let split = (at + plain.len()).min(full.len());
+        let mut after = tokenizer.encode_plain(right).map_err(tok_err)?;
+        after.extend_from_slice(&full[split..]);
+        Ok(ImagePrompt { before: full[..split].to_vec(), after })
     }
 
     /// Number of text tokens.
