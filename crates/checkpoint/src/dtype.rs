@@ -174,6 +174,13 @@ pub fn encode_from_f32(dtype: Dtype, values: &[f32], out: &mut [u8]) {
             }
         }
         Dtype::BF16 => {
+            #[cfg(target_endian = "little")]
+            if let Ok(dst) = bytemuck::try_cast_slice_mut::<u8, u16>(out) {
+                for (o, v) in dst.iter_mut().zip(values) {
+                    *o = f32_to_bf16_bits(*v);
+                }
+                return;
+            }
             for (c, v) in out.chunks_exact_mut(2).zip(values) {
                 c.copy_from_slice(&f32_to_bf16_bits(*v).to_le_bytes());
             }

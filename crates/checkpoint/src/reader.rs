@@ -250,6 +250,29 @@ impl Checkpoint {
         })
     }
 
+    /// Lets this tensor's pages leave the process's resident set (they stay in the OS page cache
+    /// and are re-read transparently if the tensor is used again). A streaming pass over a large
+    /// model calls this after consuming each tensor so memory stays O(a tensor), not O(model).
+    /// Outstanding views stay valid. A no-op where the OS has no `madvise`.
+    pub fn release(&self, name: &str) {
+        let Some(entry) = self.tensors.get(name) else { return };
+        #[cfg(unix)]
+        {
+            let map = &self.shards[entry.shard].map;
+            // SAFETY: the map is a read-only shared file mapping: MADV_DONTNEED only drops this
+            // process's page-table entries; the next access faults the same bytes back in from
+            // the file, so borrowed slices keep their contents.
+            let result = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, entry.start, entry.end - entry.start)
+            };
+            if let Err(e) = result {
+                tracing::debug!(tensor = name, error = %e, "madvise(DONTNEED) failed");
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = entry;
+    }
+
     /// The safetensors files of the model, in the order they were opened.
     pub fn safetensors_files(&self) -> Vec<PathBuf> {
         self.shards.iter().map(|s| s.path.clone()).collect()
