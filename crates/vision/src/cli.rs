@@ -73,3 +73,62 @@ pub fn logits_with_image(model: &str, ids: &[u32], image: &Path, opts: &LoadOpti
     let logits = model.logits(&prompt, &model.preprocess(&image))?;
     Ok(logits.to_device(&candle_core::Device::Cpu)?)
 }
+
+/// The `"image"` field of every non-blank line of a JSON-lines prompt file (`None` where a line has none),
+/// in line order: blank lines are skipped, as the prompt reader does. Relative paths are taken relative to
+/// the file's folder.
+pub fn jsonl_images(path: &Path) -> Result<Vec<Option<PathBuf>>> {
+    let text = std::fs::read_to_string(path).map_err(|source| VisionError::Io { path: path.to_path_buf(), source })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: serde_json::Value = serde_json::from_str(line)
+            .map_err(|source| VisionError::Json { path: PathBuf::from(format!("{}:{}", path.display(), n + 1)), source })?;
+        out.push(match value.get("image") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(p)) => Some(base.join(p)),
+            Some(other) => {
+                return Err(VisionError::config(
+                    format!("{}:{} image", path.display(), n + 1),
+                    format!("expected a path string, got {other}"),
+                ))
+            }
+        });
+    }
+    Ok(out)
+}
+
+/// The image of each of `count` prompts: a line's own `"image"` or else `default` (`--image`). `Ok(None)`
+/// when no prompt has an image (a text-only run); an error when only some have one.
+pub fn images_for_prompts(
+    prompts_file: Option<&Path>,
+    default: Option<&Path>,
+    count: usize,
+) -> Result<Option<Vec<PathBuf>>> {
+    let per_line = match prompts_file {
+        Some(p) => jsonl_images(p)?,
+        None => vec![None; count],
+    };
+    if per_line.len() != count {
+        return Err(VisionError::config("--prompts", format!("{} lines with prompts but {count} prompts", per_line.len())));
+    }
+    if default.is_none() && per_line.iter().all(Option::is_none) {
+        return Ok(None);
+    }
+    per_line
+        .into_iter()
+        .enumerate()
+        .map(|(i, own)| {
+            own.or_else(|| default.map(Path::to_path_buf)).ok_or_else(|| {
+                VisionError::config(
+                    format!("prompt {i}"),
+                    "has no image while others do; give every line an \"image\" or pass --image",
+                )
+            })
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}

@@ -93,3 +93,17 @@ fn cli_helpers_generate_and_score() {
     .unwrap_err();
     assert!(bad.to_string().contains("<image>"), "{bad}");
 }
+
+#[test]
+fn images_for_prompts_pairs_lines_with_images() {
+    use evomerge_vision::cli::images_for_prompts;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.jsonl");
+    std::fs::write(&file, "{\"prompt\": \"a <image>\", \"image\": \"x.png\"}\n\n\"b <image>\"\n").unwrap();
+    let got = images_for_prompts(Some(&file), Some(Path::new("/d.png")), 2).unwrap().unwrap();
+    assert_eq!(got, vec![dir.path().join("x.png"), PathBuf::from("/d.png")]);
+    let err = images_for_prompts(Some(&file), None, 2).unwrap_err();
+    assert!(err.to_string().contains("no image"), "{err}");
+    assert_eq!(images_for_prompts(None, None, 3).unwrap(), None);
+    assert_eq!(images_for_prompts(None, Some(Path::new("i.png")), 1).unwrap().unwrap(), vec![PathBuf::from("i.png")]);
+}
