@@ -504,7 +504,8 @@ impl Planner<'_, '_> {
 /// Output config: layer count, vocabulary size and dtype of the merged model.
 fn update_config(config: &mut Value, layers: usize, vocab_rows: Option<usize>, dtype: Option<Dtype>) {
     let Some(obj) = config.as_object_mut() else { return };
-    let in_text = obj.get("text_config").and_then(|t| t.get("num_hidden_layers")).is_some();
+    // LLaVA-style configs keep the language model's hyper-parameters in `text_config`.
+    let in_text = obj.get("text_config").is_some_and(Value::is_object);
     let target = if in_text { obj.get_mut("text_config").and_then(Value::as_object_mut) } else { Some(&mut *obj) };
     if let Some(target) = target {
         target.insert("num_hidden_layers".into(), Value::from(layers));
