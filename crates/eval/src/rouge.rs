@@ -8,7 +8,7 @@
 //! let rouge = RougeJa::new(JaTokenizer::from_env()?);
 //! let items = rouge.score_pairs(&[("白い犬です", "白い犬")]);
 //! let mut rng = NumpyRandomState::seed(42);
-//! let summary = RougeJa::aggregate(&items, &mut rng);
+//! let summary = rouge.aggregate(&items, &mut rng);
 //! println!("rougeL mean {:.2}, bootstrap mid {:.2}", summary.rouge_l.mean, summary.rouge_l.mid);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -79,7 +79,7 @@ impl<T: Tokenize> RougeJa<T> {
     /// `BootstrapAggregator().aggregate()` (1000 resamples, 95 % interval), drawing rouge1, then
     /// rouge2, then rougeL from `rng`, plus the plain means. `rng` carries over between calls as
     /// numpy's global state does. An empty set gives NaN everywhere and draws nothing.
-    pub fn aggregate(items: &[ItemScores], rng: &mut NumpyRandomState) -> Summary {
+    pub fn aggregate(&self, items: &[ItemScores], rng: &mut NumpyRandomState) -> Summary {
         aggregate(items, rng)
     }
 }
