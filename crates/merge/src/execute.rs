@@ -32,6 +32,8 @@ impl<'a> Executor<'a> {
     ) -> Result<Vec<f32>, MergeError> {
         let mut values = Vec::new();
         self.sources[model].read_f32(name, &mut values)?;
+        // The f32 copy is all we use: let the mapped pages go now rather than after the merge.
+        self.sources[model].release(name);
         if let Some(vocab) = vocab {
             let want = vocab.rows * row_len;
             if values.len() > want {
@@ -40,6 +42,7 @@ impl<'a> Executor<'a> {
                 if donor.is_none() {
                     let mut d = Vec::new();
                     self.sources[vocab.model].read_f32(&vocab.name, &mut d)?;
+                    self.sources[vocab.model].release(&vocab.name);
                     if d.len() != want {
                         return Err(MergeError::InvalidInputs {
                             tensor: name.to_string(),
@@ -100,12 +103,6 @@ impl<'a> Executor<'a> {
                 drop(model_tensors);
                 drop(input_values);
                 drop(base_values);
-                if let Some(v) = vocab {
-                    self.sources[v.model].release(&v.name);
-                }
-                for input in base.iter().chain(inputs) {
-                    self.sources[input.model].release(&input.name);
-                }
                 Ok(TensorOutput::Values(out))
             }
         }
