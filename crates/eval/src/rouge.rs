@@ -69,6 +69,37 @@ impl<T: Tokenize> RougeJa<T> {
             .collect()
     }
 
+    /// [`RougeJa::score_pairs`] on `threads` OS threads (0: all available cores). Same result,
+    /// same order; scoring is pure, so only the wall time changes.
+    pub fn score_pairs_parallel<R: AsRef<str> + Sync, P: AsRef<str> + Sync>(
+        &self,
+        pairs: &[(R, P)],
+        threads: usize,
+    ) -> Vec<ItemScores> {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
+        if threads <= 1 || pairs.len() < 2 * threads {
+            return self.score_pairs(pairs);
+        }
+        let chunk = pairs.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = pairs
+                .chunks(chunk)
+                .map(|part| scope.spawn(move || self.score_pairs(part)))
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| match h.join() {
+                    Ok(items) => items,
+                    Err(panic) => std::panic::resume_unwind(panic),
+                })
+                .collect()
+        })
+    }
+
     pub fn score_pair(&self, reference: &str, prediction: &str) -> ItemScores {
         score_tokens(
             &self.tokenizer.tokenize(reference),
@@ -118,13 +149,14 @@ pub struct JaVqaReport {
 
 /// Runs [`JaVqaReport`]'s computation. `p_ja` gives the Japanese probability of a text (see
 /// [`crate::langid::JapaneseDetector`]); pass `None` to skip the `_ja` pass.
-pub fn compute_score<T: Tokenize, R: AsRef<str>, P: AsRef<str>>(
+pub fn compute_score<T: Tokenize, R: AsRef<str> + Sync, P: AsRef<str> + Sync>(
     rouge: &RougeJa<T>,
     pairs: &[(R, P)],
     p_ja: Option<&dyn Fn(&str) -> f32>,
     rng: &mut NumpyRandomState,
 ) -> JaVqaReport {
-    let items = rouge.score_pairs(pairs);
+    // Scoring is pure; use every core (the bootstrap stays sequential: it is one RNG stream).
+    let items = rouge.score_pairs_parallel(pairs, 0);
     let summary = aggregate(&items, rng);
     let (items_ja, summary_ja) = match p_ja {
         None => (None, None),
@@ -154,7 +186,7 @@ pub fn compute_score<T: Tokenize, R: AsRef<str>, P: AsRef<str>>(
 
 /// [`compute_score`] with a [`crate::langid::JapaneseDetector`] deciding the `_ja` pass (`None`:
 /// no `_ja` pass).
-pub fn compute_score_with_detector<T: Tokenize, R: AsRef<str>, P: AsRef<str>>(
+pub fn compute_score_with_detector<T: Tokenize, R: AsRef<str> + Sync, P: AsRef<str> + Sync>(
     rouge: &RougeJa<T>,
     pairs: &[(R, P)],
     detector: Option<&crate::langid::JapaneseDetector>,

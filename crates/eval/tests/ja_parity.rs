@@ -134,6 +134,11 @@ fn compute_score_end_to_end_matches_the_paper_bit_for_bit() {
     let lookup = |t: &str| p_ja[t];
     let mut rng = NumpyRandomState::seed(42);
     let report = compute_score(&rouge, &pairs, Some(&lookup), &mut rng);
+    assert_eq!(
+        rouge.score_pairs_parallel(&pairs, 3),
+        report.items,
+        "threads change nothing"
+    );
     for (item, want) in report.items.iter().zip(&corpus.pairs) {
         assert_eq!(
             as_array(&item.rouge_l),
