@@ -23,12 +23,12 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let ckpt = Checkpoint::open(&args.model).with_context(|| format!("cannot open model `{}`", args.model))?;
     let summary = summarize(&ckpt, args.tensors);
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
-    } else {
-        print_text(&summary);
+    let text = if args.json { serde_json::to_string_pretty(&summary)? + "\n" } else { render_text(&summary) };
+    // `evomerge inspect ... | head` closing the pipe early is not an error.
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 fn summarize(ckpt: &Checkpoint, with_tensors: bool) -> Value {
@@ -64,7 +64,9 @@ fn summarize(ckpt: &Checkpoint, with_tensors: bool) -> Value {
     summary
 }
 
-fn print_text(s: &Value) {
+fn render_text(s: &Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
     let show = |v: &Value| match v {
         Value::Null => "-".to_string(),
         Value::String(s) => s.clone(),
@@ -93,22 +95,27 @@ fn print_text(s: &Value) {
         ),
     ];
     for (key, value) in rows {
-        println!("{:<14}{value}", format!("{key}:"));
+        let _ = writeln!(out, "{:<14}{value}", format!("{key}:"));
     }
     if let Some(tensors) = s["tensors"].as_array() {
-        println!();
+        out.push('\n');
+        let shape_of = |t: &Value| {
+            let dims: Vec<String> =
+                t["shape"].as_array().map(|a| a.iter().map(|d| d.to_string()).collect()).unwrap_or_default();
+            format!("[{}]", dims.join(", "))
+        };
         let width = tensors.iter().filter_map(|t| t["name"].as_str()).map(str::len).max().unwrap_or(4);
+        let shape_width = tensors.iter().map(|t| shape_of(t).len()).max().unwrap_or(2);
         for t in tensors {
             let name = t["name"].as_str().unwrap_or("");
             if let Some(err) = t["error"].as_str() {
-                println!("{name:<width$}  ({err})");
+                let _ = writeln!(out, "{name:<width$}  ({err})");
                 continue;
             }
-            let shape: Vec<String> =
-                t["shape"].as_array().map(|a| a.iter().map(|d| d.to_string()).collect()).unwrap_or_default();
-            println!("{name:<width$}  {:<5} [{}]  {}", show(&t["dtype"]), shape.join(", "), show(&t["file"]));
+            let _ = writeln!(out, "{name:<width$}  {:<5} {:<shape_width$}  {}", show(&t["dtype"]), shape_of(t), show(&t["file"]));
         }
     }
+    out
 }
 
 fn group_digits(n: u64) -> String {
