@@ -19,8 +19,10 @@ fn evomerge(args: &[&str], extra: &[&Path]) -> Output {
 }
 
 fn read_json(path: PathBuf) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-        .expect("valid JSON")
+    serde_json::from_str(
+        &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .expect("valid JSON")
 }
 
 fn read_jsonl(path: PathBuf) -> Vec<serde_json::Value> {
@@ -36,15 +38,27 @@ fn mgsm_ja_runs_on_a_tiny_mistral_and_the_sample() {
     let out = tempfile::tempdir().unwrap();
     let result = evomerge(
         &[
-            "eval", "mgsm-ja",
-            "--model", "tests/fixtures/mistral/generation/model",
-            "--data", "datasets/mgsm_ja_sample.tsv",
-            "--limit", "5", "--batch", "2", "--max-new-tokens", "12",
+            "eval",
+            "mgsm-ja",
+            "--model",
+            "tests/fixtures/mistral/generation/model",
+            "--data",
+            "datasets/mgsm_ja_sample.tsv",
+            "--limit",
+            "5",
+            "--batch",
+            "2",
+            "--max-new-tokens",
+            "12",
             "--out",
         ],
         &[out.path()],
     );
-    assert!(result.status.success(), "stderr: {}", String::from_utf8_lossy(&result.stderr));
+    assert!(
+        result.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
     let summary = read_json(out.path().join("summary.json"));
     assert_eq!(summary["benchmark"], "mgsm-ja");
     assert_eq!(summary["items"], 5);
@@ -55,7 +69,9 @@ fn mgsm_ja_runs_on_a_tiny_mistral_and_the_sample() {
     let acc = summary["metrics"]["acc"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&acc));
     assert!(summary["metrics"]["acc_ja"].is_number());
-    assert!(summary["language_detector"].as_str().is_some_and(|d| !d.is_empty()));
+    assert!(summary["language_detector"]
+        .as_str()
+        .is_some_and(|d| !d.is_empty()));
     assert!(summary["hit_max_new_tokens"].as_u64().unwrap() <= 5);
     assert!(summary["generator"].as_str().unwrap().contains("mistral"));
     let lines = read_jsonl(out.path().join("predictions.jsonl"));
@@ -78,10 +94,15 @@ fn mgsm_ja_runs_on_a_tiny_mistral_and_the_sample() {
 fn mgsm_ja_bad_rows_fail_or_are_listed() {
     let out = tempfile::tempdir().unwrap();
     let base = [
-        "eval", "mgsm-ja",
-        "--model", "tests/fixtures/mistral/generation/model",
-        "--data", "datasets/bad/mgsm_ja_bad.tsv",
-        "--max-new-tokens", "2", "--no-lid",
+        "eval",
+        "mgsm-ja",
+        "--model",
+        "tests/fixtures/mistral/generation/model",
+        "--data",
+        "datasets/bad/mgsm_ja_bad.tsv",
+        "--max-new-tokens",
+        "2",
+        "--no-lid",
     ];
     let fail = evomerge(&[&base[..], &["--out"]].concat(), &[out.path()]);
     assert!(!fail.status.success());
@@ -89,12 +110,23 @@ fn mgsm_ja_bad_rows_fail_or_are_listed() {
     assert!(err.contains("row 1"), "{err}");
     assert!(!out.path().join("summary.json").exists());
 
-    let skip = evomerge(&[&base[..], &["--on-bad-row", "skip", "--out"]].concat(), &[out.path()]);
-    assert!(skip.status.success(), "{}", String::from_utf8_lossy(&skip.stderr));
+    let skip = evomerge(
+        &[&base[..], &["--on-bad-row", "skip", "--out"]].concat(),
+        &[out.path()],
+    );
+    assert!(
+        skip.status.success(),
+        "{}",
+        String::from_utf8_lossy(&skip.stderr)
+    );
     let summary = read_json(out.path().join("summary.json"));
     assert_eq!(summary["items"], 2);
-    let skipped: Vec<u64> =
-        summary["skipped_rows"].as_array().unwrap().iter().map(|r| r["index"].as_u64().unwrap()).collect();
+    let skipped: Vec<u64> = summary["skipped_rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["index"].as_u64().unwrap())
+        .collect();
     assert_eq!(skipped, vec![1, 2, 3]);
     assert!(summary["language_detector"].is_null());
 }
@@ -108,16 +140,26 @@ fn vqa_runs_on_a_tiny_llava_and_both_samples() {
         let out = tempfile::tempdir().unwrap();
         let result = evomerge(
             &[
-                "eval", bench,
-                "--model", "tests/fixtures/vision/llava",
-                "--data", data,
-                "--max-new-tokens", "6", "--batch", "2",
+                "eval",
+                bench,
+                "--model",
+                "tests/fixtures/vision/llava",
+                "--data",
+                data,
+                "--max-new-tokens",
+                "6",
+                "--batch",
+                "2",
                 "--char-fallback",
                 "--out",
             ],
             &[out.path()],
         );
-        assert!(result.status.success(), "{bench}: {}", String::from_utf8_lossy(&result.stderr));
+        assert!(
+            result.status.success(),
+            "{bench}: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
         let summary = read_json(out.path().join("summary.json"));
         assert_eq!(summary["benchmark"], bench);
         assert_eq!(summary["items"], n);
@@ -125,9 +167,14 @@ fn vqa_runs_on_a_tiny_llava_and_both_samples() {
         assert_eq!(summary["generation"]["repetition_penalty"], 1.5);
         assert_eq!(summary["generation"]["max_new_tokens"], 6);
         let tokenizer = summary["tokenizer"].as_str().unwrap();
-        assert!(tokenizer == "mecab-unidic-lite" || tokenizer == "char-fallback", "{tokenizer}");
+        assert!(
+            tokenizer == "mecab-unidic-lite" || tokenizer == "char-fallback",
+            "{tokenizer}"
+        );
         for key in ["rougeL", "rougeL_mean", "rougeL_ja", "rougeL_ja_mean"] {
-            let v = summary["metrics"][key].as_f64().unwrap_or_else(|| panic!("{bench}: no {key}"));
+            let v = summary["metrics"][key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{bench}: no {key}"));
             assert!((0.0..=100.0).contains(&v), "{key} = {v}");
         }
         let lines = read_jsonl(out.path().join("predictions.jsonl"));
@@ -146,15 +193,24 @@ fn vqa_bad_images_are_reported_by_row() {
     let out = tempfile::tempdir().unwrap();
     let result = evomerge(
         &[
-            "eval", "ja-vg-vqa-500",
-            "--model", "tests/fixtures/vision/llava",
-            "--data", "datasets/bad/ja_vg_vqa_bad.parquet",
-            "--max-new-tokens", "2", "--no-lid", "--char-fallback",
+            "eval",
+            "ja-vg-vqa-500",
+            "--model",
+            "tests/fixtures/vision/llava",
+            "--data",
+            "datasets/bad/ja_vg_vqa_bad.parquet",
+            "--max-new-tokens",
+            "2",
+            "--no-lid",
+            "--char-fallback",
             "--out",
         ],
         &[out.path()],
     );
     assert!(!result.status.success());
     let err = String::from_utf8_lossy(&result.stderr);
-    assert!(err.contains("row 1") && err.contains("does not decode"), "{err}");
+    assert!(
+        err.contains("row 1") && err.contains("does not decode"),
+        "{err}"
+    );
 }

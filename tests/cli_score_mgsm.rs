@@ -17,17 +17,32 @@ fn scores_the_reference_corpus_line_by_line() {
     // The corpus lines carry extra fields (pred, correct); give the command only what users give it.
     let input = dir.path().join("completions.jsonl");
     let text = std::fs::read_to_string(corpus()).unwrap();
-    let expected: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let expected: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let lines: String = expected
         .iter()
         .map(|v| {
-            serde_json::json!({"completion": v["completion"], "answer_number": v["answer_number"]}).to_string() + "\n"
+            serde_json::json!({"completion": v["completion"], "answer_number": v["answer_number"]})
+                .to_string()
+                + "\n"
         })
         .collect();
     std::fs::write(&input, lines).unwrap();
     let out = dir.path().join("scored.jsonl");
-    let result = evomerge().args(["score", "mgsm"]).arg(&input).arg("--out").arg(&out).output().unwrap();
-    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let result = evomerge()
+        .args(["score", "mgsm"])
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
     let scored: Vec<serde_json::Value> = std::fs::read_to_string(&out)
         .unwrap()
         .lines()
@@ -43,26 +58,58 @@ fn scores_the_reference_corpus_line_by_line() {
     }
     let n_correct = expected.iter().filter(|e| e["correct"] == true).count();
     let stdout = String::from_utf8_lossy(&result.stdout);
-    assert!(stdout.contains(&format!("{n_correct}/{}", expected.len())), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{n_correct}/{}", expected.len())),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn strict_mode_and_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("c.jsonl");
-    std::fs::write(&input, "{\"completion\": \"答えは1,000円\", \"answer_number\": 1000}\n").unwrap();
+    std::fs::write(
+        &input,
+        "{\"completion\": \"答えは1,000円\", \"answer_number\": 1000}\n",
+    )
+    .unwrap();
     let out = dir.path().join("o.jsonl");
-    let ok = evomerge().args(["score", "mgsm"]).arg(&input).arg("--out").arg(&out).args(["--mode", "strict"]).output().unwrap();
+    let ok = evomerge()
+        .args(["score", "mgsm"])
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .args(["--mode", "strict"])
+        .output()
+        .unwrap();
     assert!(ok.status.success());
-    let line: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&out).unwrap().trim()).unwrap();
+    let line: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&out).unwrap().trim()).unwrap();
     assert_eq!(line["pred"], 1000.0);
     assert_eq!(line["correct"], true);
 
-    std::fs::write(&input, "{\"completion\": \"1\", \"answer_number\": 1}\n{\"answer_number\": 2}\n").unwrap();
-    let bad = evomerge().args(["score", "mgsm"]).arg(&input).arg("--out").arg(&out).output().unwrap();
+    std::fs::write(
+        &input,
+        "{\"completion\": \"1\", \"answer_number\": 1}\n{\"answer_number\": 2}\n",
+    )
+    .unwrap();
+    let bad = evomerge()
+        .args(["score", "mgsm"])
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("line 2"), "{err}");
-    let unknown = evomerge().args(["score", "mgsm"]).arg(&input).arg("--out").arg(&out).args(["--mode", "lenient"]).output().unwrap();
+    let unknown = evomerge()
+        .args(["score", "mgsm"])
+        .arg(&input)
+        .arg("--out")
+        .arg(&out)
+        .args(["--mode", "lenient"])
+        .output()
+        .unwrap();
     assert!(!unknown.status.success());
 }

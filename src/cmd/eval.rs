@@ -130,12 +130,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 fn data_source(common: &CommonArgs) -> DataSource {
     match &common.data {
         Some(path) => DataSource::Local(path.clone()),
-        None => DataSource::Hub { revision: common.revision.clone() },
+        None => DataSource::Hub {
+            revision: common.revision.clone(),
+        },
     }
 }
 
 fn out_dir(common: &CommonArgs, benchmark: Benchmark) -> PathBuf {
-    common.out.clone().unwrap_or_else(|| PathBuf::from("eval-results").join(benchmark.name()))
+    common
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("eval-results").join(benchmark.name()))
 }
 
 fn read_template(path: Option<&Path>, default: &str) -> anyhow::Result<String> {
@@ -145,7 +150,10 @@ fn read_template(path: Option<&Path>, default: &str) -> anyhow::Result<String> {
             let text = std::fs::read_to_string(p)
                 .with_context(|| format!("cannot read the prompt template {}", p.display()))?;
             if !text.contains("{input}") {
-                bail!("the prompt template {} has no {{input}} placeholder", p.display());
+                bail!(
+                    "the prompt template {} has no {{input}} placeholder",
+                    p.display()
+                );
             }
             Ok(text)
         }
@@ -153,11 +161,22 @@ fn read_template(path: Option<&Path>, default: &str) -> anyhow::Result<String> {
 }
 
 fn skipped_rows<T>(loaded: &Loaded<T>) -> Vec<SkippedRow> {
-    loaded.skipped.iter().map(|b| SkippedRow { index: b.index, reason: b.reason.clone() }).collect()
+    loaded
+        .skipped
+        .iter()
+        .map(|b| SkippedRow {
+            index: b.index,
+            reason: b.reason.clone(),
+        })
+        .collect()
 }
 
 fn file_list<T>(loaded: &Loaded<T>) -> Vec<String> {
-    loaded.files.iter().map(|f| f.display().to_string()).collect()
+    loaded
+        .files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect()
 }
 
 /// The Japanese detector: fastText when available, else the script fallback (with a warning) unless
@@ -189,9 +208,10 @@ fn progress_bar(label: &str) -> Option<ProgressBar> {
         return None;
     }
     let bar = ProgressBar::new(0);
-    let style = ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} {elapsed_precise} eta {eta}")
-        .map(|s| s.progress_chars("=> "))
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style =
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} {elapsed_precise} eta {eta}")
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
     bar.set_message(label.to_string());
     Some(bar)
@@ -206,7 +226,11 @@ fn run_math(benchmark: Benchmark, args: MathArgs) -> anyhow::Result<()> {
     let mut questions: Vec<MathQuestion> = loaded
         .items
         .iter()
-        .map(|i| MathQuestion { index: i.index, question: i.question.clone(), answer_number: i.answer_number })
+        .map(|i| MathQuestion {
+            index: i.index,
+            question: i.question.clone(),
+            answer_number: i.answer_number,
+        })
         .collect();
     if let Some(n) = common.limit {
         questions.truncate(n);
@@ -225,7 +249,8 @@ fn run_math(benchmark: Benchmark, args: MathArgs) -> anyhow::Result<()> {
     if let Some(n) = common.max_new_tokens {
         config.settings.max_new_tokens = n;
     }
-    let mut generator = generators::TextGenerator::load(&common.model, &common.device, common.dtype.as_deref())?;
+    let mut generator =
+        generators::TextGenerator::load(&common.model, &common.device, common.dtype.as_deref())?;
     let bar = progress_bar(benchmark.name());
     let summary = run_mgsm(
         &mut generator,
@@ -238,7 +263,10 @@ fn run_math(benchmark: Benchmark, args: MathArgs) -> anyhow::Result<()> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    println!("{}: {} items, mode {}", summary.benchmark, summary.items, summary.extraction_mode);
+    println!(
+        "{}: {} items, mode {}",
+        summary.benchmark, summary.items, summary.extraction_mode
+    );
     for (name, value) in &summary.metrics {
         println!("  {name:<8} {:.2}", value * 100.0);
     }
@@ -250,7 +278,10 @@ fn run_math(benchmark: Benchmark, args: MathArgs) -> anyhow::Result<()> {
         println!("  language detector: {d}");
     }
     if !summary.skipped_rows.is_empty() {
-        println!("  {} dataset rows skipped (listed in summary.json)", summary.skipped_rows.len());
+        println!(
+            "  {} dataset rows skipped (listed in summary.json)",
+            summary.skipped_rows.len()
+        );
     }
     println!("  wrote {}", config.out_dir.display());
     Ok(())
@@ -276,9 +307,8 @@ fn rouge_tokenizer(args: &VqaArgs) -> anyhow::Result<Box<dyn Tokenize>> {
             );
             Ok(Box::new(CharFallbackTokenizer))
         }
-        Err(err) => {
-            Err(anyhow::Error::new(err).context("loading the MeCab dictionary for ROUGE (or pass --char-fallback)"))
-        }
+        Err(err) => Err(anyhow::Error::new(err)
+            .context("loading the MeCab dictionary for ROUGE (or pass --char-fallback)")),
     }
 }
 
@@ -334,7 +364,10 @@ fn run_vqa_benchmark(benchmark: Benchmark, args: VqaArgs) -> anyhow::Result<()> 
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    println!("{}: {} items, tokenizer {}", summary.benchmark, summary.items, summary.tokenizer);
+    println!(
+        "{}: {} items, tokenizer {}",
+        summary.benchmark, summary.items, summary.tokenizer
+    );
     for name in ["rougeL", "rougeL_mean", "rougeL_ja", "rougeL_ja_mean"] {
         if let Some(v) = summary.metrics.get(name) {
             println!("  {name:<15} {v:.2}");
@@ -351,7 +384,10 @@ fn run_vqa_benchmark(benchmark: Benchmark, args: VqaArgs) -> anyhow::Result<()> 
         println!("  language detector: {d}");
     }
     if !summary.skipped_rows.is_empty() {
-        println!("  {} dataset rows skipped (listed in summary.json)", summary.skipped_rows.len());
+        println!(
+            "  {} dataset rows skipped (listed in summary.json)",
+            summary.skipped_rows.len()
+        );
     }
     println!("  wrote {}", config.out_dir.display());
     Ok(())

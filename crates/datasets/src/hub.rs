@@ -13,10 +13,15 @@ use hf_hub::{Cache, Repo, RepoType};
 use crate::{Benchmark, DataSource, DatasetError, FileFormat};
 
 /// The data files of `benchmark` from `source`, in a stable (sorted) order.
-pub fn resolve_files(benchmark: Benchmark, source: &DataSource) -> Result<Vec<PathBuf>, DatasetError> {
+pub fn resolve_files(
+    benchmark: Benchmark,
+    source: &DataSource,
+) -> Result<Vec<PathBuf>, DatasetError> {
     match source {
         DataSource::Local(path) => local_files(benchmark, path),
-        DataSource::Hub { revision } => hub_files(benchmark, revision, &Cache::from_env(), offline()),
+        DataSource::Hub { revision } => {
+            hub_files(benchmark, revision, &Cache::from_env(), offline())
+        }
     }
 }
 
@@ -29,13 +34,18 @@ fn offline() -> bool {
 /// A file is taken as is (its extension decides the parser); a directory is searched (recursively) for
 /// files of the benchmark's format, preferring those with "test" in their path.
 pub fn local_files(benchmark: Benchmark, path: &Path) -> Result<Vec<PathBuf>, DatasetError> {
-    let meta = std::fs::metadata(path).map_err(|source| DatasetError::Io { path: path.to_path_buf(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| DatasetError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if meta.is_file() {
         return Ok(vec![path.to_path_buf()]);
     }
     let mut found = Vec::new();
-    collect_files(path, benchmark.format(), &mut found)
-        .map_err(|source| DatasetError::Io { path: path.to_path_buf(), source })?;
+    collect_files(path, benchmark.format(), &mut found).map_err(|source| DatasetError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let files = prefer_test_split(found, path);
     if files.is_empty() {
         return Err(DatasetError::Format {
@@ -67,7 +77,11 @@ fn collect_files(dir: &Path, format: FileFormat, out: &mut Vec<PathBuf>) -> std:
 fn prefer_test_split(mut files: Vec<PathBuf>, root: &Path) -> Vec<PathBuf> {
     files.sort();
     let is_test = |p: &PathBuf| {
-        p.strip_prefix(root).unwrap_or(p).to_string_lossy().to_ascii_lowercase().contains("test")
+        p.strip_prefix(root)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .to_ascii_lowercase()
+            .contains("test")
     };
     if files.iter().any(is_test) {
         files.retain(is_test);
@@ -84,7 +98,10 @@ pub fn hub_files(
 ) -> Result<Vec<PathBuf>, DatasetError> {
     let repo_id = benchmark.hub_repo().to_string();
     let repo = Repo::with_revision(repo_id.clone(), RepoType::Dataset, revision.to_string());
-    let hub_err = |message: String| DatasetError::Hub { repo: repo_id.clone(), message };
+    let hub_err = |message: String| DatasetError::Hub {
+        repo: repo_id.clone(),
+        message,
+    };
     let not_cached = || {
         hub_err(format!(
             "not in the local cache ({}) and HF_HUB_OFFLINE is set: run once online, or pass --data with a local copy",
@@ -100,9 +117,12 @@ pub fn hub_files(
             match cache_repo.get(name) {
                 Some(path) => files.push(path),
                 None if offline => return Err(not_cached()),
-                None => files.push(api(cache, &hub_err)?.repo(repo.clone()).get(name).map_err(|e| {
-                    hub_err(format!("downloading {name}: {e}"))
-                })?),
+                None => files.push(
+                    api(cache, &hub_err)?
+                        .repo(repo.clone())
+                        .get(name)
+                        .map_err(|e| hub_err(format!("downloading {name}: {e}")))?,
+                ),
             }
         }
         return Ok(files);
@@ -118,12 +138,21 @@ pub fn hub_files(
         return Err(not_cached());
     }
     let api_repo = api(cache, &hub_err)?.repo(repo.clone());
-    let info = api_repo.info().map_err(|e| hub_err(format!("listing files: {e}")))?;
+    let info = api_repo
+        .info()
+        .map_err(|e| hub_err(format!("listing files: {e}")))?;
     let ext = format!(".{}", benchmark.format().extension());
-    let mut names: Vec<String> =
-        info.siblings.into_iter().map(|s| s.rfilename).filter(|n| n.ends_with(&ext)).collect();
+    let mut names: Vec<String> = info
+        .siblings
+        .into_iter()
+        .map(|s| s.rfilename)
+        .filter(|n| n.ends_with(&ext))
+        .collect();
     names.sort();
-    if names.iter().any(|n| n.to_ascii_lowercase().contains("test")) {
+    if names
+        .iter()
+        .any(|n| n.to_ascii_lowercase().contains("test"))
+    {
         names.retain(|n| n.to_ascii_lowercase().contains("test"));
     }
     if names.is_empty() {
@@ -131,7 +160,11 @@ pub fn hub_files(
     }
     names
         .iter()
-        .map(|name| api_repo.get(name).map_err(|e| hub_err(format!("downloading {name}: {e}"))))
+        .map(|name| {
+            api_repo
+                .get(name)
+                .map_err(|e| hub_err(format!("downloading {name}: {e}")))
+        })
         .collect()
 }
 

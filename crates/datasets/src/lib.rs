@@ -119,7 +119,9 @@ pub enum DataSource {
 
 impl DataSource {
     pub fn hub() -> Self {
-        DataSource::Hub { revision: "main".to_string() }
+        DataSource::Hub {
+            revision: "main".to_string(),
+        }
     }
 }
 
@@ -185,9 +187,16 @@ pub struct VqaItem {
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: row {index}: {reason} (pass --on-bad-row skip to leave such rows out)")]
-    BadRow { path: PathBuf, index: usize, reason: String },
+    BadRow {
+        path: PathBuf,
+        index: usize,
+        reason: String,
+    },
     #[error("{path}: {message}")]
     Format { path: PathBuf, message: String },
     #[error("{0}")]
@@ -206,7 +215,12 @@ pub(crate) struct RowSink<'a, T> {
 
 impl<'a, T> RowSink<'a, T> {
     pub fn new(policy: OnBadRow, path: &'a Path) -> Self {
-        Self { policy, path, items: Vec::new(), skipped: Vec::new() }
+        Self {
+            policy,
+            path,
+            items: Vec::new(),
+            skipped: Vec::new(),
+        }
     }
 
     pub fn push(&mut self, index: usize, row: Result<T, String>) -> Result<(), DatasetError> {
@@ -214,7 +228,11 @@ impl<'a, T> RowSink<'a, T> {
             Ok(item) => self.items.push(item),
             Err(reason) => match self.policy {
                 OnBadRow::Fail => {
-                    return Err(DatasetError::BadRow { path: self.path.to_path_buf(), index, reason })
+                    return Err(DatasetError::BadRow {
+                        path: self.path.to_path_buf(),
+                        index,
+                        reason,
+                    })
                 }
                 OnBadRow::Skip => {
                     tracing::warn!("{}: skipping row {index}: {reason}", self.path.display());
@@ -234,7 +252,11 @@ pub fn load_math(
     on_bad_row: OnBadRow,
 ) -> Result<Loaded<MathItem>, DatasetError> {
     let files = hub::resolve_files(benchmark, source)?;
-    let mut all = Loaded { items: Vec::new(), skipped: Vec::new(), files: files.clone() };
+    let mut all = Loaded {
+        items: Vec::new(),
+        skipped: Vec::new(),
+        files: files.clone(),
+    };
     let mut offset = 0;
     for file in &files {
         let mut part = match FileFormat::from_path(file) {
@@ -269,7 +291,11 @@ pub fn load_vqa(
         DatasetError::Usage(format!("{} is not a VQA benchmark", benchmark.name()))
     })?;
     let files = hub::resolve_files(benchmark, source)?;
-    let mut all = Loaded { items: Vec::new(), skipped: Vec::new(), files: files.clone() };
+    let mut all = Loaded {
+        items: Vec::new(),
+        skipped: Vec::new(),
+        files: files.clone(),
+    };
     let mut offset = 0;
     for file in &files {
         if FileFormat::from_path(file) != Some(FileFormat::Parquet) {
@@ -300,8 +326,10 @@ fn shift_indices<T>(part: &mut Loaded<T>, offset: usize, shift: impl Fn(&mut T, 
 }
 
 pub(crate) fn read_file(path: &Path) -> Result<String, DatasetError> {
-    let bytes =
-        std::fs::read(path).map_err(|source| DatasetError::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| DatasetError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     String::from_utf8(bytes).map_err(|e| DatasetError::Format {
         path: path.to_path_buf(),
         message: format!("not valid UTF-8 (byte {})", e.utf8_error().valid_up_to()),

@@ -13,7 +13,10 @@ pub fn parse_math_tsv(
     on_bad_row: OnBadRow,
 ) -> Result<Loaded<MathItem>, DatasetError> {
     let mut sink = RowSink::new(on_bad_row, path);
-    let mut lines: Vec<&str> = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).collect();
+    let mut lines: Vec<&str> = text
+        .split('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .collect();
     while lines.last().is_some_and(|l| l.is_empty()) {
         lines.pop();
     }
@@ -22,10 +25,17 @@ pub fn parse_math_tsv(
         if line_no == 0 && is_header(line) {
             continue;
         }
-        sink.push(index, parse_tsv_row(line).map(|item| MathItem { index, ..item }))?;
+        sink.push(
+            index,
+            parse_tsv_row(line).map(|item| MathItem { index, ..item }),
+        )?;
         index += 1;
     }
-    Ok(Loaded { items: sink.items, skipped: sink.skipped, files: vec![path.to_path_buf()] })
+    Ok(Loaded {
+        items: sink.items,
+        skipped: sink.skipped,
+        files: vec![path.to_path_buf()],
+    })
 }
 
 fn is_header(line: &str) -> bool {
@@ -46,7 +56,11 @@ fn parse_tsv_row(line: &str) -> Result<MathItem, String> {
         return Err("empty question".into());
     }
     let answer_number = parse_answer_number(fields[fields.len() - 1])?;
-    Ok(MathItem { index: 0, question: question.to_string(), answer_number })
+    Ok(MathItem {
+        index: 0,
+        question: question.to_string(),
+        answer_number,
+    })
 }
 
 /// An answer as the hub loader reads it: thousands separators removed, then a number.
@@ -75,10 +89,17 @@ pub fn parse_math_jsonl(
         if line.trim().is_empty() {
             continue;
         }
-        sink.push(index, parse_json_row(line).map(|item| MathItem { index, ..item }))?;
+        sink.push(
+            index,
+            parse_json_row(line).map(|item| MathItem { index, ..item }),
+        )?;
         index += 1;
     }
-    Ok(Loaded { items: sink.items, skipped: sink.skipped, files: vec![path.to_path_buf()] })
+    Ok(Loaded {
+        items: sink.items,
+        skipped: sink.skipped,
+        files: vec![path.to_path_buf()],
+    })
 }
 
 fn parse_json_row(line: &str) -> Result<MathItem, String> {
@@ -92,14 +113,18 @@ fn parse_json_row(line: &str) -> Result<MathItem, String> {
         None => return Err("missing field question".into()),
     };
     let answer_number = match object.get("answer_number") {
-        Some(serde_json::Value::Number(n)) => {
-            n.as_f64().ok_or_else(|| format!("answer_number {n} is not a float"))?
-        }
+        Some(serde_json::Value::Number(n)) => n
+            .as_f64()
+            .ok_or_else(|| format!("answer_number {n} is not a float"))?,
         Some(serde_json::Value::String(s)) => parse_answer_number(s)?,
         Some(serde_json::Value::Null) | None => return Err("missing field answer_number".into()),
         Some(other) => return Err(format!("answer_number must be a number, got {other}")),
     };
-    Ok(MathItem { index: 0, question, answer_number })
+    Ok(MathItem {
+        index: 0,
+        question,
+        answer_number,
+    })
 }
 
 #[cfg(test)]
@@ -122,9 +147,17 @@ mod tests {
     fn tsv_bad_rows_are_skipped_or_fail_by_policy() {
         let text = "q1\t5\nno tab here\nq3\tabc\n\t4\nq5\t7\n";
         let loaded = parse_math_tsv(text, p(), OnBadRow::Skip).unwrap();
-        assert_eq!(loaded.items.iter().map(|i| i.index).collect::<Vec<_>>(), vec![0, 4]);
-        assert_eq!(loaded.skipped.iter().map(|b| b.index).collect::<Vec<_>>(), vec![1, 2, 3]);
-        let err = parse_math_tsv(text, p(), OnBadRow::Fail).unwrap_err().to_string();
+        assert_eq!(
+            loaded.items.iter().map(|i| i.index).collect::<Vec<_>>(),
+            vec![0, 4]
+        );
+        assert_eq!(
+            loaded.skipped.iter().map(|b| b.index).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        let err = parse_math_tsv(text, p(), OnBadRow::Fail)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("row 1"), "{err}");
     }
 

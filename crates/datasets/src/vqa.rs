@@ -28,8 +28,14 @@ pub fn parse_vqa_parquet(
     layout: VqaLayout,
     on_bad_row: OnBadRow,
 ) -> Result<Loaded<VqaItem>, DatasetError> {
-    let format_err = |message: String| DatasetError::Format { path: path.to_path_buf(), message };
-    let file = File::open(path).map_err(|source| DatasetError::Io { path: path.to_path_buf(), source })?;
+    let format_err = |message: String| DatasetError::Format {
+        path: path.to_path_buf(),
+        message,
+    };
+    let file = File::open(path).map_err(|source| DatasetError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| format_err(format!("not a readable Parquet file: {e}")))?
         .with_batch_size(64)
@@ -41,14 +47,21 @@ pub fn parse_vqa_parquet(
         let batch = batch.map_err(|e| format_err(format!("cannot read Parquet rows: {e}")))?;
         let columns = Columns::find(&batch, layout).map_err(format_err)?;
         for row in 0..batch.num_rows() {
-            sink.push(index, columns.row(row).map(|mut item| {
-                item.index = index;
-                item
-            }))?;
+            sink.push(
+                index,
+                columns.row(row).map(|mut item| {
+                    item.index = index;
+                    item
+                }),
+            )?;
             index += 1;
         }
     }
-    Ok(Loaded { items: sink.items, skipped: sink.skipped, files: vec![path.to_path_buf()] })
+    Ok(Loaded {
+        items: sink.items,
+        skipped: sink.skipped,
+        files: vec![path.to_path_buf()],
+    })
 }
 
 struct Columns {
@@ -57,7 +70,10 @@ struct Columns {
 }
 
 enum TextColumns {
-    Flat { question: ArrayRef, answer: ArrayRef },
+    Flat {
+        question: ArrayRef,
+        answer: ArrayRef,
+    },
     Qas(ArrayRef),
 }
 
@@ -65,18 +81,26 @@ impl Columns {
     fn find(batch: &RecordBatch, layout: VqaLayout) -> Result<Self, String> {
         let column = |name: &str| {
             batch.column_by_name(name).cloned().ok_or_else(|| {
-                let names: Vec<String> =
-                    batch.schema().fields().iter().map(|f| f.name().clone()).collect();
+                let names: Vec<String> = batch
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect();
                 format!("no column {name:?} (columns: {})", names.join(", "))
             })
         };
         let text = match layout {
-            VqaLayout::Flat => {
-                TextColumns::Flat { question: column("question")?, answer: column("answer")? }
-            }
+            VqaLayout::Flat => TextColumns::Flat {
+                question: column("question")?,
+                answer: column("answer")?,
+            },
             VqaLayout::FirstQaPair => TextColumns::Qas(column("qas")?),
         };
-        Ok(Self { image: column("image")?, text })
+        Ok(Self {
+            image: column("image")?,
+            text,
+        })
     }
 
     fn row(&self, row: usize) -> Result<VqaItem, String> {
@@ -92,7 +116,12 @@ impl Columns {
         }
         let image = image_bytes(&self.image, row)?;
         check_image(&image)?;
-        Ok(VqaItem { index: row, question, answer, image })
+        Ok(VqaItem {
+            index: row,
+            question,
+            answer,
+            image,
+        })
     }
 }
 
@@ -132,13 +161,16 @@ fn first_qa(qas: &ArrayRef, row: usize) -> Result<(String, String), String> {
     if list.is_empty() {
         return Err("qas: no question-answer pair".into());
     }
-    let pairs: &StructArray =
-        list.as_struct_opt().ok_or("qas: expected a list of {question, answer} structs")?;
+    let pairs: &StructArray = list
+        .as_struct_opt()
+        .ok_or("qas: expected a list of {question, answer} structs")?;
     if pairs.is_null(0) {
         return Err("qas: first pair is null".into());
     }
     let field = |name: &str| {
-        pairs.column_by_name(name).ok_or_else(|| format!("qas: pairs have no field {name:?}"))
+        pairs
+            .column_by_name(name)
+            .ok_or_else(|| format!("qas: pairs have no field {name:?}"))
     };
     let question = string_at(field("question")?, 0).map_err(|e| format!("qas[0].question: {e}"))?;
     let answer = string_at(field("answer")?, 0).map_err(|e| format!("qas[0].answer: {e}"))?;

@@ -3,12 +3,12 @@
 
 use std::path::PathBuf;
 
-use evomerge_datasets::{
-    hub, load_math, load_vqa, Benchmark, DataSource, DatasetError, OnBadRow,
-};
+use evomerge_datasets::{hub, load_math, load_vqa, Benchmark, DataSource, DatasetError, OnBadRow};
 
 fn sample(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../datasets").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../datasets")
+        .join(name)
 }
 
 fn local(name: &str) -> DataSource {
@@ -17,27 +17,43 @@ fn local(name: &str) -> DataSource {
 
 #[test]
 fn mgsm_tsv_sample_loads_with_numeric_answers() {
-    let loaded = load_math(Benchmark::MgsmJa, &local("mgsm_ja_sample.tsv"), OnBadRow::Fail).unwrap();
+    let loaded = load_math(
+        Benchmark::MgsmJa,
+        &local("mgsm_ja_sample.tsv"),
+        OnBadRow::Fail,
+    )
+    .unwrap();
     assert_eq!(loaded.items.len(), 6);
     assert!(loaded.skipped.is_empty());
     assert!(loaded.items[0].question.starts_with("りんごが3個"));
     assert_eq!(loaded.items[0].answer_number, 8.0);
     assert_eq!(loaded.items[4].answer_number, 250.0);
-    assert_eq!(loaded.items.iter().map(|i| i.index).collect::<Vec<_>>(), (0..6).collect::<Vec<_>>());
+    assert_eq!(
+        loaded.items.iter().map(|i| i.index).collect::<Vec<_>>(),
+        (0..6).collect::<Vec<_>>()
+    );
 }
 
 #[test]
 fn gsm8k_jsonl_sample_loads() {
-    let loaded =
-        load_math(Benchmark::Gsm8kJaSearch, &local("gsm8k_ja_sample.jsonl"), OnBadRow::Fail).unwrap();
+    let loaded = load_math(
+        Benchmark::Gsm8kJaSearch,
+        &local("gsm8k_ja_sample.jsonl"),
+        OnBadRow::Fail,
+    )
+    .unwrap();
     assert_eq!(loaded.items.len(), 4);
     assert_eq!(loaded.items[2].answer_number, 180.0);
 }
 
 #[test]
 fn vg_vqa_parquet_uses_the_first_qa_pair_of_each_row() {
-    let loaded =
-        load_vqa(Benchmark::JaVgVqa500, &local("ja_vg_vqa_sample.parquet"), OnBadRow::Fail).unwrap();
+    let loaded = load_vqa(
+        Benchmark::JaVgVqa500,
+        &local("ja_vg_vqa_sample.parquet"),
+        OnBadRow::Fail,
+    )
+    .unwrap();
     assert_eq!(loaded.items.len(), 3);
     assert_eq!(loaded.items[0].question, "何色の丸ですか？");
     assert_eq!(loaded.items[0].answer, "赤色です。");
@@ -49,8 +65,12 @@ fn vg_vqa_parquet_uses_the_first_qa_pair_of_each_row() {
 
 #[test]
 fn vlm_wild_parquet_loads_flat_rows() {
-    let loaded =
-        load_vqa(Benchmark::JaVlmWild, &local("ja_vlm_wild_sample.parquet"), OnBadRow::Fail).unwrap();
+    let loaded = load_vqa(
+        Benchmark::JaVlmWild,
+        &local("ja_vlm_wild_sample.parquet"),
+        OnBadRow::Fail,
+    )
+    .unwrap();
     assert_eq!(loaded.items.len(), 3);
     assert_eq!(loaded.items[1].answer, "紫色です。");
     // Two questions share one image, as in the real benchmark.
@@ -63,14 +83,19 @@ fn a_directory_source_finds_the_test_split_file_of_the_right_format() {
     std::fs::create_dir_all(dir.path().join("data")).unwrap();
     let test_file = dir.path().join("data/test-00000-of-00001.parquet");
     std::fs::copy(sample("ja_vlm_wild_sample.parquet"), &test_file).unwrap();
-    std::fs::copy(sample("ja_vlm_wild_sample.parquet"), dir.path().join("data/train-00000-of-00001.parquet"))
-        .unwrap();
+    std::fs::copy(
+        sample("ja_vlm_wild_sample.parquet"),
+        dir.path().join("data/train-00000-of-00001.parquet"),
+    )
+    .unwrap();
     std::fs::write(dir.path().join("README.md"), "card").unwrap();
     let src = DataSource::Local(dir.path().to_path_buf());
     let loaded = load_vqa(Benchmark::JaVlmWild, &src, OnBadRow::Fail).unwrap();
     assert_eq!(loaded.items.len(), 3);
     assert_eq!(loaded.files, vec![test_file]);
-    let err = load_math(Benchmark::MgsmJa, &src, OnBadRow::Fail).unwrap_err().to_string();
+    let err = load_math(Benchmark::MgsmJa, &src, OnBadRow::Fail)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no .tsv file"), "{err}");
 }
 
@@ -78,10 +103,17 @@ fn a_directory_source_finds_the_test_split_file_of_the_right_format() {
 fn bad_tsv_rows_are_reported_by_index() {
     let src = local("bad/mgsm_ja_bad.tsv");
     let loaded = load_math(Benchmark::MgsmJa, &src, OnBadRow::Skip).unwrap();
-    assert_eq!(loaded.items.iter().map(|i| i.index).collect::<Vec<_>>(), vec![0, 4]);
+    assert_eq!(
+        loaded.items.iter().map(|i| i.index).collect::<Vec<_>>(),
+        vec![0, 4]
+    );
     let skipped: Vec<usize> = loaded.skipped.iter().map(|b| b.index).collect();
     assert_eq!(skipped, vec![1, 2, 3]);
-    assert!(loaded.skipped[0].reason.contains("tab-separated"), "{:?}", loaded.skipped[0]);
+    assert!(
+        loaded.skipped[0].reason.contains("tab-separated"),
+        "{:?}",
+        loaded.skipped[0]
+    );
     match load_math(Benchmark::MgsmJa, &src, OnBadRow::Fail) {
         Err(DatasetError::BadRow { index: 1, .. }) => {}
         other => panic!("expected a bad-row error at row 1, got {other:?}"),
@@ -92,46 +124,94 @@ fn bad_tsv_rows_are_reported_by_index() {
 fn bad_jsonl_rows_are_reported_by_index() {
     let src = local("bad/gsm8k_ja_bad.jsonl");
     let loaded = load_math(Benchmark::Gsm8kJaSearch, &src, OnBadRow::Skip).unwrap();
-    assert_eq!(loaded.items.iter().map(|i| i.index).collect::<Vec<_>>(), vec![0, 2]);
+    assert_eq!(
+        loaded.items.iter().map(|i| i.index).collect::<Vec<_>>(),
+        vec![0, 2]
+    );
     assert_eq!(loaded.items[1].answer_number, 7.0);
-    assert_eq!(loaded.skipped.iter().map(|b| b.index).collect::<Vec<_>>(), vec![1, 3]);
-    let err = load_math(Benchmark::Gsm8kJaSearch, &src, OnBadRow::Fail).unwrap_err().to_string();
-    assert!(err.contains("row 1") && err.contains("answer_number"), "{err}");
+    assert_eq!(
+        loaded.skipped.iter().map(|b| b.index).collect::<Vec<_>>(),
+        vec![1, 3]
+    );
+    let err = load_math(Benchmark::Gsm8kJaSearch, &src, OnBadRow::Fail)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("row 1") && err.contains("answer_number"),
+        "{err}"
+    );
 }
 
 #[test]
 fn bad_vqa_rows_corrupt_truncated_or_missing_images_and_fields() {
     let src = local("bad/ja_vg_vqa_bad.parquet");
     let loaded = load_vqa(Benchmark::JaVgVqa500, &src, OnBadRow::Skip).unwrap();
-    assert_eq!(loaded.items.iter().map(|i| i.index).collect::<Vec<_>>(), vec![0, 6]);
-    let reasons: Vec<(usize, &str)> =
-        loaded.skipped.iter().map(|b| (b.index, b.reason.as_str())).collect();
-    assert_eq!(reasons.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        loaded.items.iter().map(|i| i.index).collect::<Vec<_>>(),
+        vec![0, 6]
+    );
+    let reasons: Vec<(usize, &str)> = loaded
+        .skipped
+        .iter()
+        .map(|b| (b.index, b.reason.as_str()))
+        .collect();
+    assert_eq!(
+        reasons.iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
     assert!(reasons[0].1.contains("does not decode"), "{reasons:?}");
-    assert!(reasons[1].1.contains("no question-answer pair"), "{reasons:?}");
+    assert!(
+        reasons[1].1.contains("no question-answer pair"),
+        "{reasons:?}"
+    );
     assert!(reasons[2].1.contains("does not decode"), "{reasons:?}");
     assert!(reasons[3].1.contains("answer"), "{reasons:?}");
     assert!(reasons[4].1.contains("missing image"), "{reasons:?}");
-    let err = load_vqa(Benchmark::JaVgVqa500, &src, OnBadRow::Fail).unwrap_err().to_string();
+    let err = load_vqa(Benchmark::JaVgVqa500, &src, OnBadRow::Fail)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("row 1"), "{err}");
 
-    let wild = load_vqa(Benchmark::JaVlmWild, &local("bad/ja_vlm_wild_bad.parquet"), OnBadRow::Skip)
-        .unwrap();
-    assert_eq!(wild.items.iter().map(|i| i.index).collect::<Vec<_>>(), vec![0, 2]);
-    assert_eq!(wild.skipped.iter().map(|b| b.index).collect::<Vec<_>>(), vec![1, 3]);
+    let wild = load_vqa(
+        Benchmark::JaVlmWild,
+        &local("bad/ja_vlm_wild_bad.parquet"),
+        OnBadRow::Skip,
+    )
+    .unwrap();
+    assert_eq!(
+        wild.items.iter().map(|i| i.index).collect::<Vec<_>>(),
+        vec![0, 2]
+    );
+    assert_eq!(
+        wild.skipped.iter().map(|b| b.index).collect::<Vec<_>>(),
+        vec![1, 3]
+    );
 }
 
 #[test]
 fn wrong_format_and_missing_columns_are_clear_errors() {
-    let err = load_vqa(Benchmark::JaVgVqa500, &local("ja_vlm_wild_sample.parquet"), OnBadRow::Skip)
-        .unwrap_err()
-        .to_string();
+    let err = load_vqa(
+        Benchmark::JaVgVqa500,
+        &local("ja_vlm_wild_sample.parquet"),
+        OnBadRow::Skip,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("no column \"qas\""), "{err}");
-    let err = load_math(Benchmark::MgsmJa, &local("ja_vlm_wild_sample.parquet"), OnBadRow::Skip)
-        .unwrap_err()
-        .to_string();
+    let err = load_math(
+        Benchmark::MgsmJa,
+        &local("ja_vlm_wild_sample.parquet"),
+        OnBadRow::Skip,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains(".tsv or .jsonl"), "{err}");
-    let err = load_math(Benchmark::MgsmJa, &local("does-not-exist.tsv"), OnBadRow::Skip).unwrap_err();
+    let err = load_math(
+        Benchmark::MgsmJa,
+        &local("does-not-exist.tsv"),
+        OnBadRow::Skip,
+    )
+    .unwrap_err();
     assert!(matches!(err, DatasetError::Io { .. }));
 }
 
@@ -153,7 +233,10 @@ fn fake_cache(repo_folder: &str, files: &[(&str, PathBuf)]) -> tempfile::TempDir
 fn hub_lookup_uses_the_cache_offline() {
     let cache_dir = fake_cache(
         "datasets--juletxara--mgsm",
-        &[("mgsm_ja.tsv", sample("mgsm_ja_sample.tsv")), ("mgsm_en.tsv", sample("mgsm_ja_sample.tsv"))],
+        &[
+            ("mgsm_ja.tsv", sample("mgsm_ja_sample.tsv")),
+            ("mgsm_en.tsv", sample("mgsm_ja_sample.tsv")),
+        ],
     );
     let cache = hf_hub::Cache::new(cache_dir.path().to_path_buf());
     let files = hub::hub_files(Benchmark::MgsmJa, "main", &cache, true).unwrap();
@@ -163,7 +246,10 @@ fn hub_lookup_uses_the_cache_offline() {
     let vg = fake_cache(
         "datasets--SakanaAI--JA-VG-VQA-500",
         &[
-            ("data/test-00000-of-00001.parquet", sample("ja_vg_vqa_sample.parquet")),
+            (
+                "data/test-00000-of-00001.parquet",
+                sample("ja_vg_vqa_sample.parquet"),
+            ),
             ("README.md", sample("mgsm_ja_sample.tsv")),
         ],
     );
@@ -178,7 +264,12 @@ fn hub_lookup_offline_without_cache_says_what_to_do() {
     let empty = tempfile::tempdir().unwrap();
     let cache = hf_hub::Cache::new(empty.path().to_path_buf());
     for b in [Benchmark::MgsmJa, Benchmark::JaVlmWild] {
-        let err = hub::hub_files(b, "main", &cache, true).unwrap_err().to_string();
-        assert!(err.contains("HF_HUB_OFFLINE") && err.contains("--data"), "{err}");
+        let err = hub::hub_files(b, "main", &cache, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("HF_HUB_OFFLINE") && err.contains("--data"),
+            "{err}"
+        );
     }
 }

@@ -24,11 +24,17 @@ pub struct Prompt {
 
 impl Prompt {
     pub fn text(text: impl Into<String>) -> Self {
-        Self { text: text.into(), image: None }
+        Self {
+            text: text.into(),
+            image: None,
+        }
     }
 
     pub fn with_image(text: impl Into<String>, image: ImageInput) -> Self {
-        Self { text: text.into(), image: Some(image) }
+        Self {
+            text: text.into(),
+            image: Some(image),
+        }
     }
 }
 
@@ -48,7 +54,9 @@ impl GenerationSettings {
     /// Checks the values a user can get wrong before any model time is spent.
     pub fn validate(&self) -> Result<(), GeneratorError> {
         if self.max_new_tokens == 0 {
-            return Err(GeneratorError::InvalidSettings("max_new_tokens must be at least 1".into()));
+            return Err(GeneratorError::InvalidSettings(
+                "max_new_tokens must be at least 1".into(),
+            ));
         }
         if self.num_beams == 0 {
             return Err(GeneratorError::InvalidSettings(
@@ -62,7 +70,9 @@ impl GenerationSettings {
             )));
         }
         if self.stop.iter().any(|s| s.is_empty()) {
-            return Err(GeneratorError::InvalidSettings("a stop string must not be empty".into()));
+            return Err(GeneratorError::InvalidSettings(
+                "a stop string must not be empty".into(),
+            ));
         }
         Ok(())
     }
@@ -123,7 +133,10 @@ mod tests {
     #[test]
     fn cut_at_stop_takes_the_earliest_stop() {
         let stops = vec!["Instruction".to_string(), "Response:".to_string()];
-        assert_eq!(cut_at_stop("a Response: b Instruction", &stops), ("a ", true));
+        assert_eq!(
+            cut_at_stop("a Response: b Instruction", &stops),
+            ("a ", true)
+        );
         assert_eq!(cut_at_stop("no stop here", &stops), ("no stop here", false));
     }
 
@@ -135,9 +148,17 @@ mod tests {
             repetition_penalty: 1.0,
             stop: vec![],
         };
-        assert!(s.validate().unwrap_err().to_string().contains("max_new_tokens"));
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max_new_tokens"));
         s.max_new_tokens = 4;
         s.repetition_penalty = f32::NAN;
-        assert!(s.validate().unwrap_err().to_string().contains("repetition_penalty"));
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("repetition_penalty"));
     }
 }

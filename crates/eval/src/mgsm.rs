@@ -123,7 +123,13 @@ pub fn extract_paper(text: &str) -> Option<f64> {
 fn parse_unicode_decimal(s: &str) -> Option<f64> {
     let ascii: String = s
         .chars()
-        .map(|c| if c == '.' { Some('.') } else { decimal_digit_value(c).map(|d| (b'0' + d) as char) })
+        .map(|c| {
+            if c == '.' {
+                Some('.')
+            } else {
+                decimal_digit_value(c).map(|d| (b'0' + d) as char)
+            }
+        })
         .collect::<Option<String>>()?;
     ascii.parse::<f64>().ok()
 }
@@ -162,7 +168,7 @@ fn is_unicode_decimal(c: char) -> bool {
 ///   (U+FF0D) are read as their ASCII forms;
 /// * a run like `1,234,567.5` with commas every three digits is one number (1234567.5); commas that are not
 ///   thousands separators ("1,2") separate numbers;
-/// * a `-` directly before the number is a minus sign unless it follows a letter or digit ("3-5" is a
+/// * a `-` directly before the number is a minus sign unless it follows an ASCII letter or a digit ("3-5" is a
 ///   range, "ID-7" a label);
 /// * trailing sentence punctuation is not part of the number ("5." is 5).
 pub fn extract_strict(text: &str) -> Option<f64> {
@@ -186,7 +192,7 @@ pub fn extract_strict(text: &str) -> Option<f64> {
         }
         let negative = start > 0
             && chars[start - 1] == '-'
-            && !(start > 1 && chars[start - 2].is_alphanumeric());
+            && !(start > 1 && chars[start - 2].is_ascii_alphanumeric());
         let mut tokens = strict_tokens(&run);
         if negative {
             if let Some(first) = tokens.first_mut() {
@@ -222,7 +228,11 @@ fn strict_tokens(run: &str) -> Vec<f64> {
         return run.replace(',', "").parse().ok().into_iter().collect();
     }
     run.split(',')
-        .flat_map(|part| paper_regex().find_iter(part).filter_map(|m| m.as_str().parse::<f64>().ok()))
+        .flat_map(|part| {
+            paper_regex()
+                .find_iter(part)
+                .filter_map(|m| m.as_str().parse::<f64>().ok())
+        })
         .collect()
 }
 
@@ -244,7 +254,10 @@ pub struct Scored {
 
 pub fn score(completion: &str, answer_number: f64, mode: ExtractionMode) -> Scored {
     let pred = extract_answer(completion, mode);
-    Scored { pred, correct: is_correct(pred, answer_number) }
+    Scored {
+        pred,
+        correct: is_correct(pred, answer_number),
+    }
 }
 
 /// Input line of `evomerge score mgsm`.
@@ -280,13 +293,24 @@ pub fn score_jsonl(
     mut output: impl Write,
     mode: ExtractionMode,
 ) -> Result<ScoreTotals, MgsmError> {
-    let mut totals = ScoreTotals { mode, items: 0, correct: 0, no_number: 0, acc: 0.0 };
+    let mut totals = ScoreTotals {
+        mode,
+        items: 0,
+        correct: 0,
+        no_number: 0,
+        acc: 0.0,
+    };
     for (index, line) in input.lines().enumerate() {
         let line_no = index + 1;
         let line = line?;
-        let bad = |message: String| MgsmError::BadLine { line: line_no, message };
+        let bad = |message: String| MgsmError::BadLine {
+            line: line_no,
+            message,
+        };
         if line.trim().is_empty() {
-            return Err(bad("empty line; expected {\"completion\": ..., \"answer_number\": ...}".into()));
+            return Err(bad(
+                "empty line; expected {\"completion\": ..., \"answer_number\": ...}".into(),
+            ));
         }
         let parsed: ScoreInput = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
         let answer = answer_number_value(&parsed.answer_number).map_err(bad)?;
@@ -294,7 +318,10 @@ pub fn score_jsonl(
         totals.items += 1;
         totals.correct += scored.correct as usize;
         totals.no_number += scored.pred.is_none() as usize;
-        let out = ScoreOutput { pred: scored.pred, correct: scored.correct };
+        let out = ScoreOutput {
+            pred: scored.pred,
+            correct: scored.correct,
+        };
         serde_json::to_writer(&mut output, &out).map_err(|e| MgsmError::Io(e.into()))?;
         output.write_all(b"\n")?;
     }
@@ -307,9 +334,9 @@ pub fn score_jsonl(
 /// `answer_number` as a JSON number, or a string holding one (some exports quote it).
 pub fn answer_number_value(value: &serde_json::Value) -> Result<f64, String> {
     match value {
-        serde_json::Value::Number(n) => {
-            n.as_f64().ok_or_else(|| format!("answer_number {n} is not representable as a float"))
-        }
+        serde_json::Value::Number(n) => n
+            .as_f64()
+            .ok_or_else(|| format!("answer_number {n} is not representable as a float")),
         serde_json::Value::String(s) => s
             .trim()
             .replace(',', "")
@@ -343,6 +370,8 @@ mod tests {
         assert_eq!(extract_strict("気温は-5度"), Some(-5.0));
         assert_eq!(extract_strict("気温は−３．５度"), Some(-3.5));
         assert_eq!(extract_strict("3-5個"), Some(5.0));
+        assert_eq!(extract_strict("ID-7"), Some(7.0));
+        assert_eq!(extract_strict("差は-12です"), Some(-12.0));
         assert_eq!(extract_strict("答え: 18."), Some(18.0));
         assert_eq!(extract_strict("1,2"), Some(2.0));
         assert_eq!(extract_strict("１，０００"), Some(1000.0));
@@ -352,8 +381,15 @@ mod tests {
 
     #[test]
     fn mode_parsing_rejects_unknown_names() {
-        assert_eq!("paper".parse::<ExtractionMode>().unwrap(), ExtractionMode::Paper);
-        assert!("lenient".parse::<ExtractionMode>().unwrap_err().to_string().contains("strict"));
+        assert_eq!(
+            "paper".parse::<ExtractionMode>().unwrap(),
+            ExtractionMode::Paper
+        );
+        assert!("lenient"
+            .parse::<ExtractionMode>()
+            .unwrap_err()
+            .to_string()
+            .contains("strict"));
     }
 
     #[test]

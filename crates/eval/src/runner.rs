@@ -16,7 +16,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::generator::{Completion, GenerationSettings, Generator, GeneratorError, ImageInput, Prompt};
+use crate::generator::{
+    Completion, GenerationSettings, Generator, GeneratorError, ImageInput, Prompt,
+};
 use crate::mgsm::{self, ExtractionMode};
 
 mod vqa;
@@ -31,7 +33,10 @@ pub enum RunnerError {
     #[error(transparent)]
     Generator(#[from] GeneratorError),
     #[error("writing {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("scoring failed: {0}")]
     Metric(String),
     #[error("{0}")]
@@ -170,15 +175,22 @@ pub fn run_mgsm(
         return Err(RunnerError::Config("batch size must be at least 1".into()));
     }
     if !config.template.contains("{input}") {
-        return Err(RunnerError::Config("the prompt template has no {input} placeholder".into()));
+        return Err(RunnerError::Config(
+            "the prompt template has no {input} placeholder".into(),
+        ));
     }
     let started = Instant::now();
     let prompts: Vec<Prompt> = questions
         .iter()
         .map(|q| Prompt::text(mgsm::render_prompt(&config.template, &q.question)))
         .collect();
-    let completions =
-        generate_batched(generator, &prompts, &config.settings, config.batch_size, progress)?;
+    let completions = generate_batched(
+        generator,
+        &prompts,
+        &config.settings,
+        config.batch_size,
+        progress,
+    )?;
 
     let mut records = Vec::with_capacity(questions.len());
     for (q, c) in questions.iter().zip(completions) {
@@ -201,7 +213,12 @@ pub fn run_mgsm(
 
     let n = records.len();
     let correct = records.iter().filter(|r| r.correct).count();
-    let correct_ja = detector.map(|_| records.iter().filter(|r| r.correct_ja == Some(true)).count());
+    let correct_ja = detector.map(|_| {
+        records
+            .iter()
+            .filter(|r| r.correct_ja == Some(true))
+            .count()
+    });
     let mut metrics = BTreeMap::new();
     metrics.insert("acc".to_string(), ratio(correct, n));
     if let Some(cj) = correct_ja {
@@ -249,7 +266,11 @@ pub(crate) fn generate_batched(
     for chunk in prompts.chunks(batch_size) {
         let got = generator.generate(chunk, settings)?;
         if got.len() != chunk.len() {
-            return Err(GeneratorError::CountMismatch { expected: chunk.len(), got: got.len() }.into());
+            return Err(GeneratorError::CountMismatch {
+                expected: chunk.len(),
+                got: got.len(),
+            }
+            .into());
         }
         out.extend(got);
         progress(out.len(), prompts.len());
@@ -263,8 +284,10 @@ pub(crate) fn write_outputs<R: Serialize, S: Serialize>(
     records: &[R],
     summary: &S,
 ) -> Result<(), RunnerError> {
-    std::fs::create_dir_all(dir)
-        .map_err(|source| RunnerError::Write { path: dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| RunnerError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let mut lines = Vec::new();
     for r in records {
         serde_json::to_writer(&mut lines, r).map_err(|e| RunnerError::Write {
@@ -285,8 +308,14 @@ pub(crate) fn write_outputs<R: Serialize, S: Serialize>(
 /// Writes `bytes` to a temporary file next to `path`, then renames it over `path`: readers never see a
 /// half-written file, and a failed run leaves the previous file intact.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunnerError> {
-    let err = |source| RunnerError::Write { path: path.to_path_buf(), source };
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let err = |source| RunnerError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{file_name}.tmp{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;

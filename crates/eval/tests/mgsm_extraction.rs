@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use evomerge_eval::mgsm::{extract_paper, is_correct, score_jsonl, ExtractionMode};
 
 fn corpus_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/eval-mgsm/extraction.jsonl")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/eval-mgsm/extraction.jsonl")
 }
 
 struct Case {
@@ -26,7 +27,9 @@ fn load_corpus() -> Vec<Case> {
                 completion: v["completion"].as_str().expect("completion").to_string(),
                 answer_number: v["answer_number"].as_f64().expect("answer_number"),
                 // repr() of a Python float ("18.0", "1e+20", "inf") parses with Rust's f64 parser.
-                pred: v["pred"].as_str().map(|s| s.parse::<f64>().expect("pred is a float repr")),
+                pred: v["pred"]
+                    .as_str()
+                    .map(|s| s.parse::<f64>().expect("pred is a float repr")),
                 correct: v["correct"].as_bool().expect("correct"),
             }
         })
@@ -58,7 +61,12 @@ fn paper_extraction_matches_the_reference_on_every_corpus_line() {
             ));
         }
     }
-    assert!(mismatches.is_empty(), "{} mismatches:\n{}", mismatches.len(), mismatches.join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatches:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
 }
 
 #[test]
@@ -68,7 +76,10 @@ fn corpus_exercises_the_quirks_it_claims_to() {
     for pat in [",", "-", ".", "１", "答え", "𝟓"] {
         assert!(has(pat), "corpus lacks a completion containing {pat:?}");
     }
-    assert!(cases.iter().any(|c| c.pred.is_none()), "corpus lacks a no-number completion");
+    assert!(
+        cases.iter().any(|c| c.pred.is_none()),
+        "corpus lacks a no-number completion"
+    );
     assert!(cases.iter().filter(|c| c.correct).count() >= 20);
     assert!(cases.iter().filter(|c| !c.correct).count() >= 20);
 }
@@ -79,7 +90,8 @@ fn score_jsonl_gives_the_reference_results_line_by_line() {
     let input: String = cases
         .iter()
         .map(|c| {
-            serde_json::json!({"completion": c.completion, "answer_number": c.answer_number}).to_string()
+            serde_json::json!({"completion": c.completion, "answer_number": c.answer_number})
+                .to_string()
                 + "\n"
         })
         .collect();
@@ -92,7 +104,12 @@ fn score_jsonl_gives_the_reference_results_line_by_line() {
         .collect();
     assert_eq!(lines.len(), cases.len());
     for (line, case) in lines.iter().zip(&cases) {
-        assert_eq!(line["correct"].as_bool(), Some(case.correct), "{:?}", case.completion);
+        assert_eq!(
+            line["correct"].as_bool(),
+            Some(case.correct),
+            "{:?}",
+            case.completion
+        );
         match case.pred {
             Some(p) if p.is_finite() => assert_eq!(line["pred"].as_f64(), Some(p)),
             _ => assert!(line["pred"].is_null()),

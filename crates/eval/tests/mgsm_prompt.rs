@@ -17,7 +17,10 @@ fn builtin_prompt_has_the_reference_shape() {
     let p = render_prompt(MGSM_JA_PROMPT, "Q");
     assert!(p.starts_with("以下に、あるタスクを説明する指示があります。"));
     assert!(p.contains("一歩一歩考えましょう。\n\n### 指示:\nQ\n\n### 応答:"));
-    assert!(p.ends_with("### 応答:"), "the reference prompt ends without a newline");
+    assert!(
+        p.ends_with("### 応答:"),
+        "the reference prompt ends without a newline"
+    );
 }
 
 #[test]
@@ -26,7 +29,12 @@ fn template_file_matches_the_builtin_prompt_up_to_a_final_newline() {
     let Ok(text) = std::fs::read_to_string(&path) else {
         return; // the file is optional; the built-in constant is what the runners use
     };
-    assert_eq!(text.strip_suffix('\n').unwrap_or(&text), MGSM_JA_PROMPT, "{}", path.display());
+    assert_eq!(
+        text.strip_suffix('\n').unwrap_or(&text),
+        MGSM_JA_PROMPT,
+        "{}",
+        path.display()
+    );
 }
 
 #[test]

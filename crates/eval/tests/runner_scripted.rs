@@ -7,8 +7,8 @@ use evomerge_eval::generator::{
 };
 use evomerge_eval::mgsm::{ExtractionMode, MGSM_JA_PROMPT};
 use evomerge_eval::runner::{
-    run_mgsm, run_vqa, JapaneseProbability, MathQuestion, MgsmRunConfig, SkippedRow, VqaItemScores,
-    VqaMetric, VqaQuestion, VqaRunConfig, VqaScores, RunnerError,
+    run_mgsm, run_vqa, JapaneseProbability, MathQuestion, MgsmRunConfig, RunnerError, SkippedRow,
+    VqaItemScores, VqaMetric, VqaQuestion, VqaRunConfig, VqaScores,
 };
 
 /// Answers each prompt with the completion scripted for the question it contains.
@@ -39,8 +39,15 @@ impl Generator for Scripted {
                     .answers
                     .iter()
                     .find(|(q, _, _)| p.text.contains(q))
-                    .ok_or(GeneratorError::BadPrompt { index: i, message: "unscripted".into() })?;
-                Ok(Completion { text: text.to_string(), new_tokens: text.chars().count(), hit_max_new_tokens: *hit })
+                    .ok_or(GeneratorError::BadPrompt {
+                        index: i,
+                        message: "unscripted".into(),
+                    })?;
+                Ok(Completion {
+                    text: text.to_string(),
+                    new_tokens: text.chars().count(),
+                    hit_max_new_tokens: *hit,
+                })
             })
             .collect()
     }
@@ -55,7 +62,10 @@ struct KanaDetector;
 
 impl JapaneseProbability for KanaDetector {
     fn ja_probability(&self, text: &str) -> f64 {
-        assert!(!text.contains('\n'), "newlines must be deleted before detection");
+        assert!(
+            !text.contains('\n'),
+            "newlines must be deleted before detection"
+        );
         if text.chars().any(|c| ('\u{3040}'..='\u{30ff}').contains(&c)) {
             0.9
         } else {
@@ -68,7 +78,11 @@ impl JapaneseProbability for KanaDetector {
 }
 
 fn q(index: usize, question: &str, answer: f64) -> MathQuestion {
-    MathQuestion { index, question: question.into(), answer_number: answer }
+    MathQuestion {
+        index,
+        question: question.into(),
+        answer_number: answer,
+    }
 }
 
 #[test]
@@ -92,7 +106,10 @@ fn mgsm_run_scores_writes_files_and_counts_the_budget() {
         q(4, "問題D", 1.0),
         q(5, "問題E", -5.0),
     ];
-    let skipped = vec![SkippedRow { index: 2, reason: "missing answer_number".into() }];
+    let skipped = vec![SkippedRow {
+        index: 2,
+        reason: "missing answer_number".into(),
+    }];
     let dir = tempfile::tempdir().unwrap();
     let mut config = MgsmRunConfig::paper("mgsm-ja", dir.path());
     config.batch_size = 2;
@@ -120,18 +137,24 @@ fn mgsm_run_scores_writes_files_and_counts_the_budget() {
     assert_eq!(progress.last(), Some(&(5, 5)));
     let seen = gen.settings_seen.take().unwrap();
     assert_eq!(seen.num_beams, 1);
-    assert_eq!(seen.stop, vec!["Instruction:", "Instruction", "Response:", "Response"]);
+    assert_eq!(
+        seen.stop,
+        vec!["Instruction:", "Instruction", "Response:", "Response"]
+    );
 
     let predictions = std::fs::read_to_string(dir.path().join("predictions.jsonl")).unwrap();
-    let lines: Vec<serde_json::Value> =
-        predictions.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = predictions
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 5);
     assert_eq!(lines[2]["index"], 3);
     assert_eq!(lines[2]["pred"], 0.0);
     assert_eq!(lines[2]["hit_max_new_tokens"], true);
     assert!(lines[3]["pred"].is_null());
     let summary_json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("summary.json")).unwrap())
+            .unwrap();
     assert_eq!(summary_json["metrics"]["acc"], 0.4);
     assert_eq!(summary_json["extraction_mode"], "paper");
     assert_eq!(summary_json["skipped_rows"][0]["index"], 2);
@@ -154,14 +177,32 @@ fn mgsm_run_scores_writes_files_and_counts_the_budget() {
 fn mgsm_prompts_are_the_reference_template() {
     struct Capture(Vec<String>);
     impl Generator for Capture {
-        fn generate(&mut self, p: &[Prompt], _: &GenerationSettings) -> Result<Vec<Completion>, GeneratorError> {
+        fn generate(
+            &mut self,
+            p: &[Prompt],
+            _: &GenerationSettings,
+        ) -> Result<Vec<Completion>, GeneratorError> {
             self.0.extend(p.iter().map(|p| p.text.clone()));
-            Ok(p.iter().map(|_| Completion { text: "1".into(), new_tokens: 1, hit_max_new_tokens: false }).collect())
+            Ok(p.iter()
+                .map(|_| Completion {
+                    text: "1".into(),
+                    new_tokens: 1,
+                    hit_max_new_tokens: false,
+                })
+                .collect())
         }
     }
     let mut cap = Capture(vec![]);
     let dir = tempfile::tempdir().unwrap();
-    run_mgsm(&mut cap, &[q(0, "りんごは何個？", 1.0)], &[], None, &MgsmRunConfig::paper("mgsm-ja", dir.path()), &mut |_, _| {}).unwrap();
+    run_mgsm(
+        &mut cap,
+        &[q(0, "りんごは何個？", 1.0)],
+        &[],
+        None,
+        &MgsmRunConfig::paper("mgsm-ja", dir.path()),
+        &mut |_, _| {},
+    )
+    .unwrap();
     assert_eq!(
         cap.0[0],
         "以下に、あるタスクを説明する指示があります。リクエストを適切に完了するための回答を日本語で記述してください。一歩一歩考えましょう。\n\n### 指示:\nりんごは何個？\n\n### 応答:"
@@ -172,14 +213,29 @@ fn mgsm_prompts_are_the_reference_template() {
 fn a_generator_that_drops_answers_is_an_error_not_a_zero() {
     struct Short;
     impl Generator for Short {
-        fn generate(&mut self, _: &[Prompt], _: &GenerationSettings) -> Result<Vec<Completion>, GeneratorError> {
+        fn generate(
+            &mut self,
+            _: &[Prompt],
+            _: &GenerationSettings,
+        ) -> Result<Vec<Completion>, GeneratorError> {
             Ok(vec![])
         }
     }
     let dir = tempfile::tempdir().unwrap();
-    let err = run_mgsm(&mut Short, &[q(0, "x", 1.0)], &[], None, &MgsmRunConfig::paper("mgsm-ja", dir.path()), &mut |_, _| {})
-        .unwrap_err();
-    assert!(err.to_string().contains("returned 0 completions for 1 prompts"), "{err}");
+    let err = run_mgsm(
+        &mut Short,
+        &[q(0, "x", 1.0)],
+        &[],
+        None,
+        &MgsmRunConfig::paper("mgsm-ja", dir.path()),
+        &mut |_, _| {},
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("returned 0 completions for 1 prompts"),
+        "{err}"
+    );
     assert!(!dir.path().join("summary.json").exists());
 }
 
@@ -204,9 +260,15 @@ impl VqaMetric for ExactMatch {
             .collect();
         let n = items.len() as f64;
         let mut metrics = BTreeMap::new();
-        metrics.insert("rougeL".into(), items.iter().map(|s| s.rouge_l).sum::<f64>() / n);
+        metrics.insert(
+            "rougeL".into(),
+            items.iter().map(|s| s.rouge_l).sum::<f64>() / n,
+        );
         if predictions_ja.is_some() {
-            metrics.insert("rougeL_ja".into(), items.iter().map(|s| s.rouge_l_ja.unwrap()).sum::<f64>() / n);
+            metrics.insert(
+                "rougeL_ja".into(),
+                items.iter().map(|s| s.rouge_l_ja.unwrap()).sum::<f64>() / n,
+            );
         }
         Ok(VqaScores { items, metrics })
     }
@@ -229,15 +291,38 @@ fn vqa_run_passes_images_strips_predictions_and_applies_the_ja_rule() {
     };
     let img = vec![0x89, b'P', b'N', b'G'];
     let questions = vec![
-        VqaQuestion { index: 0, question: "何色ですか？".into(), answer: "赤色です。".into(), image: img.clone() },
-        VqaQuestion { index: 1, question: "これは何ですか？".into(), answer: "a blue square".into(), image: img.clone() },
-        VqaQuestion { index: 2, question: "English?".into(), answer: "yes".into(), image: img },
+        VqaQuestion {
+            index: 0,
+            question: "何色ですか？".into(),
+            answer: "赤色です。".into(),
+            image: img.clone(),
+        },
+        VqaQuestion {
+            index: 1,
+            question: "これは何ですか？".into(),
+            answer: "a blue square".into(),
+            image: img.clone(),
+        },
+        VqaQuestion {
+            index: 2,
+            question: "English?".into(),
+            answer: "yes".into(),
+            image: img,
+        },
     ];
     // Item 1: reference is English (by the test detector) → not emptied, stays correct.
     let dir = tempfile::tempdir().unwrap();
     let config = VqaRunConfig::paper("ja-vg-vqa-500", dir.path());
-    let summary =
-        run_vqa(&mut gen, &questions, &[], &ExactMatch, Some(&KanaDetector), &config, &mut |_, _| {}).unwrap();
+    let summary = run_vqa(
+        &mut gen,
+        &questions,
+        &[],
+        &ExactMatch,
+        Some(&KanaDetector),
+        &config,
+        &mut |_, _| {},
+    )
+    .unwrap();
     assert_eq!(gen.seen_images, 3);
     assert_eq!(summary.metrics["rougeL"], 100.0);
     assert_eq!(summary.metrics["rougeL_ja"], 100.0);
@@ -254,19 +339,46 @@ fn vqa_run_passes_images_strips_predictions_and_applies_the_ja_rule() {
         seen_images: 0,
         settings_seen: None,
     };
-    let q2 = vec![VqaQuestion { index: 7, question: "何色ですか？".into(), answer: "red".into(), image: vec![1] }];
+    let q2 = vec![VqaQuestion {
+        index: 7,
+        question: "何色ですか？".into(),
+        answer: "red".into(),
+        image: vec![1],
+    }];
     let dir2 = tempfile::tempdir().unwrap();
     let mut q2_ref_ja = q2.clone();
     q2_ref_ja[0].answer = "red です".into();
     gen2.answers = vec![("何色", "red です", false)];
-    let s = run_vqa(&mut gen2, &q2_ref_ja, &[], &ExactMatch, Some(&KanaDetector), &VqaRunConfig::paper("x", dir2.path()), &mut |_, _| {}).unwrap();
+    let s = run_vqa(
+        &mut gen2,
+        &q2_ref_ja,
+        &[],
+        &ExactMatch,
+        Some(&KanaDetector),
+        &VqaRunConfig::paper("x", dir2.path()),
+        &mut |_, _| {},
+    )
+    .unwrap();
     assert_eq!(s.metrics["rougeL_ja"], 100.0);
     gen2.answers = vec![("何色", "red", false)];
     q2_ref_ja[0].answer = "あか".into();
-    let s = run_vqa(&mut gen2, &q2_ref_ja, &[], &ExactMatch, Some(&KanaDetector), &VqaRunConfig::paper("x", dir2.path()), &mut |_, _| {}).unwrap();
+    let s = run_vqa(
+        &mut gen2,
+        &q2_ref_ja,
+        &[],
+        &ExactMatch,
+        Some(&KanaDetector),
+        &VqaRunConfig::paper("x", dir2.path()),
+        &mut |_, _| {},
+    )
+    .unwrap();
     assert_eq!(s.metrics["rougeL_ja"], 0.0);
     let line: serde_json::Value = serde_json::from_str(
-        std::fs::read_to_string(dir2.path().join("predictions.jsonl")).unwrap().lines().next().unwrap(),
+        std::fs::read_to_string(dir2.path().join("predictions.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
     )
     .unwrap();
     assert_eq!(line["index"], 7);
@@ -274,7 +386,8 @@ fn vqa_run_passes_images_strips_predictions_and_applies_the_ja_rule() {
     assert_eq!(line["prediction"], "red");
 
     let predictions = std::fs::read_to_string(dir.path().join("predictions.jsonl")).unwrap();
-    let first: serde_json::Value = serde_json::from_str(predictions.lines().next().unwrap()).unwrap();
+    let first: serde_json::Value =
+        serde_json::from_str(predictions.lines().next().unwrap()).unwrap();
     assert_eq!(first["prediction"], "赤色です。");
     assert_eq!(first["rougeL"], 100.0);
     let _ = q2;

@@ -19,10 +19,15 @@ use evomerge_vision::{decode_image, AlphaMode, ImagePrompt, LlavaModel, LlmStep,
 pub fn parse_device(spec: &str) -> anyhow::Result<Device> {
     match spec {
         "cpu" => Ok(Device::Cpu),
-        "cuda" => Device::new_cuda(0).context("opening CUDA device 0 (is this build made with --features cuda?)"),
-        other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
-            Some(n) => Device::new_cuda(n)
-                .with_context(|| format!("opening CUDA device {n} (is this build made with --features cuda?)")),
+        "cuda" => Device::new_cuda(0)
+            .context("opening CUDA device 0 (is this build made with --features cuda?)"),
+        other => match other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            Some(n) => Device::new_cuda(n).with_context(|| {
+                format!("opening CUDA device {n} (is this build made with --features cuda?)")
+            }),
             None => anyhow::bail!("unknown device {other:?}: use cpu, cuda or cuda:N"),
         },
     }
@@ -60,8 +65,13 @@ fn model_config(base: &GenerationConfig, settings: &GenerationSettings) -> Gener
     config
 }
 
-fn to_completion(c: &ModelCompletion, tokenizer: &TextTokenizer) -> Result<Completion, GeneratorError> {
-    let text = c.text(tokenizer).map_err(|e| GeneratorError::Model(e.to_string()))?;
+fn to_completion(
+    c: &ModelCompletion,
+    tokenizer: &TextTokenizer,
+) -> Result<Completion, GeneratorError> {
+    let text = c
+        .text(tokenizer)
+        .map_err(|e| GeneratorError::Model(e.to_string()))?;
     Ok(Completion {
         text,
         new_tokens: c.tokens.len(),
@@ -80,14 +90,24 @@ pub struct TextGenerator {
 impl TextGenerator {
     pub fn load(spec: &str, device: &str, dtype: Option<&str>) -> anyhow::Result<Self> {
         let dir = model_dir(spec)?;
-        let opts = TextLoadOptions { device: parse_device(device)?, dtype: parse_dtype(dtype)?, ..Default::default() };
-        let model = Mistral::from_dir(&dir, &opts).with_context(|| format!("loading the model in {}", dir.display()))?;
+        let opts = TextLoadOptions {
+            device: parse_device(device)?,
+            dtype: parse_dtype(dtype)?,
+            ..Default::default()
+        };
+        let model = Mistral::from_dir(&dir, &opts)
+            .with_context(|| format!("loading the model in {}", dir.display()))?;
         let tokenizer = TextTokenizer::from_model_dir(&dir)
             .with_context(|| format!("loading the tokenizer in {}", dir.display()))?;
         let base = GenerationConfig::from_model_dir(&dir)
             .with_context(|| format!("reading the generation config in {}", dir.display()))?;
         let description = format!("mistral {} ({:?}, {device})", dir.display(), model.dtype());
-        Ok(Self { model, tokenizer, base, description })
+        Ok(Self {
+            model,
+            tokenizer,
+            base,
+            description,
+        })
     }
 }
 
@@ -104,19 +124,30 @@ impl Generator for TextGenerator {
                 if p.image.is_some() {
                     return Err(GeneratorError::BadPrompt {
                         index,
-                        message: "this is a text-only model; evaluate VQA with a LLaVA model".into(),
+                        message: "this is a text-only model; evaluate VQA with a LLaVA model"
+                            .into(),
                     });
                 }
                 self.tokenizer
                     .encode(&p.text)
                     .map(PromptInput::Tokens)
-                    .map_err(|e| GeneratorError::BadPrompt { index, message: e.to_string() })
+                    .map_err(|e| GeneratorError::BadPrompt {
+                        index,
+                        message: e.to_string(),
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let config = model_config(&self.base, settings);
-        let out = generation::generate(&LlmStep(&self.model), &inputs, &config, Some(&self.tokenizer))
-            .map_err(|e| GeneratorError::Model(e.to_string()))?;
-        out.iter().map(|c| to_completion(c, &self.tokenizer)).collect()
+        let out = generation::generate(
+            &LlmStep(&self.model),
+            &inputs,
+            &config,
+            Some(&self.tokenizer),
+        )
+        .map_err(|e| GeneratorError::Model(e.to_string()))?;
+        out.iter()
+            .map(|c| to_completion(c, &self.tokenizer))
+            .collect()
     }
 
     fn describe(&self) -> String {
@@ -134,7 +165,12 @@ pub struct VlmGenerator {
 }
 
 impl VlmGenerator {
-    pub fn load(spec: &str, device: &str, dtype: Option<&str>, image_mode: &str) -> anyhow::Result<Self> {
+    pub fn load(
+        spec: &str,
+        device: &str,
+        dtype: Option<&str>,
+        image_mode: &str,
+    ) -> anyhow::Result<Self> {
         let dir = model_dir(spec)?;
         let mode = match image_mode {
             "single" => ModeChoice::Single,
@@ -155,8 +191,17 @@ impl VlmGenerator {
             .with_context(|| format!("loading the tokenizer in {}", dir.display()))?;
         let base = GenerationConfig::from_model_dir(&dir)
             .with_context(|| format!("reading the generation config in {}", dir.display()))?;
-        let description = format!("llava {} ({image_mode} image mode, {device})", dir.display());
-        Ok(Self { model, tokenizer, base, alpha, description })
+        let description = format!(
+            "llava {} ({image_mode} image mode, {device})",
+            dir.display()
+        );
+        Ok(Self {
+            model,
+            tokenizer,
+            base,
+            alpha,
+            description,
+        })
     }
 }
 
@@ -179,7 +224,8 @@ impl Generator for VlmGenerator {
                     None => return Err(bad("a VQA prompt needs an image".into())),
                 }
                 .map_err(|e| bad(e.to_string()))?;
-                let prompt = ImagePrompt::from_text(self.tokenizer.inner(), &p.text).map_err(|e| bad(e.to_string()))?;
+                let prompt = ImagePrompt::from_text(self.tokenizer.inner(), &p.text)
+                    .map_err(|e| bad(e.to_string()))?;
                 Ok((prompt, image))
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -188,7 +234,9 @@ impl Generator for VlmGenerator {
             .model
             .generate(&items, &config, Some(&self.tokenizer), items.len().max(1))
             .map_err(|e| GeneratorError::Model(e.to_string()))?;
-        out.iter().map(|c| to_completion(c, &self.tokenizer)).collect()
+        out.iter()
+            .map(|c| to_completion(c, &self.tokenizer))
+            .collect()
     }
 
     fn describe(&self) -> String {

@@ -8,8 +8,8 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::{
-    generate_batched, image_prompt, ja_probability_of, write_outputs, JapaneseProbability, Progress,
-    RunnerError, SkippedRow,
+    generate_batched, image_prompt, ja_probability_of, write_outputs, JapaneseProbability,
+    Progress, RunnerError, SkippedRow,
 };
 use crate::generator::{GenerationSettings, Generator};
 use crate::ja::Tokenize;
@@ -21,7 +21,12 @@ pub const JA_VQA_PROMPT: &str = "[INST] <<SYS>>\nあなたは役立つ、偏見�
 
 /// Beam search with 5 beams, repetition penalty 1.5, 512 new tokens (the paper's EvoVLM config).
 pub fn vqa_generation_settings() -> GenerationSettings {
-    GenerationSettings { max_new_tokens: 512, num_beams: 5, repetition_penalty: 1.5, stop: Vec::new() }
+    GenerationSettings {
+        max_new_tokens: 512,
+        num_beams: 5,
+        repetition_penalty: 1.5,
+        stop: Vec::new(),
+    }
 }
 
 /// Renders the VQA prompt. A template that already holds `<image>` gets the bare question; otherwise
@@ -151,18 +156,28 @@ pub fn run_vqa(
         return Err(RunnerError::Config("batch size must be at least 1".into()));
     }
     if !config.template.contains("{input}") {
-        return Err(RunnerError::Config("the prompt template has no {input} placeholder".into()));
+        return Err(RunnerError::Config(
+            "the prompt template has no {input} placeholder".into(),
+        ));
     }
     let started = Instant::now();
     let prompts: Vec<_> = questions
         .iter()
         .map(|q| image_prompt(render_vqa_prompt(&config.template, &q.question), &q.image))
         .collect();
-    let completions =
-        generate_batched(generator, &prompts, &config.settings, config.batch_size, progress)?;
+    let completions = generate_batched(
+        generator,
+        &prompts,
+        &config.settings,
+        config.batch_size,
+        progress,
+    )?;
 
     let references: Vec<String> = questions.iter().map(|q| q.answer.clone()).collect();
-    let predictions: Vec<String> = completions.iter().map(|c| c.text.trim().to_string()).collect();
+    let predictions: Vec<String> = completions
+        .iter()
+        .map(|c| c.text.trim().to_string())
+        .collect();
     let emptied: Option<Vec<bool>> = detector.map(|d| {
         references
             .iter()
@@ -234,14 +249,19 @@ pub struct PaperRouge<T: Tokenize> {
 
 impl<T: Tokenize> PaperRouge<T> {
     pub fn new(tokenizer: T) -> Self {
-        Self { rouge: RougeJa::new(tokenizer), seed: 42 }
+        Self {
+            rouge: RougeJa::new(tokenizer),
+            seed: 42,
+        }
     }
 }
 
 fn insert_summary(metrics: &mut BTreeMap<String, f64>, summary: &Summary, suffix: &str) {
-    for (name, t) in
-        [("rouge1", &summary.rouge1), ("rouge2", &summary.rouge2), ("rougeL", &summary.rouge_l)]
-    {
+    for (name, t) in [
+        ("rouge1", &summary.rouge1),
+        ("rouge2", &summary.rouge2),
+        ("rougeL", &summary.rouge_l),
+    ] {
         metrics.insert(format!("{name}{suffix}"), t.mid);
         metrics.insert(format!("{name}{suffix}_mean"), t.mean);
         metrics.insert(format!("{name}{suffix}_low"), t.low);
@@ -281,7 +301,10 @@ impl<T: Tokenize> VqaMetric for PaperRouge<T> {
                 rouge_l_ja: items_ja.as_ref().map(|j| j[i].rouge_l.fmeasure * 100.0),
             })
             .collect();
-        Ok(VqaScores { items: per_item, metrics })
+        Ok(VqaScores {
+            items: per_item,
+            metrics,
+        })
     }
 
     fn tokenizer_name(&self) -> String {
