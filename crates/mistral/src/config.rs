@@ -98,6 +98,14 @@ impl Config {
                 reason: format!("`{hidden_act}` is not supported (only `silu`)"),
             });
         }
+        for field in ["attention_bias", "mlp_bias"] {
+            if v.get(field).and_then(Value::as_bool) == Some(true) {
+                return Err(MistralError::InvalidConfig {
+                    field,
+                    reason: "projection biases are not supported (Mistral and Llama-2/3 have none)".into(),
+                });
+            }
+        }
         let sliding_window = match model_type {
             ModelType::Llama => None,
             ModelType::Mistral | ModelType::EvoMistral => match v.get("sliding_window") {
