@@ -110,7 +110,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             return save(&es, args.state.as_deref());
         }
         let fitness = parse_fitness(line.trim(), es.generations())?;
+        let restarts_before = es.restarts().len();
         es.tell(&fitness).with_context(|| format!("generation {}", es.generations()))?;
+        if let Some(r) = es.restarts().get(restarts_before) {
+            tracing::info!(
+                "run stopped on {} after {} evaluations; IPOP restart with popsize {}",
+                r.reason,
+                r.evaluations,
+                r.popsize
+            );
+        }
         save(&es, args.state.as_deref())?;
     }
 }

@@ -81,6 +81,11 @@ pub fn from_box(y: f64, lower: f64, upper: f64) -> f64 {
     y
 }
 
+/// x² by one multiplication (`powi` may differ in the last bit between platforms).
+fn sq(x: f64) -> f64 {
+    x * x
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,9 +119,4 @@ mod tests {
         assert!(to_box(30.0, f64::NEG_INFINITY, -2.0) <= -2.0);
         assert_eq!(to_box(3.0, 2.0, 2.0), 2.0);
     }
-}
-
-/// x² by one multiplication (`powi` may differ in the last bit between platforms).
-fn sq(x: f64) -> f64 {
-    x * x
 }

@@ -88,6 +88,11 @@ fn damps(n: f64, mueff: f64, cs: f64) -> f64 {
     1.0 + 2.0 * (((mueff - 1.0) / (n + 1.0)).sqrt() - 1.0).max(0.0) + cs
 }
 
+/// x² by one multiplication (`powi` may differ in the last bit between platforms).
+fn sq(x: f64) -> f64 {
+    x * x
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,9 +120,4 @@ mod tests {
             assert!(p.weights.iter().all(|w| w.is_finite()));
         }
     }
-}
-
-/// x² by one multiplication (`powi` may differ in the last bit between platforms).
-fn sq(x: f64) -> f64 {
-    x * x
 }

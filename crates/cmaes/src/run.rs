@@ -259,22 +259,22 @@ impl Run {
                 yw[i] += w * y[i];
             }
         }
-        for i in 0..n {
-            self.mean[i] += self.sigma * yw[i];
+        for (m, y) in self.mean.iter_mut().zip(&yw) {
+            *m += self.sigma * y;
         }
 
         // Cumulative step-size adaptation.
         let cw = self.inverse_sqrt(&yw);
         let ps_gain = (p.cs * (2.0 - p.cs) * p.mueff).sqrt();
-        for i in 0..n {
-            self.ps[i] = (1.0 - p.cs) * self.ps[i] + ps_gain * cw[i];
+        for (ps, c) in self.ps.iter_mut().zip(&cw) {
+            *ps = (1.0 - p.cs) * *ps + ps_gain * c;
         }
         let ps_norm = self.ps.iter().map(|v| v * v).sum::<f64>().sqrt();
         let correction = (1.0 - libm::pow(1.0 - p.cs, 2.0 * self.generation as f64)).sqrt();
         let hsig = ps_norm / correction < (1.4 + 2.0 / (n as f64 + 1.0)) * p.chi_n;
         let pc_gain = if hsig { (p.cc * (2.0 - p.cc) * p.mueff).sqrt() } else { 0.0 };
-        for i in 0..n {
-            self.pc[i] = (1.0 - p.cc) * self.pc[i] + pc_gain * yw[i];
+        for (pc, y) in self.pc.iter_mut().zip(&yw) {
+            *pc = (1.0 - p.cc) * *pc + pc_gain * y;
         }
         let delta_hsig = if hsig { 0.0 } else { p.cc * (2.0 - p.cc) };
         let decay = 1.0 + p.c1 * delta_hsig - p.c1 - p.cmu * p.weight_sum();
