@@ -72,6 +72,14 @@ fn resuming_bounded_separable_and_margin_searches_is_bit_identical() {
         .with_seed(2)
         .with_max_evals(3000);
     check_resume(margin, 13);
+    // Open sides are stored as "inf"/"-inf" (JSON has no infinity).
+    let one_sided = Config::new(vec![2.0, -2.0, 0.0], 0.5)
+        .with_bounds(vec![1.0, f64::NEG_INFINITY, -1.0], vec![f64::INFINITY, -1.0, 1.0])
+        .with_seed(3)
+        .with_max_evals(2000);
+    let json = CmaEs::new(one_sided.clone()).unwrap().to_json().unwrap();
+    assert!(json.contains("\"inf\"") && json.contains("\"-inf\""));
+    check_resume(one_sided, 9);
 }
 
 #[test]
