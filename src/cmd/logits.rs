@@ -70,7 +70,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let others = args
             .pool
             .iter()
-            .map(|spec| Mistral::open(spec, &opts).with_context(|| format!("cannot load pool model `{spec}`")))
+            .map(|spec| {
+                Mistral::open(spec, &opts)
+                    .with_context(|| format!("cannot load pool model `{spec}`"))
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         model = model.with_pool(&others.iter().collect::<Vec<_>>())?;
     }
@@ -86,7 +89,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let ids = Tensor::from_vec(args.ids, (1, n), model.device())?;
     let positions = evomerge_mistral::sequential_positions(1, n, 0, model.device())?;
     let mut cache = model.new_cache(1);
-    let logits = model.forward(&ids, &positions, None, &mut cache)?.squeeze(0)?.to_device(&Device::Cpu)?;
+    let logits = model
+        .forward(&ids, &positions, None, &mut cache)?
+        .squeeze(0)?
+        .to_device(&Device::Cpu)?;
     let tensors = HashMap::from([("logits".to_string(), logits)]);
     candle_core::safetensors::save(&tensors, &args.out)
         .with_context(|| format!("cannot write {}", args.out.display()))?;

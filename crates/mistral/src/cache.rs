@@ -23,7 +23,10 @@ impl KvSlot {
     }
 
     fn len(&self) -> usize {
-        self.kv.as_ref().and_then(|(k, _)| k.dim(2).ok()).unwrap_or(0)
+        self.kv
+            .as_ref()
+            .and_then(|(k, _)| k.dim(2).ok())
+            .unwrap_or(0)
     }
 }
 
@@ -68,11 +71,19 @@ impl KvCache {
                 self.batch
             )));
         }
-        let Some(device) = self.slots.iter().find_map(|s| s.kv.as_ref().map(|(k, _)| k.device().clone())) else {
+        let Some(device) = self
+            .slots
+            .iter()
+            .find_map(|s| s.kv.as_ref().map(|(k, _)| k.device().clone()))
+        else {
             self.batch = rows.len();
             return Ok(());
         };
-        let index = Tensor::from_vec(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), rows.len(), &device)?;
+        let index = Tensor::from_vec(
+            rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+            rows.len(),
+            &device,
+        )?;
         for slot in &mut self.slots {
             if let Some((k, v)) = slot.kv.take() {
                 slot.kv = Some((k.index_select(&index, 0)?, v.index_select(&index, 0)?));

@@ -71,7 +71,8 @@ impl Config {
         };
         let hidden_size = required_usize(v, "hidden_size")?;
         let num_attention_heads = required_usize(v, "num_attention_heads")?;
-        let num_key_value_heads = optional_usize(v, "num_key_value_heads")?.unwrap_or(num_attention_heads);
+        let num_key_value_heads =
+            optional_usize(v, "num_key_value_heads")?.unwrap_or(num_attention_heads);
         if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
             return Err(MistralError::InvalidConfig {
                 field: "num_key_value_heads",
@@ -91,7 +92,10 @@ impl Config {
             });
         }
         let rope_theta = rope_theta(v)?;
-        let hidden_act = v.get("hidden_act").and_then(Value::as_str).unwrap_or("silu");
+        let hidden_act = v
+            .get("hidden_act")
+            .and_then(Value::as_str)
+            .unwrap_or("silu");
         if hidden_act != "silu" {
             return Err(MistralError::InvalidConfig {
                 field: "hidden_act",
@@ -102,7 +106,8 @@ impl Config {
             if v.get(field).and_then(Value::as_bool) == Some(true) {
                 return Err(MistralError::InvalidConfig {
                     field,
-                    reason: "projection biases are not supported (Mistral and Llama-2/3 have none)".into(),
+                    reason: "projection biases are not supported (Mistral and Llama-2/3 have none)"
+                        .into(),
                 });
             }
         }
@@ -138,7 +143,10 @@ impl Config {
             rope_theta,
             max_position_embeddings: required_usize(v, "max_position_embeddings")?,
             sliding_window,
-            tie_word_embeddings: v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
+            tie_word_embeddings: v
+                .get("tie_word_embeddings")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             bos_token_id: optional_usize(v, "bos_token_id")?.map(|x| x as u32),
             eos_token_ids: eos_ids(v)?,
             num_hops,
@@ -169,14 +177,28 @@ impl Config {
     pub fn layers_compatible(&self, other: &Config) -> Result<()> {
         let fields = [
             ("hidden_size", self.hidden_size, other.hidden_size),
-            ("intermediate_size", self.intermediate_size, other.intermediate_size),
-            ("num_attention_heads", self.num_attention_heads, other.num_attention_heads),
-            ("num_key_value_heads", self.num_key_value_heads, other.num_key_value_heads),
+            (
+                "intermediate_size",
+                self.intermediate_size,
+                other.intermediate_size,
+            ),
+            (
+                "num_attention_heads",
+                self.num_attention_heads,
+                other.num_attention_heads,
+            ),
+            (
+                "num_key_value_heads",
+                self.num_key_value_heads,
+                other.num_key_value_heads,
+            ),
             ("head_dim", self.head_dim, other.head_dim),
         ];
         for (name, a, b) in fields {
             if a != b {
-                return Err(MistralError::IncompatiblePool(format!("{name} is {a} in one model and {b} in the other")));
+                return Err(MistralError::IncompatiblePool(format!(
+                    "{name} is {a} in one model and {b} in the other"
+                )));
             }
         }
         if self.rope_theta != other.rope_theta {
@@ -232,16 +254,22 @@ fn required_usize(v: &Value, field: &'static str) -> Result<usize> {
 fn optional_usize(v: &Value, field: &'static str) -> Result<Option<usize>> {
     match v.get(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(x) => x.as_u64().map(|n| Some(n as usize)).ok_or(MistralError::InvalidConfig {
-            field,
-            reason: format!("expected a non-negative integer, found {x}"),
-        }),
+        Some(x) => x
+            .as_u64()
+            .map(|n| Some(n as usize))
+            .ok_or(MistralError::InvalidConfig {
+                field,
+                reason: format!("expected a non-negative integer, found {x}"),
+            }),
     }
 }
 
 /// `rope_theta` from either layout; only the default (unscaled) rotary embedding is supported.
 fn rope_theta(v: &Value) -> Result<f64> {
-    let params = v.get("rope_parameters").or_else(|| v.get("rope_scaling")).filter(|p| !p.is_null());
+    let params = v
+        .get("rope_parameters")
+        .or_else(|| v.get("rope_scaling"))
+        .filter(|p| !p.is_null());
     if let Some(p) = params {
         let kind = p
             .get("rope_type")
@@ -276,16 +304,21 @@ fn eos_ids(v: &Value) -> Result<Vec<u32>> {
         Some(Value::Array(items)) => items
             .iter()
             .map(|x| {
-                x.as_u64().map(|n| n as u32).ok_or(MistralError::InvalidConfig {
-                    field: "eos_token_id",
-                    reason: format!("expected token ids, found {x}"),
-                })
+                x.as_u64()
+                    .map(|n| n as u32)
+                    .ok_or(MistralError::InvalidConfig {
+                        field: "eos_token_id",
+                        reason: format!("expected token ids, found {x}"),
+                    })
             })
             .collect(),
-        Some(x) => x.as_u64().map(|n| vec![n as u32]).ok_or(MistralError::InvalidConfig {
-            field: "eos_token_id",
-            reason: format!("expected a token id, found {x}"),
-        }),
+        Some(x) => x
+            .as_u64()
+            .map(|n| vec![n as u32])
+            .ok_or(MistralError::InvalidConfig {
+                field: "eos_token_id",
+                reason: format!("expected a token id, found {x}"),
+            }),
     }
 }
 
@@ -312,12 +345,22 @@ mod tests {
         assert_eq!(a.rope_theta, 1e6);
         assert_eq!(a.head_dim, 4);
         assert_eq!(a.num_key_value_heads, 2);
-        assert_eq!(a.sliding_window, Some(4096), "transformers' Mistral default");
+        assert_eq!(
+            a.sliding_window,
+            Some(4096),
+            "transformers' Mistral default"
+        );
     }
 
     #[test]
     fn missing_fields_are_named() {
-        for field in ["hidden_size", "vocab_size", "num_hidden_layers", "intermediate_size", "model_type"] {
+        for field in [
+            "hidden_size",
+            "vocab_size",
+            "num_hidden_layers",
+            "intermediate_size",
+            "model_type",
+        ] {
             let mut v = minimal();
             v.as_object_mut().unwrap().remove(field);
             let err = Config::from_json(&v).unwrap_err();
@@ -329,9 +372,19 @@ mod tests {
     fn unsupported_rope_and_heads_are_refused() {
         let mut v = minimal();
         v["rope_parameters"] = serde_json::json!({"rope_type": "yarn", "rope_theta": 1e6});
-        assert!(Config::from_json(&v).unwrap_err().to_string().contains("yarn"));
+        assert!(Config::from_json(&v)
+            .unwrap_err()
+            .to_string()
+            .contains("yarn"));
         let mut v = minimal();
         v["num_key_value_heads"] = 3.into();
-        assert!(Config::from_json(&v).unwrap_err().to_string().contains("num_key_value_heads"));
+        assert!(Config::from_json(&v)
+            .unwrap_err()
+            .to_string()
+            .contains("num_key_value_heads"));
+        let mut v = minimal();
+        v["attention_bias"] = true.into();
+        let err = Config::from_json(&v).unwrap_err().to_string();
+        assert!(err.contains("attention_bias"), "{err}");
     }
 }

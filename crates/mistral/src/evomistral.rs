@@ -23,14 +23,21 @@ pub const INPUT_SCALES: &str = "model.input_scales";
 
 /// Loads an `evomistral` model from a tensor source: the pool, then the path from `input_layers` and
 /// `input_scales`.
-pub fn load(config: &Config, source: &dyn TensorSource, opts: &LoadOptions, lookup: ScaleLookup) -> Result<Mistral> {
+pub fn load(
+    config: &Config,
+    source: &dyn TensorSource,
+    opts: &LoadOptions,
+    lookup: ScaleLookup,
+) -> Result<Mistral> {
     if config.model_type != ModelType::EvoMistral {
         return Err(MistralError::Evomistral(format!(
             "config.json says model_type {:?}, expected \"evomistral\"",
             config.model_type
         )));
     }
-    let num_hops = config.num_hops.ok_or(MistralError::MissingConfigField("num_hops"))?;
+    let num_hops = config
+        .num_hops
+        .ok_or(MistralError::MissingConfigField("num_hops"))?;
     let layers = read_ints(source, INPUT_LAYERS)?;
     let scales = read_floats(source, INPUT_SCALES)?;
     if layers.len() != num_hops || scales.len() != num_hops {
@@ -60,7 +67,8 @@ pub fn to_tensors(model: &Mistral) -> Result<(serde_json::Value, HashMap<String,
     let path = model.path();
     if path.convention() != ScaleConvention::ReleasedBranch {
         return Err(MistralError::Evomistral(
-            "only paths with the released (branch) scale convention can be saved as evomistral".into(),
+            "only paths with the released (branch) scale convention can be saved as evomistral"
+                .into(),
         ));
     }
     let mut tensors = HashMap::new();
@@ -70,8 +78,14 @@ pub fn to_tensors(model: &Mistral) -> Result<(serde_json::Value, HashMap<String,
     let layers: Vec<i32> = path.hops().iter().map(|h| h.layer as i32).collect();
     let scales: Vec<f32> = path.hops().iter().map(|h| h.scale as f32).collect();
     let n = layers.len();
-    tensors.insert(INPUT_LAYERS.into(), Tensor::from_vec(layers, n, &Device::Cpu)?);
-    tensors.insert(INPUT_SCALES.into(), Tensor::from_vec(scales, n, &Device::Cpu)?);
+    tensors.insert(
+        INPUT_LAYERS.into(),
+        Tensor::from_vec(layers, n, &Device::Cpu)?,
+    );
+    tensors.insert(
+        INPUT_SCALES.into(),
+        Tensor::from_vec(scales, n, &Device::Cpu)?,
+    );
     let mut config = model.config().clone();
     config.model_type = ModelType::EvoMistral;
     config.num_hops = Some(n);
@@ -129,7 +143,10 @@ fn fetch(source: &dyn TensorSource, name: &str) -> Result<Tensor> {
         .raw_tensor(name)?
         .ok_or_else(|| MistralError::Evomistral(format!("tensor `{name}` is missing")))?;
     if t.rank() != 1 {
-        return Err(MistralError::Evomistral(format!("`{name}` must be 1-D, has shape {:?}", t.dims())));
+        return Err(MistralError::Evomistral(format!(
+            "`{name}` must be 1-D, has shape {:?}",
+            t.dims()
+        )));
     }
     Ok(t)
 }
@@ -149,7 +166,9 @@ fn read_ints(source: &dyn TensorSource, name: &str) -> Result<Vec<i64>> {
                     if x.fract() == 0.0 {
                         Ok(x as i64)
                     } else {
-                        Err(MistralError::Evomistral(format!("`{name}` holds {x}, which is not a layer index")))
+                        Err(MistralError::Evomistral(format!(
+                            "`{name}` holds {x}, which is not a layer index"
+                        )))
                     }
                 })
                 .collect()
@@ -165,7 +184,9 @@ fn read_ints(source: &dyn TensorSource, name: &str) -> Result<Vec<i64>> {
 fn read_floats(source: &dyn TensorSource, name: &str) -> Result<Vec<f64>> {
     let t = fetch(source, name)?;
     match t.dtype() {
-        DType::F32 | DType::F16 | DType::BF16 | DType::F64 => Ok(t.to_dtype(DType::F64)?.to_vec1::<f64>()?),
+        DType::F32 | DType::F16 | DType::BF16 | DType::F64 => {
+            Ok(t.to_dtype(DType::F64)?.to_vec1::<f64>()?)
+        }
         other => Err(MistralError::BadDtype {
             name: name.into(),
             dtype: format!("{other:?}"),

@@ -64,7 +64,12 @@ impl Rotary {
 
     /// `cos` and `sin` for positions `[b, s]`, each `[b, s, head_dim/2]` in `dtype`. The angle is the f32
     /// product `position * inv_freq`, as in transformers.
-    pub fn cos_sin(&self, positions: &[Vec<u32>], dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+    pub fn cos_sin(
+        &self,
+        positions: &[Vec<u32>],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
         let b = positions.len();
         let s = positions.first().map_or(0, Vec::len);
         let half = self.inv_freq.len();
@@ -109,9 +114,18 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let q = linear(x, &self.q_proj)?.reshape((b, s, nh, hd))?.transpose(1, 2)?.contiguous()?;
-        let k = linear(x, &self.k_proj)?.reshape((b, s, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-        let v = linear(x, &self.v_proj)?.reshape((b, s, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        let q = linear(x, &self.q_proj)?
+            .reshape((b, s, nh, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let k = linear(x, &self.k_proj)?
+            .reshape((b, s, nkv, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let v = linear(x, &self.v_proj)?
+            .reshape((b, s, nkv, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
         let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
         let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
         let (k, v) = slot.append(k, v)?;
@@ -129,7 +143,10 @@ impl Attention {
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
         let out = probs.reshape((b, nkv, group * s, t))?.matmul(&v)?;
-        let out = out.reshape((b, nh, s, hd))?.transpose(1, 2)?.reshape((b, s, nh * hd))?;
+        let out = out
+            .reshape((b, nh, s, hd))?
+            .transpose(1, 2)?
+            .reshape((b, s, nh * hd))?;
         linear(&out, &self.o_proj)
     }
 }
@@ -171,9 +188,13 @@ impl DecoderLayer {
         mask: Option<&Tensor>,
         slot: &mut KvSlot,
     ) -> Result<(Tensor, Tensor)> {
-        let attn = self.self_attn.forward(&self.input_layernorm.forward(x)?, cos, sin, mask, slot)?;
+        let attn =
+            self.self_attn
+                .forward(&self.input_layernorm.forward(x)?, cos, sin, mask, slot)?;
         let h = (x + attn)?;
-        let m = self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?;
+        let m = self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&h)?)?;
         Ok((h, m))
     }
 }

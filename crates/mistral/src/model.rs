@@ -69,10 +69,16 @@ impl Mistral {
         for i in 0..c.num_hidden_layers {
             let mut w = Vec::with_capacity(9);
             for (name, shape) in layer_tensor_shapes(c).iter() {
-                w.push(load(&format!("{}layers.{i}.{name}", names.prefix), shape_of(shape))?);
+                w.push(load(
+                    &format!("{}layers.{i}.{name}", names.prefix),
+                    shape_of(shape),
+                )?);
             }
             let mut w = w.into_iter();
-            let mut next = || w.next().ok_or_else(|| MistralError::BadInput("internal: layer tensor list".into()));
+            let mut next = || {
+                w.next()
+                    .ok_or_else(|| MistralError::BadInput("internal: layer tensor list".into()))
+            };
             pool.push(DecoderLayer {
                 input_layernorm: RmsNorm::new(next()?, c.rms_norm_eps),
                 self_attn: Attention {
@@ -92,7 +98,10 @@ impl Mistral {
                 },
             });
         }
-        let norm = RmsNorm::new(load(&format!("{}norm.weight", names.prefix), &[c.hidden_size])?, c.rms_norm_eps);
+        let norm = RmsNorm::new(
+            load(&format!("{}norm.weight", names.prefix), &[c.hidden_size])?,
+            c.rms_norm_eps,
+        );
         let lm_head = if c.tie_word_embeddings {
             None
         } else {
@@ -124,7 +133,10 @@ impl Mistral {
     }
 
     /// Loads from an opened checkpoint.
-    pub fn from_checkpoint(ckpt: &evomerge_checkpoint::Checkpoint, opts: &LoadOptions) -> Result<Mistral> {
+    pub fn from_checkpoint(
+        ckpt: &evomerge_checkpoint::Checkpoint,
+        opts: &LoadOptions,
+    ) -> Result<Mistral> {
         let config = Config::from_json(ckpt.config())?;
         if config.model_type == ModelType::EvoMistral {
             return crate::evomistral::load(&config, ckpt, opts, Default::default());
@@ -187,7 +199,10 @@ impl Mistral {
     /// Token embeddings `[b, s, hidden]` in the model's dtype.
     pub fn embed_tokens(&self, input_ids: &Tensor) -> Result<Tensor> {
         let (b, s) = input_ids.dims2().map_err(|_| {
-            MistralError::BadInput(format!("input_ids must be [batch, seq], got {:?}", input_ids.dims()))
+            MistralError::BadInput(format!(
+                "input_ids must be [batch, seq], got {:?}",
+                input_ids.dims()
+            ))
         })?;
         let ids = input_ids.to_dtype(DType::U32)?.flatten_all()?;
         if b * s > 0 {
@@ -199,7 +214,10 @@ impl Mistral {
                 )));
             }
         }
-        Ok(self.embed_tokens.index_select(&ids, 0)?.reshape((b, s, self.config.hidden_size))?)
+        Ok(self
+            .embed_tokens
+            .index_select(&ids, 0)?
+            .reshape((b, s, self.config.hidden_size))?)
     }
 
     /// Logits `[b, s, vocab]` (f32) for token ids `[b, s]`.
@@ -271,7 +289,10 @@ impl Mistral {
         cache: &mut KvCache,
     ) -> Result<Tensor> {
         let (b, s, h) = embeds.dims3().map_err(|_| {
-            MistralError::BadInput(format!("embeddings must be [batch, seq, hidden], got {:?}", embeds.dims()))
+            MistralError::BadInput(format!(
+                "embeddings must be [batch, seq, hidden], got {:?}",
+                embeds.dims()
+            ))
         })?;
         if h != self.config.hidden_size {
             return Err(MistralError::BadInput(format!(
@@ -280,7 +301,9 @@ impl Mistral {
             )));
         }
         if s == 0 {
-            return Err(MistralError::BadInput("empty input: at least one position is needed".into()));
+            return Err(MistralError::BadInput(
+                "empty input: at least one position is needed".into(),
+            ));
         }
         if cache.num_hops() != self.path.len() || cache.batch() != b {
             return Err(MistralError::BadInput(format!(
@@ -351,7 +374,13 @@ impl Mistral {
     /// `k > q - window` (transformers' rule: a token sees itself and the `window - 1` before it), and
     /// padding from `attention_mask`. Fully hidden rows (queries at padding) get a large finite negative
     /// instead of -inf so they stay finite.
-    fn attention_bias(&self, attention_mask: Option<&Tensor>, b: usize, s: usize, past: usize) -> Result<Option<Tensor>> {
+    fn attention_bias(
+        &self,
+        attention_mask: Option<&Tensor>,
+        b: usize,
+        s: usize,
+        past: usize,
+    ) -> Result<Option<Tensor>> {
         let t = past + s;
         let pad: Option<Vec<Vec<u8>>> = match attention_mask {
             None => None,
@@ -556,13 +585,19 @@ fn read_positions(positions: &Tensor, b: usize, s: usize) -> Result<Vec<Vec<u32>
         DType::I64 => {
             let rows = positions.to_vec2::<i64>()?;
             if rows.iter().flatten().any(|&p| p < 0) {
-                return Err(MistralError::BadInput("positions must not be negative".into()));
+                return Err(MistralError::BadInput(
+                    "positions must not be negative".into(),
+                ));
             }
-            rows.into_iter().map(|r| r.into_iter().map(|p| p as u32).collect()).collect()
+            rows.into_iter()
+                .map(|r| r.into_iter().map(|p| p as u32).collect())
+                .collect()
         }
         DType::U32 => positions.to_vec2::<u32>()?,
         other => {
-            return Err(MistralError::BadInput(format!("positions must be u32 or i64, got {other:?}")));
+            return Err(MistralError::BadInput(format!(
+                "positions must be u32 or i64, got {other:?}"
+            )));
         }
     };
     Ok(p)
@@ -571,5 +606,7 @@ fn read_positions(positions: &Tensor, b: usize, s: usize) -> Result<Vec<Vec<u32>
 /// `positions` `[b, s]` for a batch continuing after `past` cached positions with no padding.
 pub fn sequential_positions(b: usize, s: usize, past: usize, device: &Device) -> Result<Tensor> {
     let row: Vec<u32> = (past as u32..(past + s) as u32).collect();
-    Ok(Tensor::new(row.as_slice(), device)?.unsqueeze(0)?.repeat((b, 1))?)
+    Ok(Tensor::new(row.as_slice(), device)?
+        .unsqueeze(0)?
+        .repeat((b, 1))?)
 }

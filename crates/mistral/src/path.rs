@@ -62,10 +62,15 @@ impl LayerPath {
     /// A path with explicit hops. It is checked against the pool when given to a model.
     pub fn new(hops: Vec<Hop>, convention: ScaleConvention) -> Result<LayerPath> {
         if hops.is_empty() {
-            return Err(MistralError::InvalidPath("a path needs at least one hop".into()));
+            return Err(MistralError::InvalidPath(
+                "a path needs at least one hop".into(),
+            ));
         }
         if let Some((t, hop)) = hops.iter().enumerate().find(|(_, h)| !h.scale.is_finite()) {
-            return Err(MistralError::InvalidPath(format!("hop {t} has a non-finite scale {}", hop.scale)));
+            return Err(MistralError::InvalidPath(format!(
+                "hop {t} has a non-finite scale {}",
+                hop.scale
+            )));
         }
         Ok(LayerPath { hops, convention })
     }
@@ -73,7 +78,9 @@ impl LayerPath {
     /// Layers `0..n` in order with unit scales: the ordinary model.
     pub fn identity(num_layers: usize) -> LayerPath {
         LayerPath {
-            hops: (0..num_layers).map(|layer| Hop { layer, scale: 1.0 }).collect(),
+            hops: (0..num_layers)
+                .map(|layer| Hop { layer, scale: 1.0 })
+                .collect(),
             convention: ScaleConvention::ReleasedBranch,
         }
     }
@@ -104,18 +111,27 @@ impl LayerPath {
             .collect();
         let mut hops = Vec::with_capacity(layers.len());
         for (t, &layer) in layers.iter().enumerate() {
-            let scale = if t == 0 { 1.0 } else { scales[layers[t - 1] * pool_len + layer] };
+            let scale = if t == 0 {
+                1.0
+            } else {
+                scales[layers[t - 1] * pool_len + layer]
+            };
             hops.push(Hop { layer, scale });
         }
         LayerPath::new(hops, ScaleConvention::PaperStream)
     }
 
     /// A path from an `evomistral` checkpoint's `input_layers` and `input_scales`.
-    pub fn from_evomistral(input_layers: &[i64], input_scales: &[f64], lookup: ScaleLookup) -> Result<LayerPath> {
+    pub fn from_evomistral(
+        input_layers: &[i64],
+        input_scales: &[f64],
+        lookup: ScaleLookup,
+    ) -> Result<LayerPath> {
         let mut hops = Vec::with_capacity(input_layers.len());
         for (t, &layer) in input_layers.iter().enumerate() {
-            let layer = usize::try_from(layer)
-                .map_err(|_| MistralError::InvalidPath(format!("hop {t} names layer {layer}, which is negative")))?;
+            let layer = usize::try_from(layer).map_err(|_| {
+                MistralError::InvalidPath(format!("hop {t} names layer {layer}, which is negative"))
+            })?;
             let index = match lookup {
                 ScaleLookup::ByHop => t,
                 ScaleLookup::ByLayer => layer,
@@ -164,7 +180,11 @@ impl LayerPath {
     /// Whether this is the ordinary forward over `num_layers` layers.
     pub fn is_identity(&self, num_layers: usize) -> bool {
         self.hops.len() == num_layers
-            && self.hops.iter().enumerate().all(|(i, h)| h.layer == i && h.scale == 1.0)
+            && self
+                .hops
+                .iter()
+                .enumerate()
+                .all(|(i, h)| h.layer == i && h.scale == 1.0)
     }
 
     /// Parses `"0,1,2:0.5,3"`: comma-separated pool layer indices, each optionally `:scale`.
@@ -176,7 +196,9 @@ impl LayerPath {
                 None => (item, "1"),
             };
             let layer = layer.parse::<usize>().map_err(|_| {
-                MistralError::InvalidPath(format!("hop {t}: `{item}` is not `LAYER` or `LAYER:SCALE`"))
+                MistralError::InvalidPath(format!(
+                    "hop {t}: `{item}` is not `LAYER` or `LAYER:SCALE`"
+                ))
             })?;
             let scale = scale.parse::<f64>().map_err(|_| {
                 MistralError::InvalidPath(format!("hop {t}: scale in `{item}` is not a number"))
@@ -211,8 +233,14 @@ mod tests {
         let scales = [0.5, 0.6, 0.7];
         let by_hop = LayerPath::from_evomistral(&layers, &scales, ScaleLookup::ByHop).unwrap();
         let by_layer = LayerPath::from_evomistral(&layers, &scales, ScaleLookup::ByLayer).unwrap();
-        assert_eq!(by_hop.hops().iter().map(|h| h.scale).collect::<Vec<_>>(), vec![0.5, 0.6, 0.7]);
-        assert_eq!(by_layer.hops().iter().map(|h| h.scale).collect::<Vec<_>>(), vec![0.5, 0.7, 0.6]);
+        assert_eq!(
+            by_hop.hops().iter().map(|h| h.scale).collect::<Vec<_>>(),
+            vec![0.5, 0.6, 0.7]
+        );
+        assert_eq!(
+            by_layer.hops().iter().map(|h| h.scale).collect::<Vec<_>>(),
+            vec![0.5, 0.7, 0.6]
+        );
     }
 
     #[test]
@@ -221,7 +249,13 @@ mod tests {
         assert!(LayerPath::from_paper(&[1.0; 6], &[1.0; 8], 3).is_err());
         assert!(LayerPath::parse("0,x", ScaleConvention::ReleasedBranch).is_err());
         let p = LayerPath::parse("0, 1:0.5, 7", ScaleConvention::ReleasedBranch).unwrap();
-        assert_eq!(p.hops()[1], Hop { layer: 1, scale: 0.5 });
+        assert_eq!(
+            p.hops()[1],
+            Hop {
+                layer: 1,
+                scale: 0.5
+            }
+        );
         let err = p.validate(4).unwrap_err().to_string();
         assert!(err.contains("hop 2") && err.contains("layer 7"), "{err}");
     }

@@ -30,7 +30,9 @@ impl TensorSource for evomerge_checkpoint::Checkpoint {
             evomerge_checkpoint::Dtype::F16 => DType::F16,
             evomerge_checkpoint::Dtype::BF16 => DType::BF16,
         };
-        Ok(Some(Tensor::from_raw_buffer(view.data, dtype, view.shape, device)?))
+        Ok(Some(Tensor::from_raw_buffer(
+            view.data, dtype, view.shape, device,
+        )?))
     }
 
     /// The checkpoint reader hands out floats only, so integer tensors are read from the (already

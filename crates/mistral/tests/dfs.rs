@@ -22,12 +22,26 @@ struct Naive {
 
 impl Naive {
     fn new() -> Naive {
-        let read = |n: &str| candle_core::safetensors::load(fixture(n).join("model.safetensors"), &Device::Cpu).unwrap();
-        Naive { a: read("mistral_classic"), b: read("mistral_b"), heads: 4, kv_heads: 2, eps: 1e-5, theta: 1e6 }
+        let read = |n: &str| {
+            candle_core::safetensors::load(fixture(n).join("model.safetensors"), &Device::Cpu)
+                .unwrap()
+        };
+        Naive {
+            a: read("mistral_classic"),
+            b: read("mistral_b"),
+            heads: 4,
+            kv_heads: 2,
+            eps: 1e-5,
+            theta: 1e6,
+        }
     }
 
     fn w(&self, model: usize, name: &str) -> &Tensor {
-        if model == 0 { &self.a[name] } else { &self.b[name] }
+        if model == 0 {
+            &self.a[name]
+        } else {
+            &self.b[name]
+        }
     }
 
     fn rms(&self, x: &Tensor, w: &Tensor) -> Tensor {
@@ -79,14 +93,24 @@ impl Naive {
             let mut rows = Vec::new();
             for i in 0..s {
                 let row = scores.get(i).unwrap().narrow(0, 0, i + 1).unwrap();
-                let e = (row.clone() - row.max(0).unwrap().to_scalar::<f32>().unwrap() as f64).unwrap().exp().unwrap();
+                let e = (row.clone() - row.max(0).unwrap().to_scalar::<f32>().unwrap() as f64)
+                    .unwrap()
+                    .exp()
+                    .unwrap();
                 let pr = e.broadcast_div(&e.sum_all().unwrap()).unwrap();
-                let out = pr.unsqueeze(0).unwrap().matmul(&vh.narrow(0, 0, i + 1).unwrap()).unwrap();
+                let out = pr
+                    .unsqueeze(0)
+                    .unwrap()
+                    .matmul(&vh.narrow(0, 0, i + 1).unwrap())
+                    .unwrap();
                 rows.push(out);
             }
             outs.push(Tensor::cat(&rows, 0).unwrap());
         }
-        Self::lin(&Tensor::cat(&outs, 1).unwrap(), self.w(m, &(p + "o_proj.weight")))
+        Self::lin(
+            &Tensor::cat(&outs, 1).unwrap(),
+            self.w(m, &(p + "o_proj.weight")),
+        )
     }
 
     fn mlp(&self, m: usize, l: usize, x: &Tensor) -> Tensor {
@@ -100,7 +124,9 @@ impl Naive {
     /// Logits [s, vocab] along `hops` (model, layer, scale) with the given convention.
     fn run(&self, ids: &[u32], hops: &[(usize, usize, f64)], paper: bool) -> Tensor {
         let idx = Tensor::new(ids, &Device::Cpu).unwrap();
-        let mut x = self.a["model.embed_tokens.weight"].index_select(&idx, 0).unwrap();
+        let mut x = self.a["model.embed_tokens.weight"]
+            .index_select(&idx, 0)
+            .unwrap();
         let mut pending: Option<Tensor> = None;
         for (t, &(m, l, s)) in hops.iter().enumerate() {
             let n = |name: &str| format!("model.layers.{l}.{name}");
@@ -109,8 +135,14 @@ impl Naive {
             } else {
                 x = (x + (pending.take().unwrap() * s).unwrap()).unwrap();
             }
-            let h = (x.clone() + self.attention(m, l, &self.rms(&x, self.w(m, &n("input_layernorm.weight"))))).unwrap();
-            let mo = self.mlp(m, l, &self.rms(&h, self.w(m, &n("post_attention_layernorm.weight"))));
+            let h = (x.clone()
+                + self.attention(m, l, &self.rms(&x, self.w(m, &n("input_layernorm.weight")))))
+            .unwrap();
+            let mo = self.mlp(
+                m,
+                l,
+                &self.rms(&h, self.w(m, &n("post_attention_layernorm.weight"))),
+            );
             if paper {
                 x = (h + mo).unwrap();
             } else {
@@ -137,12 +169,32 @@ fn pooled() -> evomerge_mistral::Mistral {
 fn path_over_two_models_matches_independent_computation() {
     let naive = Naive::new();
     // Pool: 0, 1 = mistral_classic's layers; 2, 3 = mistral_b's layers 0, 1. Layer 1 appears twice.
-    let hops = [(0, 0, 0.9), (1, 0, 1.2), (0, 1, 0.7), (1, 1, 1.0), (0, 1, 1.3)];
-    let ids = Tensor::new(&IDS[..], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-    for (convention, paper) in [(ScaleConvention::ReleasedBranch, false), (ScaleConvention::PaperStream, true)] {
+    let hops = [
+        (0, 0, 0.9),
+        (1, 0, 1.2),
+        (0, 1, 0.7),
+        (1, 1, 1.0),
+        (0, 1, 1.3),
+    ];
+    let ids = Tensor::new(&IDS[..], &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    for (convention, paper) in [
+        (ScaleConvention::ReleasedBranch, false),
+        (ScaleConvention::PaperStream, true),
+    ] {
         let mut model = pooled();
-        let path = hops.iter().map(|&(m, l, s)| Hop { layer: m * 2 + l, scale: s }).collect();
-        model.set_path(LayerPath::new(path, convention).unwrap()).unwrap();
+        let path = hops
+            .iter()
+            .map(|&(m, l, s)| Hop {
+                layer: m * 2 + l,
+                scale: s,
+            })
+            .collect();
+        model
+            .set_path(LayerPath::new(path, convention).unwrap())
+            .unwrap();
         let got = logits_for(&model, &ids).squeeze(0).unwrap();
         let want = naive.run(&IDS, &hops, paper);
         let diff = max_abs_diff(&got, &want);
@@ -156,17 +208,25 @@ fn path_over_two_models_matches_independent_computation() {
 #[test]
 fn path_decoding_with_per_hop_cache_matches_full_forward() {
     let mut model = pooled();
-    let path = LayerPath::parse("0, 2:0.8, 1:1.1, 1:0.9, 3", ScaleConvention::ReleasedBranch).unwrap();
+    let path =
+        LayerPath::parse("0, 2:0.8, 1:1.1, 1:0.9, 3", ScaleConvention::ReleasedBranch).unwrap();
     model.set_path(path).unwrap();
-    let ids = Tensor::new(&IDS[..], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let ids = Tensor::new(&IDS[..], &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     let full = logits_for(&model, &ids);
     let mut cache = model.new_cache(1);
     assert_eq!(cache.num_hops(), 5);
     let pos = evomerge_mistral::sequential_positions(1, 6, 0, model.device()).unwrap();
-    model.forward(&ids.narrow(1, 0, 6).unwrap(), &pos, None, &mut cache).unwrap();
+    model
+        .forward(&ids.narrow(1, 0, 6).unwrap(), &pos, None, &mut cache)
+        .unwrap();
     for i in 6..IDS.len() {
         let pos = evomerge_mistral::sequential_positions(1, 1, i, model.device()).unwrap();
-        let last = model.forward_last(&ids.narrow(1, i, 1).unwrap(), &pos, None, &mut cache).unwrap();
+        let last = model
+            .forward_last(&ids.narrow(1, i, 1).unwrap(), &pos, None, &mut cache)
+            .unwrap();
         let want = full.get(0).unwrap().get(i).unwrap().unsqueeze(0).unwrap();
         assert!(max_abs_diff(&last, &want) <= 1e-5);
     }
@@ -175,20 +235,50 @@ fn path_decoding_with_per_hop_cache_matches_full_forward() {
 #[test]
 fn identity_path_equals_plain_model_bit_for_bit() {
     let plain = load("mistral_classic");
-    let ids = Tensor::new(&IDS[..], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-    let want = logits_for(&plain, &ids).flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let hops = vec![Hop { layer: 0, scale: 1.0 }, Hop { layer: 1, scale: 1.0 }];
+    let ids = Tensor::new(&IDS[..], &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let want = logits_for(&plain, &ids)
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let hops = vec![
+        Hop {
+            layer: 0,
+            scale: 1.0,
+        },
+        Hop {
+            layer: 1,
+            scale: 1.0,
+        },
+    ];
     let paths = [
         LayerPath::new(hops.clone(), ScaleConvention::ReleasedBranch).unwrap(),
         LayerPath::new(hops, ScaleConvention::PaperStream).unwrap(),
         // The paper's form: first repetition of the pool's own layers on, W = 1 everywhere.
-        LayerPath::from_paper(&[1.0, 1.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0], &[1.0; 16], 4).unwrap(),
+        LayerPath::from_paper(
+            &[1.0, 1.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0],
+            &[1.0; 16],
+            4,
+        )
+        .unwrap(),
     ];
     for path in paths {
         let mut model = pooled();
         model.set_path(path.clone()).unwrap();
-        let got = logits_for(&model, &ids).flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{path:?}");
+        let got = logits_for(&model, &ids)
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(
+            got.iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{path:?}"
+        );
     }
 }
 
@@ -196,8 +286,12 @@ fn identity_path_equals_plain_model_bit_for_bit() {
 fn evomistral_fixture_matches_reference_for_both_scale_lookups() {
     let r = reference("evomistral");
     let ids = &r["input_ids"];
-    for (lookup, key) in [(ScaleLookup::ByHop, "logits_by_hop"), (ScaleLookup::ByLayer, "logits_by_layer")] {
-        let model = evomistral::load_dir(&fixture("evomistral"), &LoadOptions::default(), lookup).unwrap();
+    for (lookup, key) in [
+        (ScaleLookup::ByHop, "logits_by_hop"),
+        (ScaleLookup::ByLayer, "logits_by_layer"),
+    ] {
+        let model =
+            evomistral::load_dir(&fixture("evomistral"), &LoadOptions::default(), lookup).unwrap();
         assert_eq!(model.path().len(), 6);
         assert_eq!(model.pool_len(), 4);
         let diff = max_abs_diff(&logits_for(&model, ids), &r[key]);
@@ -210,15 +304,24 @@ fn evomistral_fixture_matches_reference_for_both_scale_lookups() {
 #[test]
 fn evomistral_save_then_load_round_trips() {
     let mut model = pooled();
-    model.set_path(LayerPath::parse("0:0.5, 3:1.5, 1, 2:0.25", ScaleConvention::ReleasedBranch).unwrap()).unwrap();
+    model
+        .set_path(
+            LayerPath::parse("0:0.5, 3:1.5, 1, 2:0.25", ScaleConvention::ReleasedBranch).unwrap(),
+        )
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     evomistral::save(&model, dir.path()).unwrap();
-    let back = evomistral::load_dir(dir.path(), &LoadOptions::default(), ScaleLookup::ByHop).unwrap();
+    let back =
+        evomistral::load_dir(dir.path(), &LoadOptions::default(), ScaleLookup::ByHop).unwrap();
     assert_eq!(back.path(), model.path());
-    let ids = Tensor::new(&IDS[..], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let ids = Tensor::new(&IDS[..], &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     let (a, b) = (logits_for(&model, &ids), logits_for(&back, &ids));
     assert_eq!(max_abs_diff(&a, &b), 0.0);
-    let layers = candle_core::safetensors::load(dir.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    let layers =
+        candle_core::safetensors::load(dir.path().join("model.safetensors"), &Device::Cpu).unwrap();
     assert_eq!(layers[evomistral::INPUT_LAYERS].dtype(), DType::I32);
     assert_eq!(layers[evomistral::INPUT_SCALES].dtype(), DType::F32);
 }
@@ -226,7 +329,11 @@ fn evomistral_save_then_load_round_trips() {
 #[test]
 fn weights_replaced_in_place_give_the_other_checkpoints_logits() {
     let mut model = load("mistral_classic");
-    let other = candle_core::safetensors::load(fixture("mistral_b").join("model.safetensors"), &Device::Cpu).unwrap();
+    let other = candle_core::safetensors::load(
+        fixture("mistral_b").join("model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
     for name in model.parameter_names() {
         model.set_tensor(&name, &other[&name]).unwrap();
     }
@@ -236,6 +343,13 @@ fn weights_replaced_in_place_give_the_other_checkpoints_logits() {
     // And from a flat f32 slice.
     let norm: Vec<f32> = other["model.norm.weight"].to_vec1().unwrap();
     model.set_tensor_f32("model.norm.weight", &norm).unwrap();
-    assert!(model.set_tensor_f32("model.norm.weight", &norm[1..]).is_err());
-    assert!(model.set_tensor("model.layers.9.mlp.up_proj.weight", &other["model.norm.weight"]).is_err());
+    assert!(model
+        .set_tensor_f32("model.norm.weight", &norm[1..])
+        .is_err());
+    assert!(model
+        .set_tensor(
+            "model.layers.9.mlp.up_proj.weight",
+            &other["model.norm.weight"]
+        )
+        .is_err());
 }

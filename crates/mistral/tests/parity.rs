@@ -14,8 +14,19 @@ fn check_single(name: &str) {
     let ids = &r["input_ids"];
     let got = logits_for(&model, ids);
     let diff = max_abs_diff(&got, &r["logits"]);
-    let scale = r["logits"].abs().unwrap().max_keepdim(2).unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
-    assert!(scale > 0.5, "{name}: reference logits are too small ({scale}) to make the test meaningful");
+    let scale = r["logits"]
+        .abs()
+        .unwrap()
+        .max_keepdim(2)
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        scale > 0.5,
+        "{name}: reference logits are too small ({scale}) to make the test meaningful"
+    );
     assert!(diff <= TOL, "{name}: max abs diff {diff} > {TOL}");
 }
 
@@ -84,11 +95,15 @@ fn incremental_decoding_with_cache_matches_full_forward() {
         let prefill = 5;
         let mut cache = model.new_cache(1);
         let pos = sequential_positions(1, prefill, 0, model.device()).unwrap();
-        let first = model.forward(&ids.narrow(1, 0, prefill).unwrap(), &pos, None, &mut cache).unwrap();
+        let first = model
+            .forward(&ids.narrow(1, 0, prefill).unwrap(), &pos, None, &mut cache)
+            .unwrap();
         let mut steps = vec![first];
         for i in prefill..s {
             let pos = sequential_positions(1, 1, i, model.device()).unwrap();
-            let last = model.forward_last(&ids.narrow(1, i, 1).unwrap(), &pos, None, &mut cache).unwrap();
+            let last = model
+                .forward_last(&ids.narrow(1, i, 1).unwrap(), &pos, None, &mut cache)
+                .unwrap();
             steps.push(last.unsqueeze(1).unwrap());
         }
         let got = Tensor::cat(&steps, 1).unwrap();
@@ -112,20 +127,40 @@ fn cache_select_reorders_rows() {
     let prefill = s - 2;
     let mut cache = model.new_cache(2);
     model
-        .forward(&ids.narrow(1, 0, prefill).unwrap(), &pos.narrow(1, 0, prefill).unwrap(), Some(&mask.narrow(1, 0, prefill).unwrap()), &mut cache)
+        .forward(
+            &ids.narrow(1, 0, prefill).unwrap(),
+            &pos.narrow(1, 0, prefill).unwrap(),
+            Some(&mask.narrow(1, 0, prefill).unwrap()),
+            &mut cache,
+        )
         .unwrap();
     cache.select(&[1, 0]).unwrap();
     let swap = Tensor::new(&[1u32, 0], model.device()).unwrap();
-    let (ids, mask, pos) = (ids.index_select(&swap, 0).unwrap(), mask.index_select(&swap, 0).unwrap(), pos.index_select(&swap, 0).unwrap());
+    let (ids, mask, pos) = (
+        ids.index_select(&swap, 0).unwrap(),
+        mask.index_select(&swap, 0).unwrap(),
+        pos.index_select(&swap, 0).unwrap(),
+    );
     let mut last = None;
     for i in prefill..s {
         last = Some(
             model
-                .forward_last(&ids.narrow(1, i, 1).unwrap(), &pos.narrow(1, i, 1).unwrap(), Some(&mask.narrow(1, 0, i + 1).unwrap()), &mut cache)
+                .forward_last(
+                    &ids.narrow(1, i, 1).unwrap(),
+                    &pos.narrow(1, i, 1).unwrap(),
+                    Some(&mask.narrow(1, 0, i + 1).unwrap()),
+                    &mut cache,
+                )
                 .unwrap(),
         );
     }
-    let want = r["batch_logits"].index_select(&swap, 0).unwrap().narrow(1, s - 1, 1).unwrap().squeeze(1).unwrap();
+    let want = r["batch_logits"]
+        .index_select(&swap, 0)
+        .unwrap()
+        .narrow(1, s - 1, 1)
+        .unwrap()
+        .squeeze(1)
+        .unwrap();
     let diff = max_abs_diff(&last.unwrap(), &want);
     assert!(diff <= TOL, "reordered cache diff {diff}");
 }
@@ -133,7 +168,10 @@ fn cache_select_reorders_rows() {
 #[test]
 fn half_precision_runs_close_to_f32() {
     let dir = fixture("mistral_classic");
-    let opts = evomerge_mistral::LoadOptions { dtype: Some(DType::F16), ..Default::default() };
+    let opts = evomerge_mistral::LoadOptions {
+        dtype: Some(DType::F16),
+        ..Default::default()
+    };
     let model = evomerge_mistral::Mistral::from_dir(&dir, &opts).unwrap();
     assert_eq!(model.dtype(), DType::F16);
     let r = reference("mistral_classic");
