@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Type-check the whole workspace with the `cuda` feature on, without a system CUDA toolkit or a GPU.
+#
+# Why: issue 3 requires that the CUDA build compiles. CI builds CPU only and has no nvcc, but
+# candle-kernels (pulled in by candle-core/cuda) runs nvcc in its build script and cudarc probes
+# `nvcc --version` to pick its CUDA API version. NVIDIA's CUDA 13 Python wheels ship a working nvcc
+# (the cu12 wheels do not), so this script installs them into a private virtualenv and points the
+# CUDA environment variables at them.
+#
+# What it does:
+#   1. creates (or reuses) a venv at ${EVOMERGE_CACHE:-$HOME/.cache/evomerge}/cuda-venv;
+#   2. installs the pinned toolkit `cuda-toolkit[nvcc,cudart,cccl]==13.4.3` (skipped when present);
+#      13.4 is pinned because cudarc 0.19 rejects CUDA 13.5 (CUDARC_CUDA_VERSION=13040 is set as well);
+#   3. exports PATH, CUDA_HOME, CUDA_PATH, CUDA_ROOT -> <site-packages>/nvidia/cu13 and
+#      CUDA_COMPUTE_CAP (default 90 = H100/H200);
+#   4. runs `cargo check --workspace --features cuda --all-targets` with its own target dir
+#      (${EVOMERGE_CUDA_TARGET_DIR:-<repo>/target/cuda-check}) so it never invalidates the CPU build.
+#
+# Usage:   scripts/check-cuda.sh [extra cargo args...]
+# Needs:   python3 (with venv), a C/C++ host compiler for nvcc (gcc/g++), network access to PyPI on first run.
+# Cost:    the first run spends several minutes in nvcc compiling candle's kernels to PTX.
+# Note:    this is a *check* only. Linking a binary (`cargo build --features cuda`) additionally needs
+#          libcuda, cuBLAS, cuRAND and NVRTC, which this script does not install.
+# Exit:    non-zero on any failure (venv, pip, missing nvcc, cargo), with a message saying which step.
+set -euo pipefail
+
+readonly CUDA_TOOLKIT_PIN="13.4.3"
+readonly CUDARC_VERSION_PIN="13040"
+
+die() {
+    echo "check-cuda: error: $*" >&2
+    exit 1
+}
+trap 'echo "check-cuda: FAILED (line $LINENO, exit $?)" >&2' ERR
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cache_dir="${EVOMERGE_CACHE:-$HOME/.cache/evomerge}"
+venv_dir="$cache_dir/cuda-venv"
+python="${PYTHON:-python3}"
+target_dir="${EVOMERGE_CUDA_TARGET_DIR:-$repo_root/target/cuda-check}"
+
+command -v cargo >/dev/null || die "cargo not found on PATH"
+command -v "$python" >/dev/null || die "$python not found; set PYTHON to a Python 3 interpreter"
+command -v c++ >/dev/null || command -v g++ >/dev/null || die "no C++ host compiler (g++) found; nvcc needs one"
+
+# 1. virtualenv
+mkdir -p "$cache_dir"
+if [[ ! -x "$venv_dir/bin/python" ]]; then
+    echo "check-cuda: creating virtualenv $venv_dir"
+    "$python" -m venv "$venv_dir" || die "could not create a virtualenv at $venv_dir (is python3-venv installed?)"
+fi
+venv_python="$venv_dir/bin/python"
+
+# 2. pinned toolkit
+installed="$("$venv_python" -m pip show cuda-toolkit 2>/dev/null | sed -n 's/^Version: //p' || true)"
+if [[ "$installed" != "$CUDA_TOOLKIT_PIN" ]]; then
+    echo "check-cuda: installing cuda-toolkit[nvcc,cudart,cccl]==$CUDA_TOOLKIT_PIN into $venv_dir"
+    "$venv_python" -m pip install --disable-pip-version-check --quiet \
+        "cuda-toolkit[nvcc,cudart,cccl]==$CUDA_TOOLKIT_PIN" \
+        || die "pip install of cuda-toolkit==$CUDA_TOOLKIT_PIN failed"
+fi
+
+# 3. environment
+site_packages="$("$venv_python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+cuda_root="$site_packages/nvidia/cu13"
+[[ -x "$cuda_root/bin/nvcc" ]] || die "nvcc not found at $cuda_root/bin/nvcc after install"
+export PATH="$cuda_root/bin:$PATH"
+export CUDA_HOME="$cuda_root" CUDA_PATH="$cuda_root" CUDA_ROOT="$cuda_root"
+export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
+export CUDARC_CUDA_VERSION="${CUDARC_CUDA_VERSION:-$CUDARC_VERSION_PIN}"
+export CARGO_TARGET_DIR="$target_dir"
+
+echo "check-cuda: $(nvcc --version | tail -n 2 | head -n 1)"
+echo "check-cuda: $(cargo --version), CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP, CUDARC_CUDA_VERSION=$CUDARC_CUDA_VERSION"
+echo "check-cuda: CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
+
+# 4. check
+cd "$repo_root"
+start=$SECONDS
+cargo check --workspace --features cuda --all-targets "$@" || die "cargo check --features cuda failed"
+echo "check-cuda: OK in $((SECONDS - start)) s"
