@@ -193,52 +193,111 @@ impl MergeMethod for GeneralizedTaskArithmetic {
         let plain_divisor = if weight_sum.abs() < 1e-8 { 1.0 } else { weight_sum };
         let lambda32 = lambda as f32;
 
+        let normalize_by = |mixed: f32, divisor: f32| if normalize { mixed / divisor } else { mixed };
         out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
-            let start = c * CHUNK;
-            let mut dw = vec![0f32; inputs.len()];
-            for (offset, o) in chunk.iter_mut().enumerate() {
-                let j = start + offset;
-                let b = base[j];
-                for ((d_out, input), plan) in dw.iter_mut().zip(inputs).zip(&plans) {
-                    let d = input.data[j] - b;
-                    let d = if plan.keep.keeps(j, d) {
-                        match plan.scale {
-                            Scale::One => d,
-                            Scale::Div(s) => d / s,
-                            Scale::Mul(s) => d * s,
-                        }
-                    } else {
-                        0.0
-                    };
-                    *d_out = d * plan.weight;
+            // Work in small blocks of structure-of-arrays buffers so the inner loops vectorise.
+            let n = inputs.len();
+            let mut dw = vec![0f32; n * BLOCK];
+            let mut sum = [0f32; BLOCK];
+            let mut mixed = [0f32; BLOCK];
+            let mut divisor = [0f32; BLOCK];
+            for (blk, out_block) in chunk.chunks_mut(BLOCK).enumerate() {
+                let start = c * CHUNK + blk * BLOCK;
+                let len = out_block.len();
+                let b = &base[start..start + len];
+                for (i, (input, plan)) in inputs.iter().zip(&plans).enumerate() {
+                    let x = &input.data[start..start + len];
+                    let d_out = &mut dw[i * BLOCK..i * BLOCK + len];
+                    weighted_sparse_delta(x, b, start, plan, d_out);
                 }
-                let (mixed, divisor) = match consensus {
-                    None => (dw.iter().sum::<f32>(), plain_divisor),
-                    Some(rule) => {
-                        let positive = match rule {
-                            Consensus::Sum => dw.iter().sum::<f32>() >= 0.0,
-                            Consensus::Count => dw.iter().map(|&d| sign(d)).sum::<f32>() >= 0.0,
-                        };
-                        let majority = if positive { 1.0 } else { -1.0 };
-                        let mut mixed = 0f32;
-                        let mut divisor = 0f32;
-                        for (&d, plan) in dw.iter().zip(&plans) {
-                            if sign(d) == majority {
-                                mixed += d;
-                                divisor += plan.weight;
+                match consensus {
+                    None => {
+                        sum[..len].fill(0.0);
+                        for i in 0..n {
+                            for (s, &d) in sum[..len].iter_mut().zip(&dw[i * BLOCK..i * BLOCK + len]) {
+                                *s += d;
                             }
                         }
-                        (mixed, if divisor == 0.0 { 1.0 } else { divisor })
+                        for ((o, &bj), &m) in out_block.iter_mut().zip(b).zip(&sum[..len]) {
+                            let mut m = normalize_by(m, plain_divisor);
+                            if lambda != 1.0 {
+                                m *= lambda32;
+                            }
+                            *o = bj + m;
+                        }
                     }
-                };
-                let mut mixed = if normalize { mixed / divisor } else { mixed };
-                if lambda != 1.0 {
-                    mixed *= lambda32;
+                    Some(rule) => {
+                        sum[..len].fill(0.0);
+                        for i in 0..n {
+                            for (s, &d) in sum[..len].iter_mut().zip(&dw[i * BLOCK..i * BLOCK + len]) {
+                                *s += match rule {
+                                    Consensus::Sum => d,
+                                    Consensus::Count => sign(d),
+                                };
+                            }
+                        }
+                        // Majority sign: +1 when the sum (or count) is >= 0, else -1.
+                        for s in sum[..len].iter_mut() {
+                            *s = if *s >= 0.0 { 1.0 } else { -1.0 };
+                        }
+                        mixed[..len].fill(0.0);
+                        divisor[..len].fill(0.0);
+                        for (i, plan) in plans.iter().enumerate() {
+                            let d_in = &dw[i * BLOCK..i * BLOCK + len];
+                            for j in 0..len {
+                                let agree = sign(d_in[j]) == sum[j];
+                                mixed[j] += if agree { d_in[j] } else { 0.0 };
+                                divisor[j] += if agree { plan.weight } else { 0.0 };
+                            }
+                        }
+                        for j in 0..len {
+                            let div = if divisor[j] == 0.0 { 1.0 } else { divisor[j] };
+                            let mut m = normalize_by(mixed[j], div);
+                            if lambda != 1.0 {
+                                m *= lambda32;
+                            }
+                            out_block[j] = b[j] + m;
+                        }
+                    }
                 }
-                *o = b + mixed;
             }
         });
         Ok(())
+    }
+}
+
+/// Elements per inner block of the kernel (structure-of-arrays scratch stays in L1/L2).
+const BLOCK: usize = 1024;
+
+/// `out[j] = weight · scale(keep(x[j] − b[j]))` for one input over one block starting at `start`.
+fn weighted_sparse_delta(x: &[f32], b: &[f32], start: usize, plan: &InputPlan, out: &mut [f32]) {
+    let w = plan.weight;
+    let scaled = |d: f32| match plan.scale {
+        Scale::One => d,
+        Scale::Div(s) => d / s,
+        Scale::Mul(s) => d * s,
+    };
+    match plan.keep {
+        Keep::All => {
+            for ((o, &x), &b) in out.iter_mut().zip(x).zip(b) {
+                *o = scaled(x - b) * w;
+            }
+        }
+        Keep::None => out.fill(0.0),
+        Keep::Magnitude { threshold, tie_cut } => {
+            for (j, ((o, &x), &b)) in out.iter_mut().zip(x).zip(b).enumerate() {
+                let d = x - b;
+                let a = d.abs();
+                let keep = a > threshold || (a == threshold && start + j <= tie_cut);
+                *o = if keep { scaled(d) * w } else { 0.0 };
+            }
+        }
+        Keep::Random { key, density } => {
+            for (j, ((o, &x), &b)) in out.iter_mut().zip(x).zip(b).enumerate() {
+                let keep = crate::sparsify::dare_keeps(key, start + j, density);
+                *o = if keep { scaled(x - b) * w } else { 0.0 };
+            }
+        }
     }
 }
 
