@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(bash scripts/fetch-assets.sh)"
 export EVOMERGE_UNIDIC_DIR EVOMERGE_LID176
-cargo test --workspace "$@"
+cargo test --workspace --no-fail-fast "$@"
