@@ -168,6 +168,24 @@ fn end_of_input_then_resume_from_state_asks_exactly_the_same_candidates() {
 }
 
 #[test]
+fn flat_fitness_stops_a_run_unless_tolerated() {
+    // dim 3 -> popsize 7; the best equals the 75th percentile but the range is not zero (so
+    // tolfun does not fire first).
+    let flat_line = "{\"fitness\": [0, 0, 0, 0, 0, 0, 1]}\n".repeat(20);
+    for (extra, generations) in [(vec![], 2), (vec!["--tolflatfitness", "5"], 6)] {
+        let mut args = vec!["--dim", "3", "--x0", "0.5"];
+        args.extend(extra);
+        let out = scripted(&args, &flat_line);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let lines: Vec<Value> =
+            String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let stop = lines.last().unwrap();
+        assert_eq!(stop["stop"], "tolflatfitness", "{stop}");
+        assert_eq!(lines.len() - 1, generations, "{args:?}");
+    }
+}
+
+#[test]
 fn malformed_line_is_an_error() {
     let out = scripted(&["--dim", "2", "--x0", "0"], "this is not json\n");
     assert!(!out.status.success());

@@ -54,6 +54,10 @@ pub struct Args {
     /// IPOP restarts with doubled population when a run converges.
     #[arg(long, default_value_t = 0)]
     pub restarts: usize,
+    /// Generations with flat fitness (best = 75th percentile) tolerated before a run stops
+    /// [default: 1, as pycma]. Raise it for coarse fitness such as an accuracy on few items.
+    #[arg(long)]
+    pub tolflatfitness: Option<u64>,
     /// CMA-ES with margin: discretisation step per gene (one number or a list; 0 =
     /// continuous). Discrete genes need finite bounds; e.g. 1 on [0, 1] is an on/off gene.
     #[arg(long)]
@@ -161,6 +165,9 @@ fn config_from_args(args: &Args) -> anyhow::Result<Config> {
     }
     config.separable = args.separable;
     config.tolerances.ftarget = args.ftarget;
+    if let Some(t) = args.tolflatfitness {
+        config.tolerances.tolflatfitness = t;
+    }
     config.validate().context("invalid search settings")?;
     Ok(config)
 }
