@@ -34,7 +34,9 @@ cmd = [mergekit, recipe, out, "--lazy-unpickle", "--no-copy-tokenizer", "--rando
 t0 = time.time()
 subprocess.run(cmd, check=True)
 secs = time.time() - t0
-rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-print(f"{recipe.removesuffix('.yml'):>10}: mergekit {secs:.2f} s  peak RSS {rss_mb:.0f} MB  (threads {threads})")
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+rss_mb = usage.ru_maxrss / 1024
+cpu = usage.ru_utime + usage.ru_stime
+print(f"{recipe.removesuffix('.yml'):>10}: mergekit {secs:.2f} s  (cpu {cpu:.1f} s)  peak RSS {rss_mb:.0f} MB  (threads {threads})")
 PY
 done

@@ -117,6 +117,17 @@ fn peak_rss_mb() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// User + system CPU seconds of this process so far (less sensitive than wall time to other load).
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return f64::NAN;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
 fn run_merge(dir: &Path, recipe: &str) {
     let mut config = MergeConfig::from_file(&dir.join(format!("{recipe}.yml"))).expect("recipe");
     config.recipe_dir = Some(dir.to_path_buf());
@@ -126,8 +137,9 @@ fn run_merge(dir: &Path, recipe: &str) {
     let report = merge_to_dir(&config, &out, &options).expect("merge");
     let gb = report.bytes_read as f64 / 1e9;
     println!(
-        "{recipe:>10}: {:.2} s  read {:.2} GB  {:.2} GB/s  peak RSS {:.0} MB  ({} tensors, threads {})",
+        "{recipe:>10}: {:.2} s  (cpu {:.1} s)  read {:.2} GB  {:.2} GB/s  peak RSS {:.0} MB  ({} tensors, threads {})",
         report.seconds,
+        cpu_seconds(),
         gb,
         gb / report.seconds,
         peak_rss_mb(),
