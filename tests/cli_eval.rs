@@ -214,3 +214,56 @@ fn vqa_bad_images_are_reported_by_row() {
         "{err}"
     );
 }
+
+#[test]
+fn gsm8k_ja_search_set_runs_with_a_custom_template_and_strict_mode() {
+    let out = tempfile::tempdir().unwrap();
+    let template = out.path().join("t.txt");
+    std::fs::write(&template, "問題: {input}\n答え:").unwrap();
+    let result = evomerge(
+        &[
+            "eval",
+            "gsm8k-ja",
+            "--model",
+            "tests/fixtures/mistral/generation/model",
+            "--data",
+            "datasets/gsm8k_ja_sample.jsonl",
+            "--limit",
+            "3",
+            "--max-new-tokens",
+            "4",
+            "--mode",
+            "strict",
+            "--no-lid",
+            "--template",
+        ],
+        &[&template, Path::new("--out"), out.path()],
+    );
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let summary = read_json(out.path().join("summary.json"));
+    assert_eq!(summary["benchmark"], "gsm8k-ja-search");
+    assert_eq!(summary["items"], 3);
+    assert_eq!(summary["extraction_mode"], "strict");
+    assert_eq!(summary["prompt_template"], "問題: {input}\n答え:");
+    assert!(summary["metrics"]["acc_ja"].is_null());
+
+    std::fs::write(&template, "no placeholder").unwrap();
+    let bad = evomerge(
+        &[
+            "eval",
+            "gsm8k-ja",
+            "--model",
+            "tests/fixtures/mistral/generation/model",
+            "--data",
+            "datasets/gsm8k_ja_sample.jsonl",
+            "--template",
+        ],
+        &[&template],
+    );
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("{input}"));
+}
