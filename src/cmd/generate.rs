@@ -51,6 +51,14 @@ pub struct Args {
     /// Batch mode: write the JSON lines here instead of stdout.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Image for a vision-language (LLaVA) model; the prompt must contain `<image>` exactly once. In batch
+    /// mode a line's own `"image"` field (relative to the prompts file) takes precedence.
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// How LLaVA models turn images into tiles: `native`, `single` (one tile, as the paper evaluated
+    /// LLaVA-1.6 and EvoVLM-JP) or `anyres` (LLaVA-NeXT).
+    #[arg(long, default_value = "native")]
+    pub image_mode: String,
 }
 
 /// One prompt to complete.
@@ -81,6 +89,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     config.repetition_penalty = args.repetition_penalty;
     config.stop_strings = args.stop.clone();
     config.validate()?;
+    // Prompts with images go to the vision-language path (evomerge-vision); see `run_with_images`.
+    if let Some(images) =
+        evomerge_vision::cli::images_for_prompts(args.prompts.as_deref(), args.image.as_deref(), jobs.len())?
+    {
+        return run_with_images(&args, &dir, &jobs, images, &config, &tokenizer);
+    }
     let opts = LoadOptions { device: parse_device(&args.device)?, dtype: parse_dtype(args.dtype.as_deref())?, ..Default::default() };
     let model = Mistral::from_dir(&dir, &opts).with_context(|| format!("loading the model in {}", dir.display()))?;
 
@@ -235,4 +249,63 @@ fn parse_dtype(spec: Option<&str>) -> anyhow::Result<Option<DType>> {
         Some("bf16" | "bfloat16") => Some(DType::BF16),
         Some(other) => bail!("--dtype {other:?} is not one of f32, f16, bf16"),
     })
+}
+
+// ----- vision-language models (`--image`) -------------------------------------------------------------
+
+/// Generation with a LLaVA model: each prompt's image replaces its `<image>`; output as for text prompts.
+fn run_with_images(
+    args: &Args,
+    dir: &Path,
+    jobs: &[Job],
+    images: Vec<PathBuf>,
+    config: &GenerationConfig,
+    tokenizer: &TextTokenizer,
+) -> anyhow::Result<()> {
+    let opts = evomerge_vision::LoadOptions {
+        device: parse_device(&args.device)?,
+        dtype: parse_dtype(args.dtype.as_deref())?,
+        mode: evomerge_vision::cli::parse_mode(&args.image_mode)?,
+        ..Default::default()
+    };
+    let image_jobs: Vec<evomerge_vision::cli::ImageJob> = jobs
+        .iter()
+        .zip(images)
+        .map(|(job, image)| evomerge_vision::cli::ImageJob { prompt: job.text.clone(), image })
+        .collect();
+    let progress = progress_bar(jobs.len());
+    let mut tick = |n: usize| {
+        if let Some(bar) = &progress {
+            bar.inc(n as u64);
+        }
+    };
+    let (completions, _) =
+        evomerge_vision::cli::generate_with_images(dir, &image_jobs, config, args.batch_size, &opts, &mut tick)
+            .with_context(|| format!("generating with the vision-language model in {}", dir.display()))?;
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+    if args.prompt.is_some() {
+        println!("{}", completions[0].text(tokenizer)?);
+        return Ok(());
+    }
+    let mut out: Box<dyn Write> = match &args.out {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    for ((job, completion), image) in jobs.iter().zip(&completions).zip(&image_jobs) {
+        let line = json!({
+            "id": job.id,
+            "prompt": job.text,
+            "image": image.image.display().to_string(),
+            "completion": completion.text(tokenizer)?,
+            "finish_reason": finish_name(&completion.finish),
+            "new_tokens": completion.tokens.len(),
+        });
+        writeln!(out, "{line}")?;
+    }
+    out.flush()?;
+    Ok(())
 }

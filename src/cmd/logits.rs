@@ -36,6 +36,13 @@ pub struct Args {
     /// input_scales[input_layers[t]] (`layer`, as SakanaAI's vLLM fork indexes it).
     #[arg(long, default_value = "hop")]
     pub evomistral_scales: String,
+    /// Image for a vision-language (LLaVA) model: its features replace the ids' single `<image>` token id
+    /// (the output then has one row per feature position).
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// How LLaVA models turn images into tiles: `native`, `single` or `anyres`.
+    #[arg(long, default_value = "native")]
+    pub image_mode: String,
 }
 
 fn parse_dtype(name: &str) -> anyhow::Result<DType> {
@@ -48,6 +55,9 @@ fn parse_dtype(name: &str) -> anyhow::Result<DType> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(image) = &args.image {
+        return run_with_image(&args, image);
+    }
     let opts = LoadOptions {
         dtype: args.dtype.as_deref().map(parse_dtype).transpose()?,
         ..LoadOptions::default()
@@ -93,6 +103,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .forward(&ids, &positions, None, &mut cache)?
         .squeeze(0)?
         .to_device(&Device::Cpu)?;
+    let tensors = HashMap::from([("logits".to_string(), logits)]);
+    candle_core::safetensors::save(&tensors, &args.out)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    Ok(())
+}
+
+/// Logits of a LLaVA model for `--ids` with `--image` spliced in at its `<image>` token (evomerge-vision).
+fn run_with_image(args: &Args, image: &std::path::Path) -> anyhow::Result<()> {
+    if !args.pool.is_empty() || args.path.is_some() {
+        bail!("--image cannot be combined with --pool or --path");
+    }
+    let opts = evomerge_vision::LoadOptions {
+        dtype: args.dtype.as_deref().map(parse_dtype).transpose()?,
+        mode: evomerge_vision::cli::parse_mode(&args.image_mode)?,
+        ..Default::default()
+    };
+    let logits = evomerge_vision::cli::logits_with_image(&args.model, &args.ids, image, &opts)
+        .with_context(|| format!("vision-language model `{}` with image {}", args.model, image.display()))?;
     let tensors = HashMap::from([("logits".to_string(), logits)]);
     candle_core::safetensors::save(&tensors, &args.out)
         .with_context(|| format!("cannot write {}", args.out.display()))?;
