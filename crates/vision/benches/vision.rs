@@ -39,11 +39,16 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let question = "USER: <image>\nWhat is in the picture? ASSISTANT:";
     println!(
         "cores: {}, RAYON_NUM_THREADS={}",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
         std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "unset".into())
     );
     for dir in ["llava", "llava_next"] {
-        let model = LlavaModel::load(fixtures().join(dir).to_str().ok_or("path")?, &LoadOptions::default())?;
+        let model = LlavaModel::load(
+            fixtures().join(dir).to_str().ok_or("path")?,
+            &LoadOptions::default(),
+        )?;
         let prompt = ImagePrompt::from_text(&tokenizer, question)?;
 
         let n_encode = 32;
@@ -55,18 +60,34 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
                 std::hint::black_box(f);
             }
         });
-        println!("{dir}: encode {:.1} images/s ({:.3} ms/image)", n_encode as f64 / secs, secs * 1e3 / n_encode as f64);
+        println!(
+            "{dir}: encode {:.1} images/s ({:.3} ms/image)",
+            n_encode as f64 / secs,
+            secs * 1e3 / n_encode as f64
+        );
 
-        let config = GenerationConfig { max_new_tokens: 16, ..GenerationConfig::default() };
+        let config = GenerationConfig {
+            max_new_tokens: 16,
+            ..GenerationConfig::default()
+        };
         let n_vqa = 8;
         let secs = time(reps, || {
             let items: Vec<_> = (0..n_vqa)
-                .map(|_| (prompt.clone(), model.read_image(&image_path).expect("image")))
+                .map(|_| {
+                    (
+                        prompt.clone(),
+                        model.read_image(&image_path).expect("image"),
+                    )
+                })
                 .collect();
             let out = model.generate(&items, &config, None, 4).expect("generate");
             assert!(out.iter().all(|c| c.tokens.len() == 16));
         });
-        println!("{dir}: vqa {:.1} answers/s ({:.1} ms/answer, 16 new tokens, batch 4)", n_vqa as f64 / secs, secs * 1e3 / n_vqa as f64);
+        println!(
+            "{dir}: vqa {:.1} answers/s ({:.1} ms/answer, 16 new tokens, batch 4)",
+            n_vqa as f64 / secs,
+            secs * 1e3 / n_vqa as f64
+        );
     }
     Ok(())
 }

@@ -18,7 +18,10 @@ pub fn parse_mode(spec: &str) -> Result<ModeChoice> {
         "native" | "auto" => Ok(ModeChoice::Native),
         "single" | "llava" => Ok(ModeChoice::Single),
         "anyres" | "llava_next" | "llava-next" => Ok(ModeChoice::AnyRes),
-        other => Err(VisionError::config("--image-mode", format!("`{other}` is not native, single or anyres"))),
+        other => Err(VisionError::config(
+            "--image-mode",
+            format!("`{other}` is not native, single or anyres"),
+        )),
     }
 }
 
@@ -61,11 +64,17 @@ pub fn generate_with_images(
 
 /// Logits `[len, vocab]` (f32, on the CPU) for token ids holding the model's `<image>` id once, with the
 /// image's features in its place; `len` counts the image's feature positions.
-pub fn logits_with_image(model: &str, ids: &[u32], image: &Path, opts: &LoadOptions) -> Result<Tensor> {
+pub fn logits_with_image(
+    model: &str,
+    ids: &[u32],
+    image: &Path,
+    opts: &LoadOptions,
+) -> Result<Tensor> {
     let model = LlavaModel::load(model, opts)?;
     let id = model.image_token_id().ok_or_else(|| {
         VisionError::UnsupportedModel(
-            "this model's vocabulary has no <image> token; give the prompt as text instead of ids".into(),
+            "this model's vocabulary has no <image> token; give the prompt as text instead of ids"
+                .into(),
         )
     })?;
     let prompt = ImagePrompt::from_ids(ids, id)?;
@@ -78,15 +87,21 @@ pub fn logits_with_image(model: &str, ids: &[u32], image: &Path, opts: &LoadOpti
 /// in line order: blank lines are skipped, as the prompt reader does. Relative paths are taken relative to
 /// the file's folder.
 pub fn jsonl_images(path: &Path) -> Result<Vec<Option<PathBuf>>> {
-    let text = std::fs::read_to_string(path).map_err(|source| VisionError::Io { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| VisionError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let base = path.parent().unwrap_or(Path::new("."));
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let value: serde_json::Value = serde_json::from_str(line)
-            .map_err(|source| VisionError::Json { path: PathBuf::from(format!("{}:{}", path.display(), n + 1)), source })?;
+        let value: serde_json::Value =
+            serde_json::from_str(line).map_err(|source| VisionError::Json {
+                path: PathBuf::from(format!("{}:{}", path.display(), n + 1)),
+                source,
+            })?;
         out.push(match value.get("image") {
             None | Some(serde_json::Value::Null) => None,
             Some(serde_json::Value::String(p)) => Some(base.join(p)),
@@ -113,7 +128,10 @@ pub fn images_for_prompts(
         None => vec![None; count],
     };
     if per_line.len() != count {
-        return Err(VisionError::config("--prompts", format!("{} lines with prompts but {count} prompts", per_line.len())));
+        return Err(VisionError::config(
+            "--prompts",
+            format!("{} lines with prompts but {count} prompts", per_line.len()),
+        ));
     }
     if default.is_none() && per_line.iter().all(Option::is_none) {
         return Ok(None);
@@ -122,12 +140,13 @@ pub fn images_for_prompts(
         .into_iter()
         .enumerate()
         .map(|(i, own)| {
-            own.or_else(|| default.map(Path::to_path_buf)).ok_or_else(|| {
-                VisionError::config(
+            own.or_else(|| default.map(Path::to_path_buf))
+                .ok_or_else(|| {
+                    VisionError::config(
                     format!("prompt {i}"),
                     "has no image while others do; give every line an \"image\" or pass --image",
                 )
-            })
+                })
         })
         .collect::<Result<Vec<_>>>()
         .map(Some)

@@ -17,9 +17,19 @@ pub(crate) fn activate(x: &Tensor, act: Activation) -> Result<Tensor> {
     })
 }
 
-pub(crate) fn linear(w: &Weights, name: &str, out_dim: usize, in_dim: usize, bias: bool) -> Result<Linear> {
+pub(crate) fn linear(
+    w: &Weights,
+    name: &str,
+    out_dim: usize,
+    in_dim: usize,
+    bias: bool,
+) -> Result<Linear> {
     let weight = w.get(&format!("{name}.weight"), &[out_dim, in_dim])?;
-    let bias = if bias { Some(w.get(&format!("{name}.bias"), &[out_dim])?) } else { None };
+    let bias = if bias {
+        Some(w.get(&format!("{name}.bias"), &[out_dim])?)
+    } else {
+        None
+    };
     Ok(Linear::new(weight, bias))
 }
 
@@ -43,14 +53,17 @@ impl Attention {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n, d) = x.dims3()?;
         let split = |t: Tensor| -> Result<Tensor> {
-            Ok(t.reshape((b, n, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()?)
+            Ok(t.reshape((b, n, self.heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
         };
         let q = split(self.q.forward(x)?)?;
         let k = split(self.k.forward(x)?)?;
         let v = split(self.v.forward(x)?)?;
         let scores = (q.matmul(&k.t()?)? * self.scale)?;
         // Softmax in f32 whatever the compute dtype, as transformers does.
-        let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
+        let probs =
+            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, d))?;
         Ok(self.out.forward(&ctx)?)
     }
@@ -89,7 +102,10 @@ impl EncoderLayer {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = (x + self.attn.forward(&self.ln1.forward(x)?)?)?;
-        let m = self.fc2.forward(&activate(&self.fc1.forward(&self.ln2.forward(&h)?)?, self.act)?)?;
+        let m = self.fc2.forward(&activate(
+            &self.fc1.forward(&self.ln2.forward(&h)?)?,
+            self.act,
+        )?)?;
         Ok((h + m)?)
     }
 }
@@ -110,22 +126,36 @@ pub struct ClipVisionTower {
 impl ClipVisionTower {
     /// Loads the embeddings, the pre-LayerNorm and the first `layers_needed` encoder layers from tensors
     /// named `<prefix>embeddings.*`, `<prefix>pre_layrnorm.*`, `<prefix>encoder.layers.<i>.*`.
-    pub fn load(w: &Weights, prefix: &str, cfg: &VisionConfig, layers_needed: usize) -> Result<ClipVisionTower> {
+    pub fn load(
+        w: &Weights,
+        prefix: &str,
+        cfg: &VisionConfig,
+        layers_needed: usize,
+    ) -> Result<ClipVisionTower> {
         cfg.validate()?;
         if layers_needed > cfg.num_hidden_layers {
             return Err(VisionError::config(
                 "vision_feature_layer",
-                format!("needs {layers_needed} layers, the tower has {}", cfg.num_hidden_layers),
+                format!(
+                    "needs {layers_needed} layers, the tower has {}",
+                    cfg.num_hidden_layers
+                ),
             ));
         }
         let d = cfg.hidden_size;
         let p = cfg.patch_size;
         let positions = cfg.grid() * cfg.grid() + 1;
         let patch_weight = w
-            .get(&format!("{prefix}embeddings.patch_embedding.weight"), &[d, cfg.num_channels, p, p])?
+            .get(
+                &format!("{prefix}embeddings.patch_embedding.weight"),
+                &[d, cfg.num_channels, p, p],
+            )?
             .reshape((d, cfg.num_channels * p * p))?;
         let class_embedding = w.get(&format!("{prefix}embeddings.class_embedding"), &[d])?;
-        let position_embedding = w.get(&format!("{prefix}embeddings.position_embedding.weight"), &[positions, d])?;
+        let position_embedding = w.get(
+            &format!("{prefix}embeddings.position_embedding.weight"),
+            &[positions, d],
+        )?;
         let pre_layernorm = layer_norm(w, &format!("{prefix}pre_layrnorm"), d, cfg.layer_norm_eps)?;
         let layers = (0..layers_needed)
             .map(|i| EncoderLayer::load(w, &format!("{prefix}encoder.layers.{i}."), cfg))
@@ -174,9 +204,15 @@ impl ClipVisionTower {
             .permute((0, 2, 4, 1, 3, 5))?
             .contiguous()?
             .reshape((b * g * g, c * p * p))?;
-        let patch_embeds = patches.matmul(&self.patch_weight.t()?)?.reshape((b, g * g, d))?;
-        let class = self.class_embedding.reshape((1, 1, d))?.broadcast_as((b, 1, d))?;
-        let embeddings = Tensor::cat(&[&class, &patch_embeds], 1)?.broadcast_add(&self.position_embedding.unsqueeze(0)?)?;
+        let patch_embeds = patches
+            .matmul(&self.patch_weight.t()?)?
+            .reshape((b, g * g, d))?;
+        let class = self
+            .class_embedding
+            .reshape((1, 1, d))?
+            .broadcast_as((b, 1, d))?;
+        let embeddings = Tensor::cat(&[&class, &patch_embeds], 1)?
+            .broadcast_add(&self.position_embedding.unsqueeze(0)?)?;
         let mut hidden = self.pre_layernorm.forward(&embeddings)?;
         let mut states = Vec::with_capacity(self.layers.len() + 1);
         states.push(hidden.clone());
@@ -214,9 +250,20 @@ pub fn resolve_layer_indices(indices: &[isize], num_hidden_layers: usize) -> Res
 }
 
 /// Concatenates the selected hidden states along the feature axis and drops the CLS token if asked.
-pub(crate) fn select_features(states: &[Tensor], layers: &[usize], keep_cls: bool) -> Result<Tensor> {
-    let picked = layers.iter().map(|&i| states[i].clone()).collect::<Vec<_>>();
-    let cat = if picked.len() == 1 { picked[0].clone() } else { Tensor::cat(&picked, D::Minus1)? };
+pub(crate) fn select_features(
+    states: &[Tensor],
+    layers: &[usize],
+    keep_cls: bool,
+) -> Result<Tensor> {
+    let picked = layers
+        .iter()
+        .map(|&i| states[i].clone())
+        .collect::<Vec<_>>();
+    let cat = if picked.len() == 1 {
+        picked[0].clone()
+    } else {
+        Tensor::cat(&picked, D::Minus1)?
+    };
     if keep_cls {
         Ok(cat)
     } else {

@@ -74,7 +74,10 @@ impl VisionConfig {
     /// transformers fills them when it wrote only the differences).
     pub fn from_json(v: &Value) -> Result<VisionConfig> {
         // A full CLIP config nests the tower under `vision_config`.
-        let v = v.get("vision_config").filter(|inner| inner.is_object()).unwrap_or(v);
+        let v = v
+            .get("vision_config")
+            .filter(|inner| inner.is_object())
+            .unwrap_or(v);
         let cfg = VisionConfig {
             hidden_size: usize_or(v, "hidden_size", 768)?,
             intermediate_size: usize_or(v, "intermediate_size", 3072)?,
@@ -85,27 +88,52 @@ impl VisionConfig {
             num_channels: usize_or(v, "num_channels", 3)?,
             hidden_act: Activation::parse(
                 "vision_config.hidden_act",
-                v.get("hidden_act").and_then(Value::as_str).unwrap_or("quick_gelu"),
+                v.get("hidden_act")
+                    .and_then(Value::as_str)
+                    .unwrap_or("quick_gelu"),
             )?,
-            layer_norm_eps: v.get("layer_norm_eps").and_then(Value::as_f64).unwrap_or(1e-5),
+            layer_norm_eps: v
+                .get("layer_norm_eps")
+                .and_then(Value::as_f64)
+                .unwrap_or(1e-5),
         };
         cfg.validate()?;
         Ok(cfg)
     }
 
     pub fn validate(&self) -> Result<()> {
-        let bad = |field: &str, reason: String| Err(VisionError::config(format!("vision_config.{field}"), reason));
-        if self.hidden_size == 0 || self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        let bad = |field: &str, reason: String| {
+            Err(VisionError::config(
+                format!("vision_config.{field}"),
+                reason,
+            ))
+        };
+        if self.hidden_size == 0
+            || self.num_attention_heads == 0
+            || self.hidden_size % self.num_attention_heads != 0
+        {
             return bad(
                 "num_attention_heads",
-                format!("{} heads do not divide hidden_size {}", self.num_attention_heads, self.hidden_size),
+                format!(
+                    "{} heads do not divide hidden_size {}",
+                    self.num_attention_heads, self.hidden_size
+                ),
             );
         }
         if self.patch_size == 0 || self.image_size == 0 || self.image_size % self.patch_size != 0 {
-            return bad("patch_size", format!("{} does not divide image_size {}", self.patch_size, self.image_size));
+            return bad(
+                "patch_size",
+                format!(
+                    "{} does not divide image_size {}",
+                    self.patch_size, self.image_size
+                ),
+            );
         }
         if self.num_channels != 3 {
-            return bad("num_channels", format!("{} (only RGB towers are supported)", self.num_channels));
+            return bad(
+                "num_channels",
+                format!("{} (only RGB towers are supported)", self.num_channels),
+            );
         }
         if self.num_hidden_layers == 0 {
             return bad("num_hidden_layers", "must be at least 1".into());
@@ -209,7 +237,10 @@ impl ProcessorConfig {
 
     /// Parses an image processor config object (defaults are CLIPImageProcessor's).
     pub fn from_json(v: &Value) -> Result<ProcessorConfig> {
-        let kind = v.get("image_processor_type").and_then(Value::as_str).unwrap_or("CLIPImageProcessor");
+        let kind = v
+            .get("image_processor_type")
+            .and_then(Value::as_str)
+            .unwrap_or("CLIPImageProcessor");
         let kind = kind.trim_end_matches("Fast").trim_end_matches("Pil");
         let size = match v.get("size") {
             None => ResizeTarget::ShortestEdge(224),
@@ -219,7 +250,10 @@ impl ProcessorConfig {
                     ResizeTarget::ShortestEdge(positive_u32("size.shortest_edge", e.as_u64())?)
                 } else {
                     ResizeTarget::Exact {
-                        height: positive_u32("size.height", s.get("height").and_then(Value::as_u64))?,
+                        height: positive_u32(
+                            "size.height",
+                            s.get("height").and_then(Value::as_u64),
+                        )?,
                         width: positive_u32("size.width", s.get("width").and_then(Value::as_u64))?,
                     }
                 }
@@ -249,19 +283,31 @@ impl ProcessorConfig {
                 Some(Value::Array(a)) if a.len() == 3 => {
                     let mut out = [0f32; 3];
                     for (o, x) in out.iter_mut().zip(a) {
-                        *o = x.as_f64().ok_or_else(|| VisionError::config(key, "not a number"))? as f32;
+                        *o = x
+                            .as_f64()
+                            .ok_or_else(|| VisionError::config(key, "not a number"))?
+                            as f32;
                     }
                     Ok(out)
                 }
                 Some(Value::Number(n)) => Ok([n.as_f64().unwrap_or(0.0) as f32; 3]),
-                Some(other) => Err(VisionError::config(key, format!("expected 3 numbers, got {other}"))),
+                Some(other) => Err(VisionError::config(
+                    key,
+                    format!("expected 3 numbers, got {other}"),
+                )),
             }
         };
         let image_std = triple("image_std", CLIP_STD)?;
         if image_std.iter().any(|s| *s == 0.0) {
-            return Err(VisionError::config("image_std", "a standard deviation of 0"));
+            return Err(VisionError::config(
+                "image_std",
+                "a standard deviation of 0",
+            ));
         }
-        let pinpoints = v.get("image_grid_pinpoints").map(|p| parse_pinpoints("image_grid_pinpoints", p)).transpose()?;
+        let pinpoints = v
+            .get("image_grid_pinpoints")
+            .map(|p| parse_pinpoints("image_grid_pinpoints", p))
+            .transpose()?;
         let do_pad = bool_or(v, "do_pad", false);
         Ok(ProcessorConfig {
             do_resize: bool_or(v, "do_resize", true),
@@ -269,7 +315,10 @@ impl ProcessorConfig {
             do_center_crop: bool_or(v, "do_center_crop", true),
             crop_size,
             do_rescale: bool_or(v, "do_rescale", true),
-            rescale_factor: v.get("rescale_factor").and_then(Value::as_f64).unwrap_or(1.0 / 255.0),
+            rescale_factor: v
+                .get("rescale_factor")
+                .and_then(Value::as_f64)
+                .unwrap_or(1.0 / 255.0),
             do_normalize: bool_or(v, "do_normalize", true),
             image_mean: triple("image_mean", CLIP_MEAN)?,
             image_std,
@@ -282,14 +331,28 @@ impl ProcessorConfig {
 
 /// Parses `image_grid_pinpoints`: a list of `[height, width]` pairs.
 pub fn parse_pinpoints(field: &str, v: &Value) -> Result<Vec<(u32, u32)>> {
-    let list = v.as_array().ok_or_else(|| VisionError::config(field, "expected a list of [height, width] pairs"))?;
+    let list = v
+        .as_array()
+        .ok_or_else(|| VisionError::config(field, "expected a list of [height, width] pairs"))?;
     let mut out = Vec::with_capacity(list.len());
     for pair in list {
-        match pair.as_array().map(|p| p.iter().map(Value::as_u64).collect::<Vec<_>>()) {
-            Some(p) if p.len() == 2 && p.iter().all(|x| matches!(x, Some(n) if *n > 0 && *n <= u32::MAX as u64)) => {
+        match pair
+            .as_array()
+            .map(|p| p.iter().map(Value::as_u64).collect::<Vec<_>>())
+        {
+            Some(p)
+                if p.len() == 2
+                    && p.iter()
+                        .all(|x| matches!(x, Some(n) if *n > 0 && *n <= u32::MAX as u64)) =>
+            {
                 out.push((p[0].unwrap_or(0) as u32, p[1].unwrap_or(0) as u32))
             }
-            _ => return Err(VisionError::config(field, format!("{pair} is not a [height, width] pair"))),
+            _ => {
+                return Err(VisionError::config(
+                    field,
+                    format!("{pair} is not a [height, width] pair"),
+                ))
+            }
         }
     }
     if out.is_empty() {
@@ -299,24 +362,32 @@ pub fn parse_pinpoints(field: &str, v: &Value) -> Result<Vec<(u32, u32)>> {
 }
 
 pub(crate) fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|source| VisionError::Io { path: path.to_path_buf(), source })?;
-    serde_json::from_str(&text).map_err(|source| VisionError::Json { path: path.to_path_buf(), source })
+    let text = std::fs::read_to_string(path).map_err(|source| VisionError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| VisionError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 pub(crate) fn usize_or(v: &Value, key: &str, default: usize) -> Result<usize> {
     match v.get(key) {
         None | Some(Value::Null) => Ok(default),
-        Some(x) => x
-            .as_u64()
-            .map(|n| n as usize)
-            .ok_or_else(|| VisionError::config(key, format!("expected a non-negative integer, got {x}"))),
+        Some(x) => x.as_u64().map(|n| n as usize).ok_or_else(|| {
+            VisionError::config(key, format!("expected a non-negative integer, got {x}"))
+        }),
     }
 }
 
 fn positive_u32(field: &str, v: Option<u64>) -> Result<u32> {
     match v {
         Some(n) if n > 0 && n <= 1 << 16 => Ok(n as u32),
-        _ => Err(VisionError::config(field, "expected a positive pixel count")),
+        _ => Err(VisionError::config(
+            field,
+            "expected a positive pixel count",
+        )),
     }
 }
 
@@ -327,6 +398,10 @@ fn bool_or(v: &Value, key: &str, default: bool) -> bool {
 /// Resolves a path named in a config relative to the model directory (absolute paths stay).
 pub(crate) fn resolve_local(model_dir: &Path, name: &str) -> Option<PathBuf> {
     let p = Path::new(name);
-    let candidate = if p.is_absolute() { p.to_path_buf() } else { model_dir.join(p) };
+    let candidate = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        model_dir.join(p)
+    };
     candidate.is_dir().then_some(candidate)
 }

@@ -26,9 +26,17 @@ pub struct Projector {
 }
 
 impl Projector {
-    pub fn load(w: &Weights, layout: WeightLayout, spec: ProjectorSpec, in_dim: usize) -> Result<Projector> {
+    pub fn load(
+        w: &Weights,
+        layout: WeightLayout,
+        spec: ProjectorSpec,
+        in_dim: usize,
+    ) -> Result<Projector> {
         if spec.layers == 0 {
-            return Err(VisionError::config("projector", "needs at least one linear layer"));
+            return Err(VisionError::config(
+                "projector",
+                "needs at least one linear layer",
+            ));
         }
         let first = layout.projector_tensor(0, "weight");
         let out_dim = match w.get_any(&first)?.dims() {
@@ -48,7 +56,10 @@ impl Projector {
             let inp = if i == 0 { in_dim } else { out_dim };
             layers.push(linear(w, base, out_dim, inp, spec.bias)?);
         }
-        Ok(Projector { layers, act: spec.act })
+        Ok(Projector {
+            layers,
+            act: spec.act,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -90,9 +101,24 @@ impl ImageEncoder {
         let needed = layers.iter().copied().max().unwrap_or(0);
         let prefix = layout.vision_prefix(w.ckpt);
         let tower = ClipVisionTower::load(w, &prefix, &spec.vision, needed)?;
-        let projector = Projector::load(w, layout, spec.projector, spec.vision.hidden_size * layers.len())?;
-        let newline = if spec.has_newline { Some(w.get_any(layout.image_newline())?) } else { None };
-        Ok(ImageEncoder { spec: spec.clone(), tower, layers, projector, newline })
+        let projector = Projector::load(
+            w,
+            layout,
+            spec.projector,
+            spec.vision.hidden_size * layers.len(),
+        )?;
+        let newline = if spec.has_newline {
+            Some(w.get_any(layout.image_newline())?)
+        } else {
+            None
+        };
+        Ok(ImageEncoder {
+            spec: spec.clone(),
+            tower,
+            layers,
+            projector,
+            newline,
+        })
     }
 
     pub fn spec(&self) -> &EncoderSpec {
@@ -107,7 +133,11 @@ impl ImageEncoder {
     pub fn tile_features(&self, pixels: &PixelValues) -> Result<Tensor> {
         let t = pixels.to_tensor(self.tower.device())?;
         let states = self.tower.hidden_states(&t)?;
-        let selected = select_features(&states, &self.layers, self.spec.select == FeatureSelect::Full)?;
+        let selected = select_features(
+            &states,
+            &self.layers,
+            self.spec.select == FeatureSelect::Full,
+        )?;
         self.projector.forward(&selected)
     }
 
@@ -124,11 +154,18 @@ impl ImageEncoder {
                 }
                 Ok(feats.squeeze(0)?)
             }
-            ImageMode::AnyRes { grid_pinpoints } => self.pack_anyres(&feats, pixels, grid_pinpoints),
+            ImageMode::AnyRes { grid_pinpoints } => {
+                self.pack_anyres(&feats, pixels, grid_pinpoints)
+            }
         }
     }
 
-    fn pack_anyres(&self, feats: &Tensor, pixels: &PixelValues, pinpoints: &[(u32, u32)]) -> Result<Tensor> {
+    fn pack_anyres(
+        &self,
+        feats: &Tensor,
+        pixels: &PixelValues,
+        pinpoints: &[(u32, u32)],
+    ) -> Result<Tensor> {
         let newline = self.newline.as_ref().ok_or_else(|| {
             VisionError::UnsupportedModel(
                 "anyres mode needs the model's `image_newline` tensor, which this checkpoint lacks; \
@@ -166,7 +203,10 @@ impl ImageEncoder {
             .reshape((rows * g, cols * g, dim))?;
         let grid = unpad(&grid, (orig_h as usize, orig_w as usize))?;
         let (h, _, _) = grid.dims3()?;
-        let nl = newline.to_dtype(grid.dtype())?.reshape((1, 1, dim))?.broadcast_as((h, 1, dim))?;
+        let nl = newline
+            .to_dtype(grid.dtype())?
+            .reshape((1, 1, dim))?
+            .broadcast_as((h, 1, dim))?;
         let with_newlines = Tensor::cat(&[&grid, &nl], 1)?;
         let flat = with_newlines.reshape(((), dim))?;
         Ok(Tensor::cat(&[&base, &flat], 0)?)
@@ -182,7 +222,10 @@ pub fn unpad(grid: &Tensor, original: (usize, usize)) -> Result<Tensor> {
 }
 
 /// `(start, length, axis)` of the grid part that holds the image.
-pub fn unpad_range((cur_h, cur_w): (usize, usize), (orig_h, orig_w): (usize, usize)) -> (usize, usize, usize) {
+pub fn unpad_range(
+    (cur_h, cur_w): (usize, usize),
+    (orig_h, orig_w): (usize, usize),
+) -> (usize, usize, usize) {
     let original_aspect = orig_w as f64 / orig_h as f64;
     let current_aspect = cur_w as f64 / cur_h as f64;
     if original_aspect > current_aspect {

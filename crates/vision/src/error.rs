@@ -25,11 +25,24 @@ pub enum VisionError {
     #[error("cannot decode image {what}: {reason} (supported: PNG, JPEG, WebP; the file may be corrupt or truncated)")]
     ImageDecode { what: String, reason: String },
 
-    #[error("image {what} is empty ({width}x{height} pixels); give an image with at least one pixel")]
-    EmptyImage { what: String, width: u32, height: u32 },
+    #[error(
+        "image {what} is empty ({width}x{height} pixels); give an image with at least one pixel"
+    )]
+    EmptyImage {
+        what: String,
+        width: u32,
+        height: u32,
+    },
 
-    #[error("image {what} is {width}x{height} pixels, more than the {limit} pixels this tool accepts")]
-    ImageTooLarge { what: String, width: u32, height: u32, limit: u64 },
+    #[error(
+        "image {what} is {width}x{height} pixels, more than the {limit} pixels this tool accepts"
+    )]
+    ImageTooLarge {
+        what: String,
+        width: u32,
+        height: u32,
+        limit: u64,
+    },
 
     #[error("invalid vision config: {field}: {reason}")]
     InvalidConfig { field: String, reason: String },
@@ -41,15 +54,26 @@ pub enum VisionError {
     MissingTensor { name: String, hint: String },
 
     #[error("tensor `{name}` has shape {actual:?}, expected {expected:?} from the config")]
-    ShapeMismatch { name: String, expected: Vec<usize>, actual: Vec<usize> },
+    ShapeMismatch {
+        name: String,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
 
     #[error("pixel values have shape {actual:?}, expected {expected}")]
-    PixelShape { actual: Vec<usize>, expected: String },
+    PixelShape {
+        actual: Vec<usize>,
+        expected: String,
+    },
 
-    #[error("the prompt has no `{token}`; put `{token}` where the image belongs (one image per prompt)")]
+    #[error(
+        "the prompt has no `{token}`; put `{token}` where the image belongs (one image per prompt)"
+    )]
     NoImageToken { token: String },
 
-    #[error("the prompt has {count} `{token}` markers; this model takes exactly one image per prompt")]
+    #[error(
+        "the prompt has {count} `{token}` markers; this model takes exactly one image per prompt"
+    )]
     TooManyImageTokens { token: String, count: usize },
 
     #[error("image features ({features}) do not fit the model: {reason}")]
@@ -67,6 +91,9 @@ pub enum VisionError {
 
 impl VisionError {
     pub(crate) fn config(field: impl Into<String>, reason: impl Into<String>) -> VisionError {
-        VisionError::InvalidConfig { field: field.into(), reason: reason.into() }
+        VisionError::InvalidConfig {
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 }

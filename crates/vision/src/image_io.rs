@@ -32,14 +32,20 @@ pub enum AlphaMode {
 
 /// Reads and decodes an image file into RGB.
 pub fn load_image(path: &Path, alpha: AlphaMode) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).map_err(|source| VisionError::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| VisionError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     decode_image(&bytes, &path.display().to_string(), alpha)
 }
 
 /// Decodes an in-memory image (PNG, JPEG or WebP, recognised by content) into RGB. `what` names the
 /// image in error messages.
 pub fn decode_image(bytes: &[u8], what: &str, alpha: AlphaMode) -> Result<RgbImage> {
-    let decode_err = |reason: String| VisionError::ImageDecode { what: what.to_string(), reason };
+    let decode_err = |reason: String| VisionError::ImageDecode {
+        what: what.to_string(),
+        reason,
+    };
     if bytes.is_empty() {
         return Err(decode_err("the file is empty".into()));
     }
@@ -59,15 +65,27 @@ pub fn decode_image(bytes: &[u8], what: &str, alpha: AlphaMode) -> Result<RgbIma
 }
 
 fn classify(what: &str, e: image::ImageError) -> VisionError {
-    VisionError::ImageDecode { what: what.to_string(), reason: e.to_string() }
+    VisionError::ImageDecode {
+        what: what.to_string(),
+        reason: e.to_string(),
+    }
 }
 
 fn check_size(what: &str, width: u32, height: u32) -> Result<()> {
     if width == 0 || height == 0 {
-        return Err(VisionError::EmptyImage { what: what.to_string(), width, height });
+        return Err(VisionError::EmptyImage {
+            what: what.to_string(),
+            width,
+            height,
+        });
     }
     if u64::from(width) * u64::from(height) > MAX_PIXELS {
-        return Err(VisionError::ImageTooLarge { what: what.to_string(), width, height, limit: MAX_PIXELS });
+        return Err(VisionError::ImageTooLarge {
+            what: what.to_string(),
+            width,
+            height,
+            limit: MAX_PIXELS,
+        });
     }
     Ok(())
 }
@@ -85,9 +103,11 @@ pub fn to_rgb(image: DynamicImage, what: &str, alpha: AlphaMode) -> Result<RgbIm
         let [r, g, b, a] = src.0;
         dst.0 = match alpha {
             AlphaMode::Drop => [r, g, b],
-            AlphaMode::CompositeOnWhite => {
-                [composite_on_white(r, a), composite_on_white(g, a), composite_on_white(b, a)]
-            }
+            AlphaMode::CompositeOnWhite => [
+                composite_on_white(r, a),
+                composite_on_white(g, a),
+                composite_on_white(b, a),
+            ],
         };
     }
     Ok(out)

@@ -25,12 +25,14 @@ pub mod error;
 pub mod image_io;
 pub mod llava;
 pub mod llava_config;
-pub mod prompt;
 pub mod preprocess;
+pub mod prompt;
 pub mod resample;
 pub mod weights;
 
-pub use config::{Activation, FeatureSelect, ImageMode, ProcessorConfig, ResizeTarget, VisionConfig};
+pub use config::{
+    Activation, FeatureSelect, ImageMode, ProcessorConfig, ResizeTarget, VisionConfig,
+};
 pub use encoder::{EncoderSpec, ImageEncoder, Projector, ProjectorSpec};
 pub use error::{Result, VisionError};
 pub use image_io::{decode_image, load_image, AlphaMode};

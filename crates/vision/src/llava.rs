@@ -7,10 +7,12 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use evomerge_checkpoint::{Checkpoint, Dtype};
 use evomerge_mistral::generation::{
-    generate, CausalLm, Completion, GenerationConfig, GenerationError, ModelError, PromptInput, StepInput,
-    TokenDecoder,
+    generate, CausalLm, Completion, GenerationConfig, GenerationError, ModelError, PromptInput,
+    StepInput, TokenDecoder,
 };
-use evomerge_mistral::{Config as TextConfig, KvCache, Mistral, MistralError, TensorSource, WeightNames};
+use evomerge_mistral::{
+    Config as TextConfig, KvCache, Mistral, MistralError, TensorSource, WeightNames,
+};
 use image::RgbImage;
 
 use crate::config::{ImageMode, ProcessorConfig};
@@ -46,7 +48,12 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { device: Device::Cpu, dtype: None, mode: ModeChoice::Native, alpha: AlphaMode::default() }
+        LoadOptions {
+            device: Device::Cpu,
+            dtype: None,
+            mode: ModeChoice::Native,
+            alpha: AlphaMode::default(),
+        }
     }
 }
 
@@ -54,12 +61,24 @@ impl Default for LoadOptions {
 struct CheckpointSource<'a>(&'a Checkpoint);
 
 impl TensorSource for CheckpointSource<'_> {
-    fn tensor(&self, name: &str, device: &Device) -> std::result::Result<Option<Tensor>, MistralError> {
+    fn tensor(
+        &self,
+        name: &str,
+        device: &Device,
+    ) -> std::result::Result<Option<Tensor>, MistralError> {
         if !self.0.contains(name) {
             return Ok(None);
         }
-        let view = self.0.tensor(name).map_err(|e| MistralError::BadInput(e.to_string()))?;
-        Ok(Some(Tensor::from_raw_buffer(view.data, candle_dtype(view.dtype), view.shape, device)?))
+        let view = self
+            .0
+            .tensor(name)
+            .map_err(|e| MistralError::BadInput(e.to_string()))?;
+        Ok(Some(Tensor::from_raw_buffer(
+            view.data,
+            candle_dtype(view.dtype),
+            view.shape,
+            device,
+        )?))
     }
 }
 
@@ -92,14 +111,26 @@ impl LlavaModel {
     pub fn from_checkpoint(ckpt: &Checkpoint, opts: &LoadOptions) -> Result<LlavaModel> {
         let config = LlavaConfig::from_json(ckpt.config(), ckpt.dir())?;
         let layout = WeightLayout::detect(ckpt)?;
-        let text = TextConfig::from_json(&config.text_config).map_err(|e| VisionError::UnsupportedModel(format!(
-            "the language model's config: {e}"
-        )))?;
-        let names = WeightNames { prefix: layout.llm_prefix().to_string(), lm_head: layout.lm_head().to_string() };
-        let mopts = evomerge_mistral::LoadOptions { device: opts.device.clone(), dtype: opts.dtype, names };
-        let llm = Mistral::load(&text, &CheckpointSource(ckpt), &mopts)
-            .map_err(|e| VisionError::UnsupportedModel(format!("loading the language model: {e}")))?;
-        let weights = Weights { ckpt, device: opts.device.clone(), dtype: llm.dtype() };
+        let text = TextConfig::from_json(&config.text_config).map_err(|e| {
+            VisionError::UnsupportedModel(format!("the language model's config: {e}"))
+        })?;
+        let names = WeightNames {
+            prefix: layout.llm_prefix().to_string(),
+            lm_head: layout.lm_head().to_string(),
+        };
+        let mopts = evomerge_mistral::LoadOptions {
+            device: opts.device.clone(),
+            dtype: opts.dtype,
+            names,
+        };
+        let llm = Mistral::load(&text, &CheckpointSource(ckpt), &mopts).map_err(|e| {
+            VisionError::UnsupportedModel(format!("loading the language model: {e}"))
+        })?;
+        let weights = Weights {
+            ckpt,
+            device: opts.device.clone(),
+            dtype: llm.dtype(),
+        };
         let mode = match (&opts.mode, &config.native_mode) {
             (ModeChoice::Native, native) => native.clone(),
             (ModeChoice::Single, _) => ImageMode::Single,
@@ -122,7 +153,14 @@ impl LlavaModel {
             // transformers' LlavaForConditionalGeneration path: the plain CLIP processor, no batch padding.
             processor.pad_to_square = false;
         }
-        Ok(LlavaModel { config, layout, encoder, llm, mode, processor })
+        Ok(LlavaModel {
+            config,
+            layout,
+            encoder,
+            llm,
+            mode,
+            processor,
+        })
     }
 
     pub fn config(&self) -> &LlavaConfig {
@@ -176,13 +214,20 @@ impl LlavaModel {
 
     /// The prompt's input embeddings `[len, hidden]` with `features` in place of the image, and the token
     /// ids the sequence stands for (the image as repeated `<image>` ids, as transformers' input_ids have it).
-    pub fn prompt_embeds(&self, prompt: &ImagePrompt, features: &Tensor) -> Result<(Tensor, Vec<u32>)> {
+    pub fn prompt_embeds(
+        &self,
+        prompt: &ImagePrompt,
+        features: &Tensor,
+    ) -> Result<(Tensor, Vec<u32>)> {
         let device = self.llm.device();
         let (n, hidden) = features.dims2()?;
         if hidden != self.llm.config().hidden_size {
             return Err(VisionError::FeatureMismatch {
                 features: n,
-                reason: format!("width {hidden}, the language model's hidden size is {}", self.llm.config().hidden_size),
+                reason: format!(
+                    "width {hidden}, the language model's hidden size is {}",
+                    self.llm.config().hidden_size
+                ),
             });
         }
         let embed = |ids: &[u32]| -> Result<Option<Tensor>> {
@@ -190,7 +235,10 @@ impl LlavaModel {
                 return Ok(None);
             }
             let t = Tensor::new(ids, device)?.unsqueeze(0)?;
-            let e = self.llm.embed_tokens(&t).map_err(|e| VisionError::Tokenizer(e.to_string()))?;
+            let e = self
+                .llm
+                .embed_tokens(&t)
+                .map_err(|e| VisionError::Tokenizer(e.to_string()))?;
             Ok(Some(e.squeeze(0)?))
         };
         let mut parts = Vec::with_capacity(3);
@@ -230,7 +278,10 @@ impl LlavaModel {
         let pixels = self.preprocess(image);
         let features = self.image_features(&pixels)?;
         let (embeds, context_ids) = self.prompt_embeds(prompt, &features)?;
-        Ok(PromptInput::Embeds { embeds, context_ids })
+        Ok(PromptInput::Embeds {
+            embeds,
+            context_ids,
+        })
     }
 
     /// Answers many (prompt, image) pairs, `batch_size` at a time (left-padded batches, as the generation
@@ -286,19 +337,30 @@ impl CausalLm for LlmStep<'_> {
         let flat_pos: Vec<u32> = positions.iter().flatten().copied().collect();
         let pos = Tensor::from_vec(flat_pos, (rows, seq), device)?;
         let width = attention_mask.first().map_or(0, Vec::len);
-        let flat_mask: Vec<u8> = attention_mask.iter().flatten().map(|&m| u8::from(m)).collect();
+        let flat_mask: Vec<u8> = attention_mask
+            .iter()
+            .flatten()
+            .map(|&m| u8::from(m))
+            .collect();
         let mask = Tensor::from_vec(flat_mask, (rows, width), device)?;
         let embeds = match input {
             StepInput::Embeds(e) => e.clone(),
             StepInput::Tokens(ids) => {
                 let flat: Vec<u32> = ids.iter().flatten().copied().collect();
-                self.0.embed_tokens(&Tensor::from_vec(flat, (rows, seq), device)?)?
+                self.0
+                    .embed_tokens(&Tensor::from_vec(flat, (rows, seq), device)?)?
             }
         };
-        Ok(self.0.forward_embeds_last(&embeds, &pos, Some(&mask), cache)?)
+        Ok(self
+            .0
+            .forward_embeds_last(&embeds, &pos, Some(&mask), cache)?)
     }
 
-    fn reorder_cache(&self, cache: &mut KvCache, rows: &[usize]) -> std::result::Result<(), ModelError> {
+    fn reorder_cache(
+        &self,
+        cache: &mut KvCache,
+        rows: &[usize],
+    ) -> std::result::Result<(), ModelError> {
         Ok(cache.select(rows)?)
     }
 

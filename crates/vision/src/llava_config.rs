@@ -5,8 +5,8 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::config::{
-    parse_pinpoints, read_json, resolve_local, usize_or, Activation, FeatureSelect, ImageMode, ProcessorConfig,
-    VisionConfig,
+    parse_pinpoints, read_json, resolve_local, usize_or, Activation, FeatureSelect, ImageMode,
+    ProcessorConfig, VisionConfig,
 };
 use crate::encoder::{EncoderSpec, ProjectorSpec};
 use crate::error::{Result, VisionError};
@@ -23,7 +23,8 @@ pub enum Flavor {
 }
 
 /// LLaVA-NeXT's default pinpoints, `(height, width)`.
-pub const DEFAULT_PINPOINTS: [(u32, u32); 5] = [(336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008)];
+pub const DEFAULT_PINPOINTS: [(u32, u32); 5] =
+    [(336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008)];
 
 /// A LLaVA model's configuration: the frozen encoder, the image mode it was trained with, the processor,
 /// the `<image>` token and the language model's own config.
@@ -44,8 +45,12 @@ pub struct LlavaConfig {
 impl LlavaConfig {
     /// Parses `config` (the model's `config.json`) and the processor files of `dir`.
     pub fn from_json(config: &Value, dir: &Path) -> Result<LlavaConfig> {
-        let model_type = config.get("model_type").and_then(Value::as_str).unwrap_or("");
-        let is_original = config.get("mm_vision_tower").is_some() || config.get("mm_projector_type").is_some();
+        let model_type = config
+            .get("model_type")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let is_original =
+            config.get("mm_vision_tower").is_some() || config.get("mm_projector_type").is_some();
         if is_original {
             return original(config, dir);
         }
@@ -64,23 +69,37 @@ impl LlavaConfig {
 fn feature_layers(v: Option<&Value>, field: &str) -> Result<Vec<isize>> {
     match v {
         None | Some(Value::Null) => Ok(vec![-2]),
-        Some(Value::Number(n)) => {
-            Ok(vec![n.as_i64().ok_or_else(|| VisionError::config(field, "not an integer"))? as isize])
-        }
+        Some(Value::Number(n)) => Ok(vec![n
+            .as_i64()
+            .ok_or_else(|| VisionError::config(field, "not an integer"))?
+            as isize]),
         Some(Value::Array(a)) if !a.is_empty() => a
             .iter()
-            .map(|x| x.as_i64().map(|i| i as isize).ok_or_else(|| VisionError::config(field, "not an integer")))
+            .map(|x| {
+                x.as_i64()
+                    .map(|i| i as isize)
+                    .ok_or_else(|| VisionError::config(field, "not an integer"))
+            })
             .collect(),
-        Some(other) => Err(VisionError::config(field, format!("expected an integer or a list, got {other}"))),
+        Some(other) => Err(VisionError::config(
+            field,
+            format!("expected an integer or a list, got {other}"),
+        )),
     }
 }
 
 fn token_id(config: &Value) -> Result<Option<u32>> {
-    match config.get("image_token_index").or_else(|| config.get("image_token_id")) {
+    match config
+        .get("image_token_index")
+        .or_else(|| config.get("image_token_id"))
+    {
         None | Some(Value::Null) => Ok(None),
         Some(v) => match v.as_u64() {
             Some(id) if id <= u64::from(u32::MAX) => Ok(Some(id as u32)),
-            _ => Err(VisionError::config("image_token_index", format!("{v} is not a token id"))),
+            _ => Err(VisionError::config(
+                "image_token_index",
+                format!("{v} is not a token id"),
+            )),
         },
     }
 }
@@ -88,7 +107,10 @@ fn token_id(config: &Value) -> Result<Option<u32>> {
 fn hf(config: &Value, dir: &Path, flavor: Flavor) -> Result<LlavaConfig> {
     let vision = match config.get("vision_config") {
         Some(v) if v.is_object() => {
-            let mt = v.get("model_type").and_then(Value::as_str).unwrap_or("clip_vision_model");
+            let mt = v
+                .get("model_type")
+                .and_then(Value::as_str)
+                .unwrap_or("clip_vision_model");
             if mt != "clip_vision_model" {
                 return Err(VisionError::UnsupportedModel(format!(
                     "vision tower `{mt}` is not supported (only CLIP: clip_vision_model)"
@@ -98,7 +120,11 @@ fn hf(config: &Value, dir: &Path, flavor: Flavor) -> Result<LlavaConfig> {
         }
         _ => VisionConfig::clip_vit_large_336(),
     };
-    let select = match config.get("vision_feature_select_strategy").and_then(Value::as_str).unwrap_or("default") {
+    let select = match config
+        .get("vision_feature_select_strategy")
+        .and_then(Value::as_str)
+        .unwrap_or("default")
+    {
         "default" => FeatureSelect::Patches,
         "full" => FeatureSelect::Full,
         other => {
@@ -110,9 +136,15 @@ fn hf(config: &Value, dir: &Path, flavor: Flavor) -> Result<LlavaConfig> {
     };
     let act = Activation::parse(
         "projector_hidden_act",
-        config.get("projector_hidden_act").and_then(Value::as_str).unwrap_or("gelu"),
+        config
+            .get("projector_hidden_act")
+            .and_then(Value::as_str)
+            .unwrap_or("gelu"),
     )?;
-    let bias = config.get("multimodal_projector_bias").and_then(Value::as_bool).unwrap_or(true);
+    let bias = config
+        .get("multimodal_projector_bias")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
     let native_mode = match flavor {
         Flavor::LlavaNext => ImageMode::AnyRes {
             grid_pinpoints: match config.get("image_grid_pinpoints") {
@@ -122,19 +154,31 @@ fn hf(config: &Value, dir: &Path, flavor: Flavor) -> Result<LlavaConfig> {
         },
         _ => ImageMode::Single,
     };
-    let processor = ProcessorConfig::from_dir(dir)?.unwrap_or_else(|| ProcessorConfig::clip(vision.image_size as u32));
+    let processor = ProcessorConfig::from_dir(dir)?
+        .unwrap_or_else(|| ProcessorConfig::clip(vision.image_size as u32));
     check_processor(&processor, &native_mode);
-    let mut text_config = config.get("text_config").cloned().unwrap_or_else(|| serde_json::json!({}));
+    let mut text_config = config
+        .get("text_config")
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!({}));
     if let Some(obj) = text_config.as_object_mut() {
-        obj.entry("model_type").or_insert_with(|| Value::from("llama"));
+        obj.entry("model_type")
+            .or_insert_with(|| Value::from("llama"));
     }
     Ok(LlavaConfig {
         flavor,
         encoder: EncoderSpec {
             vision,
-            feature_layers: feature_layers(config.get("vision_feature_layer"), "vision_feature_layer")?,
+            feature_layers: feature_layers(
+                config.get("vision_feature_layer"),
+                "vision_feature_layer",
+            )?,
             select,
-            projector: ProjectorSpec { layers: 2, act, bias },
+            projector: ProjectorSpec {
+                layers: 2,
+                act,
+                bias,
+            },
             has_newline: flavor == Flavor::LlavaNext,
         },
         native_mode,
@@ -145,7 +189,8 @@ fn hf(config: &Value, dir: &Path, flavor: Flavor) -> Result<LlavaConfig> {
 }
 
 fn check_processor(processor: &ProcessorConfig, mode: &ImageMode) {
-    if let (ImageMode::AnyRes { grid_pinpoints }, Some(p)) = (mode, &processor.image_grid_pinpoints) {
+    if let (ImageMode::AnyRes { grid_pinpoints }, Some(p)) = (mode, &processor.image_grid_pinpoints)
+    {
         if p != grid_pinpoints {
             tracing::warn!(
                 "the processor's image_grid_pinpoints differ from the model's; using the model's {grid_pinpoints:?}"
@@ -160,14 +205,20 @@ fn known_tower(name: &str) -> Option<VisionConfig> {
     if lower.contains("clip-vit-large-patch14-336") {
         Some(VisionConfig::clip_vit_large_336())
     } else if lower.contains("clip-vit-large-patch14") {
-        Some(VisionConfig { image_size: 224, ..VisionConfig::clip_vit_large_336() })
+        Some(VisionConfig {
+            image_size: 224,
+            ..VisionConfig::clip_vit_large_336()
+        })
     } else {
         None
     }
 }
 
 fn original(config: &Value, dir: &Path) -> Result<LlavaConfig> {
-    let tower_name = config.get("mm_vision_tower").and_then(Value::as_str).unwrap_or("");
+    let tower_name = config
+        .get("mm_vision_tower")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let tower_dir = resolve_local(dir, tower_name);
     let vision = match &tower_dir {
         Some(d) if d.join("config.json").is_file() => VisionConfig::from_json(&read_json(&d.join("config.json"))?)?,
@@ -182,18 +233,31 @@ fn original(config: &Value, dir: &Path) -> Result<LlavaConfig> {
         if hidden as usize != vision.hidden_size {
             return Err(VisionError::config(
                 "mm_hidden_size",
-                format!("{hidden} but the tower's hidden size is {}", vision.hidden_size),
+                format!(
+                    "{hidden} but the tower's hidden size is {}",
+                    vision.hidden_size
+                ),
             ));
         }
     }
-    let select = match config.get("mm_vision_select_feature").and_then(Value::as_str).unwrap_or("patch") {
+    let select = match config
+        .get("mm_vision_select_feature")
+        .and_then(Value::as_str)
+        .unwrap_or("patch")
+    {
         "patch" => FeatureSelect::Patches,
         "cls_patch" => FeatureSelect::Full,
         other => {
-            return Err(VisionError::config("mm_vision_select_feature", format!("`{other}` (patch or cls_patch)")))
+            return Err(VisionError::config(
+                "mm_vision_select_feature",
+                format!("`{other}` (patch or cls_patch)"),
+            ))
         }
     };
-    let projector_type = config.get("mm_projector_type").and_then(Value::as_str).unwrap_or("linear");
+    let projector_type = config
+        .get("mm_projector_type")
+        .and_then(Value::as_str)
+        .unwrap_or("linear");
     let layers = if projector_type == "linear" {
         1
     } else {
@@ -203,11 +267,20 @@ fn original(config: &Value, dir: &Path) -> Result<LlavaConfig> {
             .and_then(|n| n.parse::<usize>().ok())
             .filter(|n| *n >= 1)
             .ok_or_else(|| {
-                VisionError::config("mm_projector_type", format!("`{projector_type}` (linear or mlp<N>x_gelu)"))
+                VisionError::config(
+                    "mm_projector_type",
+                    format!("`{projector_type}` (linear or mlp<N>x_gelu)"),
+                )
             })?
     };
-    let aspect = config.get("image_aspect_ratio").and_then(Value::as_str).unwrap_or("square");
-    let merge = config.get("mm_patch_merge_type").and_then(Value::as_str).unwrap_or("flat");
+    let aspect = config
+        .get("image_aspect_ratio")
+        .and_then(Value::as_str)
+        .unwrap_or("square");
+    let merge = config
+        .get("mm_patch_merge_type")
+        .and_then(Value::as_str)
+        .unwrap_or("flat");
     let native_mode = match aspect {
         "anyres" => {
             if !merge.starts_with("spatial_unpad") {
@@ -221,16 +294,25 @@ fn original(config: &Value, dir: &Path) -> Result<LlavaConfig> {
                 Some(p) if !p.is_null() => parse_pinpoints("image_grid_pinpoints", p)?,
                 _ => DEFAULT_PINPOINTS.to_vec(),
             };
-            ImageMode::AnyRes { grid_pinpoints: pins.into_iter().map(|(w, h)| (h, w)).collect() }
+            ImageMode::AnyRes {
+                grid_pinpoints: pins.into_iter().map(|(w, h)| (h, w)).collect(),
+            }
         }
         "pad" | "square" | "" => ImageMode::Single,
         other => {
-            return Err(VisionError::UnsupportedModel(format!("image_aspect_ratio `{other}` is not supported")))
+            return Err(VisionError::UnsupportedModel(format!(
+                "image_aspect_ratio `{other}` is not supported"
+            )))
         }
     };
     let mut processor = match ProcessorConfig::from_dir(dir)? {
         Some(p) => p,
-        None => match tower_dir.as_deref().map(ProcessorConfig::from_dir).transpose()?.flatten() {
+        None => match tower_dir
+            .as_deref()
+            .map(ProcessorConfig::from_dir)
+            .transpose()?
+            .flatten()
+        {
             Some(p) => p,
             None => ProcessorConfig::clip(vision.image_size as u32),
         },
@@ -238,8 +320,15 @@ fn original(config: &Value, dir: &Path) -> Result<LlavaConfig> {
     processor.pad_to_square = aspect == "pad";
     let mut text_config = config.clone();
     if let Some(obj) = text_config.as_object_mut() {
-        let mt = config.get("model_type").and_then(Value::as_str).unwrap_or("");
-        let llm = if mt.contains("llama") { "llama" } else { "mistral" };
+        let mt = config
+            .get("model_type")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let llm = if mt.contains("llama") {
+            "llama"
+        } else {
+            "mistral"
+        };
         obj.insert("model_type".into(), Value::from(llm));
     }
     let layer = config.get("mm_vision_select_layer").cloned();
@@ -251,7 +340,11 @@ fn original(config: &Value, dir: &Path) -> Result<LlavaConfig> {
             vision,
             feature_layers: feature_layers(layer.as_ref(), "mm_vision_select_layer")?,
             select,
-            projector: ProjectorSpec { layers, act: Activation::Gelu, bias: true },
+            projector: ProjectorSpec {
+                layers,
+                act: Activation::Gelu,
+                bias: true,
+            },
             has_newline: matches!(native_mode, ImageMode::AnyRes { .. }),
         },
         native_mode,

@@ -28,14 +28,21 @@ pub struct PixelValues {
 impl PixelValues {
     /// The pixels as a `tiles x 3 x height x width` f32 tensor.
     pub fn to_tensor(&self, device: &Device) -> Result<Tensor> {
-        Ok(Tensor::from_slice(&self.data, (self.tiles, 3, self.height, self.width), device)?)
+        Ok(Tensor::from_slice(
+            &self.data,
+            (self.tiles, 3, self.height, self.width),
+            device,
+        )?)
     }
 }
 
 /// Runs the processor on an RGB image.
 pub fn preprocess(image: &RgbImage, cfg: &ProcessorConfig, mode: &ImageMode) -> PixelValues {
     let tiles = tiles_u8(image, cfg, mode);
-    let (height, width) = tiles.first().map(|t| (t.height() as usize, t.width() as usize)).unwrap_or((0, 0));
+    let (height, width) = tiles
+        .first()
+        .map(|t| (t.height() as usize, t.width() as usize))
+        .unwrap_or((0, 0));
     let mut data = Vec::with_capacity(tiles.len() * 3 * height * width);
     for tile in &tiles {
         normalize_into(tile, cfg, &mut data);
@@ -79,7 +86,13 @@ pub fn tiles_u8(image: &RgbImage, cfg: &ProcessorConfig, mode: &ImageMode) -> Ve
             while y < padded.height() {
                 let mut x = 0;
                 while x < padded.width() {
-                    tiles.push(crop(&padded, y, x, tile_h.min(padded.height() - y), tile_w.min(padded.width() - x)));
+                    tiles.push(crop(
+                        &padded,
+                        y,
+                        x,
+                        tile_h.min(padded.height() - y),
+                        tile_w.min(padded.width() - x),
+                    ));
                     x += tile_w;
                 }
                 y += tile_h;
@@ -160,7 +173,13 @@ pub fn center_crop(image: &RgbImage, (crop_h, crop_w): (u32, u32)) -> RgbImage {
     let (top, left) = (top + top_pad, left + left_pad);
     let (y0, x0) = (top.max(0), left.max(0));
     let (y1, x1) = ((top + ch).min(nh), (left + cw).min(nw));
-    crop(&canvas, y0 as u32, x0 as u32, (y1 - y0) as u32, (x1 - x0) as u32)
+    crop(
+        &canvas,
+        y0 as u32,
+        x0 as u32,
+        (y1 - y0) as u32,
+        (x1 - x0) as u32,
+    )
 }
 
 fn crop(image: &RgbImage, top: u32, left: u32, height: u32, width: u32) -> RgbImage {
@@ -175,14 +194,21 @@ pub fn pad_to_square(image: &RgbImage, background: Rgb<u8>) -> RgbImage {
     }
     let side = w.max(h);
     let mut canvas = RgbImage::from_pixel(side, side, background);
-    let (x, y) = if w > h { (0, (side - h) / 2) } else { ((side - w) / 2, 0) };
+    let (x, y) = if w > h {
+        (0, (side - h) / 2)
+    } else {
+        ((side - w) / 2, 0)
+    };
     image::imageops::replace(&mut canvas, image, i64::from(x), i64::from(y));
     canvas
 }
 
 /// transformers' `select_best_resolution`: the pinpoint `(height, width)` that keeps the most of the
 /// image's resolution, wasting the least on ties.
-pub fn select_best_resolution((orig_h, orig_w): (u32, u32), pinpoints: &[(u32, u32)]) -> (u32, u32) {
+pub fn select_best_resolution(
+    (orig_h, orig_w): (u32, u32),
+    pinpoints: &[(u32, u32)],
+) -> (u32, u32) {
     let mut best = pinpoints.first().copied().unwrap_or((orig_h, orig_w));
     let mut max_effective = 0u64;
     let mut min_wasted = u64::MAX;
@@ -203,7 +229,10 @@ pub fn select_best_resolution((orig_h, orig_w): (u32, u32), pinpoints: &[(u32, u
 
 /// transformers' `get_patch_output_size`: the size `(height, width)` the image is resized to inside the
 /// chosen resolution, keeping its aspect ratio.
-pub fn patch_output_size((orig_h, orig_w): (u32, u32), (target_h, target_w): (u32, u32)) -> (u32, u32) {
+pub fn patch_output_size(
+    (orig_h, orig_w): (u32, u32),
+    (target_h, target_w): (u32, u32),
+) -> (u32, u32) {
     let scale_w = f64::from(target_w) / f64::from(orig_w);
     let scale_h = f64::from(target_h) / f64::from(orig_h);
     if scale_w < scale_h {
@@ -235,7 +264,11 @@ fn normalize_into(tile: &RgbImage, cfg: &ProcessorConfig, out: &mut Vec<f32>) {
     for c in 0..3 {
         let (mean, std) = (cfg.image_mean[c], cfg.image_std[c]);
         out.extend(raw.chunks_exact(3).map(|p| {
-            let v = if cfg.do_rescale { (f64::from(p[c]) * cfg.rescale_factor) as f32 } else { f32::from(p[c]) };
+            let v = if cfg.do_rescale {
+                (f64::from(p[c]) * cfg.rescale_factor) as f32
+            } else {
+                f32::from(p[c])
+            };
             if cfg.do_normalize {
                 (v - mean) / std
             } else {
@@ -251,9 +284,18 @@ mod tests {
 
     #[test]
     fn shortest_edge_sizes() {
-        assert_eq!(resize_output_size((45, 73), ResizeTarget::ShortestEdge(56)), (56, 90));
-        assert_eq!(resize_output_size((97, 30), ResizeTarget::ShortestEdge(56)), (181, 56));
-        assert_eq!(resize_output_size((56, 56), ResizeTarget::ShortestEdge(56)), (56, 56));
+        assert_eq!(
+            resize_output_size((45, 73), ResizeTarget::ShortestEdge(56)),
+            (56, 90)
+        );
+        assert_eq!(
+            resize_output_size((97, 30), ResizeTarget::ShortestEdge(56)),
+            (181, 56)
+        );
+        assert_eq!(
+            resize_output_size((56, 56), ResizeTarget::ShortestEdge(56)),
+            (56, 56)
+        );
     }
 
     #[test]

@@ -21,12 +21,20 @@ impl ImagePrompt {
     pub fn from_ids(ids: &[u32], image_token_id: u32) -> Result<ImagePrompt> {
         let count = ids.iter().filter(|&&t| t == image_token_id).count();
         match count {
-            0 => Err(VisionError::NoImageToken { token: format!("{IMAGE_MARKER} (id {image_token_id})") }),
+            0 => Err(VisionError::NoImageToken {
+                token: format!("{IMAGE_MARKER} (id {image_token_id})"),
+            }),
             1 => {
                 let at = ids.iter().position(|&t| t == image_token_id).unwrap_or(0);
-                Ok(ImagePrompt { before: ids[..at].to_vec(), after: ids[at + 1..].to_vec() })
+                Ok(ImagePrompt {
+                    before: ids[..at].to_vec(),
+                    after: ids[at + 1..].to_vec(),
+                })
             }
-            n => Err(VisionError::TooManyImageTokens { token: format!("{IMAGE_MARKER} (id {image_token_id})"), count: n }),
+            n => Err(VisionError::TooManyImageTokens {
+                token: format!("{IMAGE_MARKER} (id {image_token_id})"),
+                count: n,
+            }),
         }
     }
 
@@ -37,19 +45,31 @@ impl ImagePrompt {
     pub fn from_text(tokenizer: &Tokenizer, text: &str) -> Result<ImagePrompt> {
         let count = text.matches(IMAGE_MARKER).count();
         if count == 0 {
-            return Err(VisionError::NoImageToken { token: IMAGE_MARKER.into() });
+            return Err(VisionError::NoImageToken {
+                token: IMAGE_MARKER.into(),
+            });
         }
         if count > 1 {
-            return Err(VisionError::TooManyImageTokens { token: IMAGE_MARKER.into(), count });
+            return Err(VisionError::TooManyImageTokens {
+                token: IMAGE_MARKER.into(),
+                count,
+            });
         }
         let encode = |s: &str, special: bool| -> Result<Vec<u32>> {
-            Ok(tokenizer.encode(s, special).map_err(|e| VisionError::Tokenizer(e.to_string()))?.get_ids().to_vec())
+            Ok(tokenizer
+                .encode(s, special)
+                .map_err(|e| VisionError::Tokenizer(e.to_string()))?
+                .get_ids()
+                .to_vec())
         };
         if let Some(id) = tokenizer.token_to_id(IMAGE_MARKER) {
             return ImagePrompt::from_ids(&encode(text, true)?, id);
         }
         let (left, right) = text.split_once(IMAGE_MARKER).unwrap_or((text, ""));
-        Ok(ImagePrompt { before: encode(left, true)?, after: encode(right, false)? })
+        Ok(ImagePrompt {
+            before: encode(left, true)?,
+            after: encode(right, false)?,
+        })
     }
 
     /// As [`ImagePrompt::from_text`], with a model's [`TextTokenizer`] so that BOS/EOS follow its
@@ -57,12 +77,18 @@ impl ImagePrompt {
     pub fn from_text_tokenizer(tokenizer: &TextTokenizer, text: &str) -> Result<ImagePrompt> {
         let count = text.matches(IMAGE_MARKER).count();
         if count == 0 {
-            return Err(VisionError::NoImageToken { token: IMAGE_MARKER.into() });
+            return Err(VisionError::NoImageToken {
+                token: IMAGE_MARKER.into(),
+            });
         }
         if count > 1 {
-            return Err(VisionError::TooManyImageTokens { token: IMAGE_MARKER.into(), count });
+            return Err(VisionError::TooManyImageTokens {
+                token: IMAGE_MARKER.into(),
+                count,
+            });
         }
-        let tok_err = |e: evomerge_mistral::prompt::PromptError| VisionError::Tokenizer(e.to_string());
+        let tok_err =
+            |e: evomerge_mistral::prompt::PromptError| VisionError::Tokenizer(e.to_string());
         if let Some(id) = tokenizer.token_to_id(IMAGE_MARKER) {
             return ImagePrompt::from_ids(&tokenizer.encode(text).map_err(tok_err)?, id);
         }
@@ -73,12 +99,17 @@ impl ImagePrompt {
         let at = if plain.is_empty() {
             usize::from(full.first().is_some() && full.first() == tokenizer.bos_token_id().as_ref())
         } else {
-            full.windows(plain.len()).position(|w| w == plain.as_slice()).unwrap_or(0)
+            full.windows(plain.len())
+                .position(|w| w == plain.as_slice())
+                .unwrap_or(0)
         };
         let split = (at + plain.len()).min(full.len());
         let mut after = tokenizer.encode_plain(right).map_err(tok_err)?;
         after.extend_from_slice(&full[split..]);
-        Ok(ImagePrompt { before: full[..split].to_vec(), after })
+        Ok(ImagePrompt {
+            before: full[..split].to_vec(),
+            after,
+        })
     }
 
     /// Number of text tokens.
@@ -95,9 +126,15 @@ mod tests {
     fn ids_need_exactly_one_image_token() {
         assert_eq!(
             ImagePrompt::from_ids(&[1, 5, 9, 7], 9).unwrap(),
-            ImagePrompt { before: vec![1, 5], after: vec![7] }
+            ImagePrompt {
+                before: vec![1, 5],
+                after: vec![7]
+            }
         );
-        assert!(matches!(ImagePrompt::from_ids(&[1, 5], 9), Err(VisionError::NoImageToken { .. })));
+        assert!(matches!(
+            ImagePrompt::from_ids(&[1, 5], 9),
+            Err(VisionError::NoImageToken { .. })
+        ));
         assert!(matches!(
             ImagePrompt::from_ids(&[9, 5, 9], 9),
             Err(VisionError::TooManyImageTokens { count: 2, .. })

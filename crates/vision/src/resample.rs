@@ -45,7 +45,9 @@ fn coefficients(in_size: usize, out_size: usize) -> Coefficients {
         let xmin = ((center - support + 0.5) as i64).max(0) as usize;
         let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
         let count = xmax.saturating_sub(xmin);
-        let mut k: Vec<f64> = (0..count).map(|x| bicubic((x as f64 + xmin as f64 - center + 0.5) * inv)).collect();
+        let mut k: Vec<f64> = (0..count)
+            .map(|x| bicubic((x as f64 + xmin as f64 - center + 0.5) * inv))
+            .collect();
         let total: f64 = k.iter().sum();
         if total != 0.0 {
             for w in &mut k {

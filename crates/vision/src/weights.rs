@@ -54,7 +54,11 @@ impl WeightLayout {
             WeightLayout::Original => "model.vision_tower.vision_tower.",
         };
         let with_model = format!("{base}vision_model.");
-        if ckpt.tensor_names().iter().any(|n| n.starts_with(&with_model)) {
+        if ckpt
+            .tensor_names()
+            .iter()
+            .any(|n| n.starts_with(&with_model))
+        {
             with_model
         } else {
             base.to_string()
@@ -64,8 +68,12 @@ impl WeightLayout {
     /// The name of projector layer `index` (0-based among the linear layers) and `suffix` (`weight`/`bias`).
     pub fn projector_tensor(self, index: usize, suffix: &str) -> String {
         match self {
-            WeightLayout::HfLegacy => format!("multi_modal_projector.linear_{}.{suffix}", index + 1),
-            WeightLayout::HfModern => format!("model.multi_modal_projector.linear_{}.{suffix}", index + 1),
+            WeightLayout::HfLegacy => {
+                format!("multi_modal_projector.linear_{}.{suffix}", index + 1)
+            }
+            WeightLayout::HfModern => {
+                format!("model.multi_modal_projector.linear_{}.{suffix}", index + 1)
+            }
             // nn.Sequential(Linear, GELU, Linear, ...): the linear layers sit at even indices.
             WeightLayout::Original => format!("model.mm_projector.{}.{suffix}", index * 2),
         }
@@ -106,7 +114,8 @@ impl WeightLayout {
         if self.is_frozen(name) {
             return None;
         }
-        name.strip_prefix(self.llm_prefix()).map(|rest| format!("model.{rest}"))
+        name.strip_prefix(self.llm_prefix())
+            .map(|rest| format!("model.{rest}"))
     }
 
     /// Maps a plain-LLM tensor name (`model.*`, `lm_head.weight`) to this layout's name.
@@ -114,14 +123,17 @@ impl WeightLayout {
         if name == "lm_head.weight" {
             return Some(self.lm_head().to_string());
         }
-        name.strip_prefix("model.").map(|rest| format!("{}{rest}", self.llm_prefix()))
+        name.strip_prefix("model.")
+            .map(|rest| format!("{}{rest}", self.llm_prefix()))
     }
 
     /// Whether a tensor belongs to the frozen part: the tower, the projector or the image newline.
     pub fn is_frozen(self, name: &str) -> bool {
         match self {
             WeightLayout::HfLegacy => {
-                name.starts_with("vision_tower.") || name.starts_with("multi_modal_projector.") || name == "image_newline"
+                name.starts_with("vision_tower.")
+                    || name.starts_with("multi_modal_projector.")
+                    || name == "image_newline"
             }
             WeightLayout::HfModern => {
                 name.starts_with("model.vision_tower.")
@@ -163,13 +175,20 @@ impl Weights<'_> {
         if !self.ckpt.contains(name) {
             return Err(VisionError::MissingTensor {
                 name: name.to_string(),
-                hint: format!("in {}; the checkpoint may be incomplete or of another architecture", self.ckpt.label()),
+                hint: format!(
+                    "in {}; the checkpoint may be incomplete or of another architecture",
+                    self.ckpt.label()
+                ),
             });
         }
         let view = self.ckpt.tensor(name)?;
         let stored = crate::llava::candle_dtype(view.dtype);
         let tensor = Tensor::from_raw_buffer(view.data, stored, view.shape, &self.device)?;
-        let tensor = if stored == self.dtype { tensor } else { tensor.to_dtype(self.dtype)? };
+        let tensor = if stored == self.dtype {
+            tensor
+        } else {
+            tensor.to_dtype(self.dtype)?
+        };
         Ok(tensor)
     }
 

@@ -17,7 +17,8 @@ fn fixtures() -> PathBuf {
 /// A plain Mistral checkpoint with the VLM's LLM shapes but different values.
 fn write_plain_llm(vlm: &Path, out: &Path) {
     std::fs::create_dir_all(out).unwrap();
-    let tensors = candle_core::safetensors::load(vlm.join("model.safetensors"), &Device::Cpu).unwrap();
+    let tensors =
+        candle_core::safetensors::load(vlm.join("model.safetensors"), &Device::Cpu).unwrap();
     let llm: HashMap<String, Tensor> = tensors
         .into_iter()
         .filter_map(|(k, v)| {
@@ -31,7 +32,11 @@ fn write_plain_llm(vlm: &Path, out: &Path) {
         serde_json::from_str(&std::fs::read_to_string(vlm.join("config.json")).unwrap()).unwrap();
     let mut text = config["text_config"].clone();
     text["architectures"] = serde_json::json!(["MistralForCausalLM"]);
-    std::fs::write(out.join("config.json"), serde_json::to_string_pretty(&text).unwrap()).unwrap();
+    std::fs::write(
+        out.join("config.json"),
+        serde_json::to_string_pretty(&text).unwrap(),
+    )
+    .unwrap();
 }
 
 fn merge(vlm: &Path, dir: &Path, method: &str) -> PathBuf {
@@ -44,7 +49,11 @@ fn merge(vlm: &Path, dir: &Path, method: &str) -> PathBuf {
     );
     let config = MergeConfig::from_yaml(&recipe).expect("recipe parses");
     let out = dir.join("merged-vlm");
-    let options = MergeOptions { progress: false, threads: Some(1), ..MergeOptions::default() };
+    let options = MergeOptions {
+        progress: false,
+        threads: Some(1),
+        ..MergeOptions::default()
+    };
     merge_to_dir(&config, &out, &options).expect("merge succeeds");
     out
 }
@@ -55,42 +64,87 @@ fn check_frozen(vlm_dir: &Path, method: &str) {
     let src = Checkpoint::open_dir(vlm_dir).unwrap();
     let merged = Checkpoint::open_dir(&out).unwrap();
     let layout = WeightLayout::detect(&src).unwrap();
-    assert_eq!(WeightLayout::detect(&merged).unwrap(), layout, "the merged VLM keeps its layout");
+    assert_eq!(
+        WeightLayout::detect(&merged).unwrap(),
+        layout,
+        "the merged VLM keeps its layout"
+    );
 
     let mut frozen = 0;
     let mut changed = 0;
     for name in src.tensor_names() {
         let a = src.tensor(name).unwrap();
-        let b = merged.tensor(name).unwrap_or_else(|e| panic!("merged VLM lacks `{name}`: {e}"));
+        let b = merged
+            .tensor(name)
+            .unwrap_or_else(|e| panic!("merged VLM lacks `{name}`: {e}"));
         if layout.is_frozen(name) {
             assert_eq!(a.dtype, b.dtype, "{name}: dtype changed");
             assert_eq!(a.shape, b.shape, "{name}: shape changed");
-            assert!(a.data == b.data, "{name}: frozen tensor is not bit-identical to the source VLM");
+            assert!(
+                a.data == b.data,
+                "{name}: frozen tensor is not bit-identical to the source VLM"
+            );
             frozen += 1;
         } else if a.data != b.data {
             changed += 1;
         }
     }
-    let vision_tensors = src.tensor_names().iter().filter(|n| layout.is_frozen(n)).count();
+    let vision_tensors = src
+        .tensor_names()
+        .iter()
+        .filter(|n| layout.is_frozen(n))
+        .count();
     assert_eq!(frozen, vision_tensors);
-    assert!(frozen > 40, "expected the whole tower, projector (and newline): {frozen}");
+    assert!(
+        frozen > 40,
+        "expected the whole tower, projector (and newline): {frozen}"
+    );
     assert!(changed > 0, "the language model was not merged at all");
-    assert_eq!(merged.tensor_names().len(), src.tensor_names().len(), "tensor sets differ");
+    assert_eq!(
+        merged.tensor_names().len(),
+        src.tensor_names().len(),
+        "tensor sets differ"
+    );
 
     // A complete VLM directory: the VLM's config and processor/tokenizer files.
-    let cfg_src: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(vlm_dir.join("config.json")).unwrap()).unwrap();
-    let cfg_out: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
-    for key in ["model_type", "vision_config", "image_token_index", "vision_feature_layer"] {
-        assert_eq!(cfg_src.get(key), cfg_out.get(key), "config key {key} changed");
+    let cfg_src: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(vlm_dir.join("config.json")).unwrap())
+            .unwrap();
+    let cfg_out: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    for key in [
+        "model_type",
+        "vision_config",
+        "image_token_index",
+        "vision_feature_layer",
+    ] {
+        assert_eq!(
+            cfg_src.get(key),
+            cfg_out.get(key),
+            "config key {key} changed"
+        );
     }
-    for f in ["processor_config.json", "tokenizer.json", "tokenizer_config.json"] {
-        assert!(out.join(f).is_file(), "{f} was not copied into the merged VLM");
+    for f in [
+        "processor_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        assert!(
+            out.join(f).is_file(),
+            "{f} was not copied into the merged VLM"
+        );
     }
 
     // And it runs.
     let model = LlavaModel::load(out.to_str().unwrap(), &LoadOptions::default()).unwrap();
-    let image = model.read_image(&fixtures().join("images/test.png")).unwrap();
-    let prompt = ImagePrompt::from_ids(&[1, 5, model.image_token_id().unwrap(), 7, 8], model.image_token_id().unwrap()).unwrap();
+    let image = model
+        .read_image(&fixtures().join("images/test.png"))
+        .unwrap();
+    let prompt = ImagePrompt::from_ids(
+        &[1, 5, model.image_token_id().unwrap(), 7, 8],
+        model.image_token_id().unwrap(),
+    )
+    .unwrap();
     let logits = model.logits(&prompt, &model.preprocess(&image)).unwrap();
     let values = logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert!(values.iter().all(|v| v.is_finite()));

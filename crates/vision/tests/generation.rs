@@ -12,22 +12,47 @@ fn fixtures() -> PathBuf {
 }
 
 fn expected_ids(key: &str) -> Vec<u32> {
-    let exp = candle_core::safetensors::load(fixtures().join("expected.safetensors"), &Device::Cpu).unwrap();
-    exp[key].flatten_all().unwrap().to_vec1::<i64>().unwrap().into_iter().map(|v| v as u32).collect()
+    let exp = candle_core::safetensors::load(fixtures().join("expected.safetensors"), &Device::Cpu)
+        .unwrap();
+    exp[key]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|v| v as u32)
+        .collect()
 }
 
 fn greedy8() -> GenerationConfig {
-    GenerationConfig { max_new_tokens: 8, ..GenerationConfig::default() }
+    GenerationConfig {
+        max_new_tokens: 8,
+        ..GenerationConfig::default()
+    }
 }
 
 #[test]
 fn batched_llava_next_generation_matches_transformers() {
-    let model = LlavaModel::load(fixtures().join("llava_next").to_str().unwrap(), &LoadOptions::default()).unwrap();
-    let prompt = ImagePrompt::from_ids(&expected_ids("prompt_ids"), model.image_token_id().unwrap()).unwrap();
-    let wide = model.read_image(&fixtures().join("images/test.png")).unwrap();
-    let tall = model.read_image(&fixtures().join("images/tall.png")).unwrap();
+    let model = LlavaModel::load(
+        fixtures().join("llava_next").to_str().unwrap(),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let prompt =
+        ImagePrompt::from_ids(&expected_ids("prompt_ids"), model.image_token_id().unwrap())
+            .unwrap();
+    let wide = model
+        .read_image(&fixtures().join("images/test.png"))
+        .unwrap();
+    let tall = model
+        .read_image(&fixtures().join("images/tall.png"))
+        .unwrap();
     // The two images give prompts of different lengths (62 and 58 positions): the batch is left-padded.
-    let items = vec![(prompt.clone(), wide.clone()), (prompt.clone(), tall.clone()), (prompt, wide)];
+    let items = vec![
+        (prompt.clone(), wide.clone()),
+        (prompt.clone(), tall.clone()),
+        (prompt, wide),
+    ];
     let out = model.generate(&items, &greedy8(), None, 2).unwrap();
     assert_eq!(out.len(), 3);
     assert_eq!(out[0].tokens, expected_ids("llava_next.generated"));
@@ -37,9 +62,19 @@ fn batched_llava_next_generation_matches_transformers() {
 
 #[test]
 fn llava_generation_matches_transformers() {
-    let model = LlavaModel::load(fixtures().join("llava").to_str().unwrap(), &LoadOptions::default()).unwrap();
-    let prompt = ImagePrompt::from_ids(&expected_ids("prompt_ids"), model.image_token_id().unwrap()).unwrap();
-    let image = model.read_image(&fixtures().join("images/test.png")).unwrap();
-    let out = model.generate(&[(prompt, image)], &greedy8(), None, 4).unwrap();
+    let model = LlavaModel::load(
+        fixtures().join("llava").to_str().unwrap(),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let prompt =
+        ImagePrompt::from_ids(&expected_ids("prompt_ids"), model.image_token_id().unwrap())
+            .unwrap();
+    let image = model
+        .read_image(&fixtures().join("images/test.png"))
+        .unwrap();
+    let out = model
+        .generate(&[(prompt, image)], &greedy8(), None, 4)
+        .unwrap();
     assert_eq!(out[0].tokens, expected_ids("llava.generated"));
 }

@@ -16,15 +16,24 @@ fn fixtures() -> PathBuf {
 }
 
 fn reference() -> ImagePrompt {
-    let exp = candle_core::safetensors::load(fixtures().join("expected.safetensors"), &Device::Cpu).unwrap();
-    let ids: Vec<u32> = exp["prompt_ids"].to_vec1::<i64>().unwrap().into_iter().map(|v| v as u32).collect();
+    let exp = candle_core::safetensors::load(fixtures().join("expected.safetensors"), &Device::Cpu)
+        .unwrap();
+    let ids: Vec<u32> = exp["prompt_ids"]
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|v| v as u32)
+        .collect();
     ImagePrompt::from_ids(&ids, 120).unwrap()
 }
 
 #[test]
 fn text_tokenizer_prompt_matches_transformers_processor() {
     let tok = TextTokenizer::from_model_dir(&fixtures().join("llava")).unwrap();
-    assert_eq!(ImagePrompt::from_text_tokenizer(&tok, PROMPT).unwrap(), reference());
+    assert_eq!(
+        ImagePrompt::from_text_tokenizer(&tok, PROMPT).unwrap(),
+        reference()
+    );
 }
 
 /// Original LLaVA tokenizers have no `<image>` token: the text is split at the marker and the halves are
@@ -32,8 +41,10 @@ fn text_tokenizer_prompt_matches_transformers_processor() {
 #[test]
 fn tokenizer_without_image_token_splits_the_text() {
     let dir = tempfile::tempdir().unwrap();
-    let mut json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("tokenizer/tokenizer.json")).unwrap()).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("tokenizer/tokenizer.json")).unwrap(),
+    )
+    .unwrap();
     let added = json["added_tokens"].as_array_mut().unwrap();
     added.retain(|t| t["content"] != "<image>");
     std::fs::write(dir.path().join("tokenizer.json"), json.to_string()).unwrap();
@@ -41,7 +52,10 @@ fn tokenizer_without_image_token_splits_the_text() {
     assert_eq!(raw.token_to_id("<image>"), None);
     assert_eq!(ImagePrompt::from_text(&raw, PROMPT).unwrap(), reference());
     let tok = TextTokenizer::from_model_dir(dir.path()).unwrap();
-    assert_eq!(ImagePrompt::from_text_tokenizer(&tok, PROMPT).unwrap(), reference());
+    assert_eq!(
+        ImagePrompt::from_text_tokenizer(&tok, PROMPT).unwrap(),
+        reference()
+    );
 }
 
 #[test]
@@ -49,17 +63,32 @@ fn image_modes_parse() {
     assert_eq!(parse_mode("single").unwrap(), ModeChoice::Single);
     assert_eq!(parse_mode("anyres").unwrap(), ModeChoice::AnyRes);
     assert_eq!(parse_mode("native").unwrap(), ModeChoice::Native);
-    assert!(parse_mode("tiles").unwrap_err().to_string().contains("tiles"));
+    assert!(parse_mode("tiles")
+        .unwrap_err()
+        .to_string()
+        .contains("tiles"));
 }
 
 #[test]
 fn cli_helpers_generate_and_score() {
     let jobs = vec![
-        ImageJob { prompt: PROMPT.into(), image: fixtures().join("images/test.png") },
-        ImageJob { prompt: PROMPT.into(), image: fixtures().join("images/tall.png") },
-        ImageJob { prompt: PROMPT.into(), image: fixtures().join("images/test.png") },
+        ImageJob {
+            prompt: PROMPT.into(),
+            image: fixtures().join("images/test.png"),
+        },
+        ImageJob {
+            prompt: PROMPT.into(),
+            image: fixtures().join("images/tall.png"),
+        },
+        ImageJob {
+            prompt: PROMPT.into(),
+            image: fixtures().join("images/test.png"),
+        },
     ];
-    let config = GenerationConfig { max_new_tokens: 8, ..GenerationConfig::default() };
+    let config = GenerationConfig {
+        max_new_tokens: 8,
+        ..GenerationConfig::default()
+    };
     let mut batches = Vec::new();
     let (out, _) = generate_with_images(
         &fixtures().join("llava_next"),
@@ -75,7 +104,12 @@ fn cli_helpers_generate_and_score() {
     assert_eq!(out[0].tokens, vec![32, 75, 70, 89, 97, 93, 89, 32]); // transformers' greedy tokens
     assert_eq!(out[1].tokens, vec![41, 51, 89, 41, 7, 7, 7, 7]);
 
-    let ids: Vec<u32> = reference().before.into_iter().chain([120]).chain(reference().after).collect();
+    let ids: Vec<u32> = reference()
+        .before
+        .into_iter()
+        .chain([120])
+        .chain(reference().after)
+        .collect();
     let logits = logits_with_image(
         fixtures().join("llava").to_str().unwrap(),
         &ids,
@@ -99,11 +133,22 @@ fn images_for_prompts_pairs_lines_with_images() {
     use evomerge_vision::cli::images_for_prompts;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("p.jsonl");
-    std::fs::write(&file, "{\"prompt\": \"a <image>\", \"image\": \"x.png\"}\n\n\"b <image>\"\n").unwrap();
-    let got = images_for_prompts(Some(&file), Some(Path::new("/d.png")), 2).unwrap().unwrap();
+    std::fs::write(
+        &file,
+        "{\"prompt\": \"a <image>\", \"image\": \"x.png\"}\n\n\"b <image>\"\n",
+    )
+    .unwrap();
+    let got = images_for_prompts(Some(&file), Some(Path::new("/d.png")), 2)
+        .unwrap()
+        .unwrap();
     assert_eq!(got, vec![dir.path().join("x.png"), PathBuf::from("/d.png")]);
     let err = images_for_prompts(Some(&file), None, 2).unwrap_err();
     assert!(err.to_string().contains("no image"), "{err}");
     assert_eq!(images_for_prompts(None, None, 3).unwrap(), None);
-    assert_eq!(images_for_prompts(None, Some(Path::new("i.png")), 1).unwrap().unwrap(), vec![PathBuf::from("i.png")]);
+    assert_eq!(
+        images_for_prompts(None, Some(Path::new("i.png")), 1)
+            .unwrap()
+            .unwrap(),
+        vec![PathBuf::from("i.png")]
+    );
 }
