@@ -21,6 +21,7 @@ for model in base ft1 ft2; do
 done
 
 python="$(dirname "$mergekit")/python"
+export HF_HUB_OFFLINE=1
 cd "$dir"
 for recipe in "${recipes[@]}"; do
   out="$dir/out-mergekit-$recipe"
@@ -29,8 +30,9 @@ for recipe in "${recipes[@]}"; do
   "$python" - "$mergekit" "$recipe.yml" "$out" "$threads" <<'PY'
 import resource, subprocess, sys, time
 mergekit, recipe, out, threads = sys.argv[1:5]
-cmd = [mergekit, recipe, out, "--lazy-unpickle", "--no-copy-tokenizer", "--random-seed", "0",
-       "--num-threads", threads, "--quiet"]
+# No model card: writing one queries the hub, which fails (after the merge) on an offline machine.
+cmd = [mergekit, recipe, out, "--lazy-unpickle", "--no-copy-tokenizer", "--no-write-model-card",
+       "--random-seed", "0", "--num-threads", threads, "--quiet"]
 t0 = time.time()
 subprocess.run(cmd, check=True)
 secs = time.time() - t0
