@@ -112,13 +112,11 @@ impl GenerationConfig {
         };
         let model = read("config.json")?.unwrap_or_default();
         let generation = read("generation_config.json")?.unwrap_or_default();
-        let mut config = GenerationConfig::default();
-        config.eos_token_ids = generation
-            .eos_token_id
-            .or(model.eos_token_id)
-            .map(OneOrMany::into_vec)
-            .unwrap_or_default();
-        config.pad_token_id = generation.pad_token_id.or(model.pad_token_id);
+        let mut config = GenerationConfig {
+            eos_token_ids: generation.eos_token_id.or(model.eos_token_id).map(OneOrMany::into_vec).unwrap_or_default(),
+            pad_token_id: generation.pad_token_id.or(model.pad_token_id),
+            ..GenerationConfig::default()
+        };
         if let Some(n) = generation.max_new_tokens {
             config.max_new_tokens = n;
         }
