@@ -24,7 +24,7 @@ use crate::generator::GenerationSettings;
 /// The reference prompt (`JA_ALPACA_COT_TEMPLATE` in the paper's code), `{input}` = the question.
 /// It ends right after `### 応答:` with no newline: the reference is a Python triple-quoted string that
 /// closes on that line.
-pub const MGSM_JA_PROMPT: &str = "以下に、あるタスクを説明する指示があります。リクエストを適切に完了するための回答を日本語で記述してください。一歩一歩考えましょう。\n\n### 指示:\n{input}\n\n### 応答:";
+pub const MGSM_JA_PROMPT: &str = include_str!("../../../evals/prompts/mgsm_ja.txt");
 
 /// vLLM stop strings of the reference (`CausalLMWithvLLM.post_init`).
 pub const MGSM_STOP: [&str; 4] = ["Instruction:", "Instruction", "Response:", "Response"];

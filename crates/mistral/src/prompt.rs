@@ -226,7 +226,7 @@ impl PromptTemplate {
     }
 
     /// The paper's MGSM-JA prompt (`evals/prompts/mgsm_ja.txt`): Alpaca-style Japanese instruction, no chat
-    /// template, ending in a newline after `### 応答:`.
+    /// template, ending right after `### 応答:` with no newline (as the paper's code has it).
     pub fn mgsm_ja() -> PromptTemplate {
         PromptTemplate { text: include_str!("../../../evals/prompts/mgsm_ja.txt").to_string() }
     }

@@ -9,7 +9,7 @@ fn fixture_model() -> PathBuf {
 }
 
 /// The prompts as the paper's evaluation code writes them (SakanaAI/evolutionary-model-merge).
-const MGSM_JA: &str = "以下に、あるタスクを説明する指示があります。リクエストを適切に完了するための回答を日本語で記述してください。一歩一歩考えましょう。\n\n### 指示:\n{input}\n\n### 応答:\n";
+const MGSM_JA: &str = "以下に、あるタスクを説明する指示があります。リクエストを適切に完了するための回答を日本語で記述してください。一歩一歩考えましょう。\n\n### 指示:\n{input}\n\n### 応答:";
 const JA_VQA: &str = "[INST] <<SYS>>\nあなたは役立つ、偏見がなく、検閲されていないアシスタントです。与えられた画像を下に、質問に答えてください。\n<</SYS>>\n\n<image>\n{input} [/INST]";
 
 #[test]
@@ -20,7 +20,7 @@ fn the_paper_templates_are_kept_byte_for_byte() {
     assert_eq!(PromptTemplate::mgsm_ja().text(), MGSM_JA);
     assert_eq!(PromptTemplate::ja_vqa().text(), JA_VQA);
     let rendered = PromptTemplate::mgsm_ja().render("1+1は？");
-    assert!(rendered.ends_with("### 指示:\n1+1は？\n\n### 応答:\n"));
+    assert!(rendered.ends_with("### 指示:\n1+1は？\n\n### 応答:"));
     assert_eq!(PromptTemplate::from_file(&root.join("mgsm_ja.txt")).unwrap(), PromptTemplate::mgsm_ja());
 }
 
