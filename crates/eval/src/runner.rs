@@ -170,15 +170,7 @@ pub fn run_mgsm(
     config: &MgsmRunConfig,
     progress: Progress<'_>,
 ) -> Result<MgsmSummary, RunnerError> {
-    config.settings.validate()?;
-    if config.batch_size == 0 {
-        return Err(RunnerError::Config("batch size must be at least 1".into()));
-    }
-    if !config.template.contains("{input}") {
-        return Err(RunnerError::Config(
-            "the prompt template has no {input} placeholder".into(),
-        ));
-    }
+    check_run_config(&config.settings, config.batch_size, &config.template)?;
     let started = Instant::now();
     let prompts: Vec<Prompt> = questions
         .iter()
@@ -243,6 +235,25 @@ pub fn run_mgsm(
     };
     write_outputs(&config.out_dir, &records, &summary)?;
     Ok(summary)
+}
+
+/// Checks what every runner needs before generating: valid settings, a batch of at least one, and a
+/// template with an `{input}` placeholder.
+fn check_run_config(
+    settings: &GenerationSettings,
+    batch_size: usize,
+    template: &str,
+) -> Result<(), RunnerError> {
+    settings.validate()?;
+    if batch_size == 0 {
+        return Err(RunnerError::Config("batch size must be at least 1".into()));
+    }
+    if !template.contains("{input}") {
+        return Err(RunnerError::Config(
+            "the prompt template has no {input} placeholder".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn ratio(k: usize, n: usize) -> f64 {

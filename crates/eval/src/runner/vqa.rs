@@ -8,7 +8,8 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::{
-    generate_batched, image_prompt, ja_probability_of, write_outputs, JapaneseProbability,
+    check_run_config, generate_batched, image_prompt, ja_probability_of, write_outputs,
+    JapaneseProbability,
     Progress, RunnerError, SkippedRow,
 };
 use crate::generator::{GenerationSettings, Generator};
@@ -151,15 +152,7 @@ pub fn run_vqa(
     config: &VqaRunConfig,
     progress: Progress<'_>,
 ) -> Result<VqaSummary, RunnerError> {
-    config.settings.validate()?;
-    if config.batch_size == 0 {
-        return Err(RunnerError::Config("batch size must be at least 1".into()));
-    }
-    if !config.template.contains("{input}") {
-        return Err(RunnerError::Config(
-            "the prompt template has no {input} placeholder".into(),
-        ));
-    }
+    check_run_config(&config.settings, config.batch_size, &config.template)?;
     let started = Instant::now();
     let prompts: Vec<_> = questions
         .iter()
