@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use super::{BasePolicy, MergeMethod, ModelTensor, TensorContext, CHUNK};
 use crate::params::{ParamDefault, ParamKind, ParamScope, ParamSet, ParamSpec};
-use crate::sparsify::{dare_key, magnitude_keep, Keep};
+use crate::sparsify::{dare_cut, dare_keeps_cut, dare_key, magnitude_keep, Keep};
 use crate::MergeError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,9 +191,8 @@ impl MergeMethod for GeneralizedTaskArithmetic {
         // Without sign election the divisor is the plain sum of weights.
         let weight_sum: f32 = weights.iter().sum();
         let plain_divisor = if weight_sum.abs() < 1e-8 { 1.0 } else { weight_sum };
-        let lambda32 = lambda as f32;
 
-        let normalize_by = |mixed: f32, divisor: f32| if normalize { mixed / divisor } else { mixed };
+        let finish = Finish { normalize, lambda: (lambda != 1.0).then_some(lambda as f32) };
         out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
             // Work in small blocks of structure-of-arrays buffers so the inner loops vectorise.
             let n = inputs.len();
@@ -207,57 +206,36 @@ impl MergeMethod for GeneralizedTaskArithmetic {
                 let b = &base[start..start + len];
                 for (i, (input, plan)) in inputs.iter().zip(&plans).enumerate() {
                     let x = &input.data[start..start + len];
-                    let d_out = &mut dw[i * BLOCK..i * BLOCK + len];
-                    weighted_sparse_delta(x, b, start, plan, d_out);
+                    weighted_sparse_delta(x, b, start, plan, &mut dw[i * BLOCK..i * BLOCK + len]);
                 }
+                let deltas = |i: usize| &dw[i * BLOCK..i * BLOCK + len];
+                let sum = &mut sum[..len];
+                sum.fill(0.0);
                 match consensus {
                     None => {
-                        sum[..len].fill(0.0);
                         for i in 0..n {
-                            for (s, &d) in sum[..len].iter_mut().zip(&dw[i * BLOCK..i * BLOCK + len]) {
-                                *s += d;
-                            }
+                            add_assign(sum, deltas(i));
                         }
-                        for ((o, &bj), &m) in out_block.iter_mut().zip(b).zip(&sum[..len]) {
-                            let mut m = normalize_by(m, plain_divisor);
-                            if lambda != 1.0 {
-                                m *= lambda32;
-                            }
-                            *o = bj + m;
-                        }
+                        finish.apply(out_block, b, sum, |_| plain_divisor);
                     }
                     Some(rule) => {
-                        sum[..len].fill(0.0);
                         for i in 0..n {
-                            for (s, &d) in sum[..len].iter_mut().zip(&dw[i * BLOCK..i * BLOCK + len]) {
-                                *s += match rule {
-                                    Consensus::Sum => d,
-                                    Consensus::Count => sign(d),
-                                };
+                            match rule {
+                                Consensus::Sum => add_assign(sum, deltas(i)),
+                                Consensus::Count => add_signs(sum, deltas(i)),
                             }
                         }
-                        // Majority sign: +1 when the sum (or count) is >= 0, else -1.
-                        for s in sum[..len].iter_mut() {
+                        // Majority sign: +1 when the sum (or count) is >= 0, else -1 (NaN: -1).
+                        for s in sum.iter_mut() {
                             *s = if *s >= 0.0 { 1.0 } else { -1.0 };
                         }
-                        mixed[..len].fill(0.0);
-                        divisor[..len].fill(0.0);
+                        let (mixed, divisor) = (&mut mixed[..len], &mut divisor[..len]);
+                        mixed.fill(0.0);
+                        divisor.fill(0.0);
                         for (i, plan) in plans.iter().enumerate() {
-                            let d_in = &dw[i * BLOCK..i * BLOCK + len];
-                            for j in 0..len {
-                                let agree = sign(d_in[j]) == sum[j];
-                                mixed[j] += if agree { d_in[j] } else { 0.0 };
-                                divisor[j] += if agree { plan.weight } else { 0.0 };
-                            }
+                            add_agreeing(mixed, divisor, deltas(i), sum, plan.weight);
                         }
-                        for j in 0..len {
-                            let div = if divisor[j] == 0.0 { 1.0 } else { divisor[j] };
-                            let mut m = normalize_by(mixed[j], div);
-                            if lambda != 1.0 {
-                                m *= lambda32;
-                            }
-                            out_block[j] = b[j] + m;
-                        }
+                        finish.apply(out_block, b, mixed, |j| if divisor[j] == 0.0 { 1.0 } else { divisor[j] });
                     }
                 }
             }
@@ -269,47 +247,123 @@ impl MergeMethod for GeneralizedTaskArithmetic {
 /// Elements per inner block of the kernel (structure-of-arrays scratch stays in L1/L2).
 const BLOCK: usize = 1024;
 
-/// `out[j] = weight · scale(keep(x[j] − b[j]))` for one input over one block starting at `start`.
-fn weighted_sparse_delta(x: &[f32], b: &[f32], start: usize, plan: &InputPlan, out: &mut [f32]) {
-    let w = plan.weight;
-    let scaled = |d: f32| match plan.scale {
-        Scale::One => d,
-        Scale::Div(s) => d / s,
-        Scale::Mul(s) => d * s,
-    };
-    match plan.keep {
-        Keep::All => {
-            for ((o, &x), &b) in out.iter_mut().zip(x).zip(b) {
-                *o = scaled(x - b) * w;
+/// The last step of every entry: normalise by a divisor, scale by λ, add to the base.
+#[derive(Clone, Copy)]
+struct Finish {
+    normalize: bool,
+    lambda: Option<f32>,
+}
+
+impl Finish {
+    #[inline(always)]
+    fn apply(self, out: &mut [f32], base: &[f32], mixed: &[f32], divisor: impl Fn(usize) -> f32) {
+        let (out, base, mixed) = (&mut out[..mixed.len()], &base[..mixed.len()], mixed);
+        match (self.normalize, self.lambda) {
+            (false, None) => {
+                for ((o, &b), &m) in out.iter_mut().zip(base).zip(mixed) {
+                    *o = b + m;
+                }
             }
-        }
-        Keep::None => out.fill(0.0),
-        Keep::Magnitude { threshold, tie_cut } => {
-            for (j, ((o, &x), &b)) in out.iter_mut().zip(x).zip(b).enumerate() {
-                let d = x - b;
-                let a = d.abs();
-                let keep = a > threshold || (a == threshold && start + j <= tie_cut);
-                *o = if keep { scaled(d) * w } else { 0.0 };
+            (false, Some(l)) => {
+                for ((o, &b), &m) in out.iter_mut().zip(base).zip(mixed) {
+                    *o = b + m * l;
+                }
             }
-        }
-        Keep::Random { key, density } => {
-            for (j, ((o, &x), &b)) in out.iter_mut().zip(x).zip(b).enumerate() {
-                let keep = crate::sparsify::dare_keeps(key, start + j, density);
-                *o = if keep { scaled(x - b) * w } else { 0.0 };
+            (true, None) => {
+                for (j, ((o, &b), &m)) in out.iter_mut().zip(base).zip(mixed).enumerate() {
+                    *o = b + m / divisor(j);
+                }
+            }
+            (true, Some(l)) => {
+                for (j, ((o, &b), &m)) in out.iter_mut().zip(base).zip(mixed).enumerate() {
+                    *o = b + m / divisor(j) * l;
+                }
             }
         }
     }
 }
 
-#[inline]
-fn sign(x: f32) -> f32 {
-    if x > 0.0 {
-        1.0
-    } else if x < 0.0 {
-        -1.0
-    } else {
-        0.0
+#[inline(always)]
+fn add_assign(sum: &mut [f32], d: &[f32]) {
+    for (s, &d) in sum.iter_mut().zip(d) {
+        *s += d;
     }
+}
+
+#[inline(always)]
+fn add_signs(sum: &mut [f32], d: &[f32]) {
+    for (s, &d) in sum.iter_mut().zip(d) {
+        *s += sign(d);
+    }
+}
+
+/// Disjoint-mean accumulation: entries whose sign agrees with the elected one (`elected` is ±1,
+/// so `d · elected > 0` is exactly `sign(d) == elected`; zero and NaN never agree).
+#[inline(always)]
+fn add_agreeing(mixed: &mut [f32], divisor: &mut [f32], d: &[f32], elected: &[f32], weight: f32) {
+    let len = mixed.len();
+    let (divisor, d, elected) = (&mut divisor[..len], &d[..len], &elected[..len]);
+    for j in 0..len {
+        let agree = d[j] * elected[j] > 0.0;
+        mixed[j] += if agree { d[j] } else { 0.0 };
+        divisor[j] += if agree { weight } else { 0.0 };
+    }
+}
+
+/// `out[j] = weight · scale(keep(x[j] − b[j]))` for one input over one block starting at `start`.
+fn weighted_sparse_delta(x: &[f32], b: &[f32], start: usize, plan: &InputPlan, out: &mut [f32]) {
+    let w = plan.weight;
+    // One monomorphised loop per scale, with the same f32 operations in the same order.
+    match plan.scale {
+        Scale::One => sparse_delta(x, b, start, plan.keep, out, |d| d * w),
+        Scale::Div(s) => sparse_delta(x, b, start, plan.keep, out, |d| d / s * w),
+        Scale::Mul(s) => sparse_delta(x, b, start, plan.keep, out, |d| d * s * w),
+    }
+}
+
+#[inline(always)]
+fn sparse_delta(x: &[f32], b: &[f32], start: usize, keep: Keep, out: &mut [f32], f: impl Fn(f32) -> f32 + Copy) {
+    let len = out.len();
+    let (x, b) = (&x[..len], &b[..len]);
+    match keep {
+        Keep::All => {
+            for ((o, &x), &b) in out.iter_mut().zip(x).zip(b) {
+                *o = f(x - b);
+            }
+        }
+        Keep::None => out.fill(0.0),
+        Keep::Magnitude { threshold, tie_cut } => {
+            // Entries equal to the threshold count only up to index `tie_cut`: split the block
+            // there so that both parts are branch-free loops.
+            let ties_until = (tie_cut + 1).saturating_sub(start).min(len);
+            magnitude_part(&x[..ties_until], &b[..ties_until], &mut out[..ties_until], threshold, true, f);
+            magnitude_part(&x[ties_until..], &b[ties_until..], &mut out[ties_until..], threshold, false, f);
+        }
+        Keep::Random { key, density } => {
+            let cut = dare_cut(density);
+            for (j, ((o, &x), &b)) in out.iter_mut().zip(x).zip(b).enumerate() {
+                let keep = dare_keeps_cut(key, start + j, cut);
+                let v = f(x - b);
+                *o = if keep { v } else { 0.0 };
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn magnitude_part(x: &[f32], b: &[f32], out: &mut [f32], threshold: f32, ties_kept: bool, f: impl Fn(f32) -> f32) {
+    for ((o, &x), &b) in out.iter_mut().zip(x).zip(b) {
+        let d = x - b;
+        let a = d.abs();
+        let keep = (a > threshold) | (ties_kept & (a == threshold));
+        let v = f(d);
+        *o = if keep { v } else { 0.0 };
+    }
+}
+
+#[inline(always)]
+fn sign(x: f32) -> f32 {
+    ((x > 0.0) as i32 - (x < 0.0) as i32) as f32
 }
 
 /// mergekit's l1 rescale: ‖delta‖₁ / ‖kept delta‖₁, unless either is below 1e-7.
