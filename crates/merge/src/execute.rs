@@ -3,6 +3,7 @@
 
 use evomerge_checkpoint::Dtype;
 
+use crate::buffers::BufferPool;
 use crate::methods::{merge_tensor, ModelTensor, TensorContext};
 use crate::plan::{MergePlan, PlannedTensor, TensorJob, VocabRows};
 use crate::source::TensorSource;
@@ -18,6 +19,8 @@ pub(crate) struct Executor<'a> {
     pub plan: &'a MergePlan,
     pub sources: &'a [&'a dyn TensorSource],
     pub seed: u64,
+    /// Where f32 buffers come from and go back to (the streaming merger); `None`: plain allocations.
+    pub pool: Option<&'a BufferPool>,
 }
 
 impl<'a> Executor<'a> {
@@ -30,7 +33,8 @@ impl<'a> Executor<'a> {
         row_len: usize,
         donor: &mut Option<Vec<f32>>,
     ) -> Result<Vec<f32>, MergeError> {
-        let mut values = Vec::new();
+        let len: usize = self.sources[model].shape(name).map_or(0, |s| s.iter().product());
+        let mut values = self.take(len.max(vocab.map_or(0, |v| v.rows * row_len)));
         self.sources[model].read_f32(name, &mut values)?;
         // The f32 copy is all we use: let the mapped pages go now rather than after the merge.
         self.sources[model].release(name);
@@ -59,6 +63,17 @@ impl<'a> Executor<'a> {
         Ok(values)
     }
 
+    fn take(&self, len: usize) -> Vec<f32> {
+        self.pool.map_or_else(Vec::new, |p| p.take(len))
+    }
+
+    /// Hand a buffer back for reuse (dropped without a pool).
+    pub fn give(&self, buffer: Vec<f32>) {
+        if let Some(pool) = self.pool {
+            pool.give(buffer);
+        }
+    }
+
     /// Bytes of working memory `run` needs for this tensor (inputs, output, scratch), for admission control.
     pub fn working_bytes(tensor: &PlannedTensor) -> usize {
         let n = tensor.numel() * 4;
@@ -75,7 +90,7 @@ impl<'a> Executor<'a> {
                 match source.raw(name) {
                     Some((dtype, bytes)) if dtype == tensor.dtype => Ok(TensorOutput::Raw(dtype, bytes)),
                     _ => {
-                        let mut values = Vec::new();
+                        let mut values = self.take(tensor.numel());
                         source.read_f32(name, &mut values)?;
                         Ok(TensorOutput::Values(values))
                     }
@@ -97,13 +112,21 @@ impl<'a> Executor<'a> {
                     .zip(&input_values)
                     .map(|(i, data)| ModelTensor { model: i.model, data, params: &i.params })
                     .collect();
-                let mut out = vec![0f32; tensor.numel()];
+                let mut out = self.take(tensor.numel());
+                out.resize(tensor.numel(), 0.0);
                 let ctx = TensorContext { name: &tensor.name, layer: tensor.layer, seed: self.seed, shape: &tensor.shape };
-                merge_tensor(self.plan.method, &ctx, shared, base_values.as_deref(), &model_tensors, &mut out)?;
+                let merged = merge_tensor(self.plan.method, &ctx, shared, base_values.as_deref(), &model_tensors, &mut out);
                 drop(model_tensors);
-                drop(input_values);
-                drop(base_values);
-                Ok(TensorOutput::Values(out))
+                for buffer in input_values.into_iter().chain(base_values) {
+                    self.give(buffer);
+                }
+                match merged {
+                    Ok(()) => Ok(TensorOutput::Values(out)),
+                    Err(e) => {
+                        self.give(out);
+                        Err(e)
+                    }
+                }
             }
         }
     }

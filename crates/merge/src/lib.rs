@@ -13,6 +13,7 @@
 //! LLaVA checkpoints (llava-hf, newer transformers and original layouts) merge their language model
 //! with plain Mistral/Llama checkpoints; see [`layout::Layout`].
 
+mod buffers;
 pub mod config;
 mod error;
 mod execute;

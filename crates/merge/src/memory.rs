@@ -53,7 +53,7 @@ impl<'a> InMemoryMerger<'a> {
             tensor: format!("#{index}"),
             message: format!("the plan has {} tensors", self.plan.tensors.len()),
         })?;
-        let executor = Executor { plan: &self.plan, sources: &self.sources, seed: self.seed };
+        let executor = Executor { plan: &self.plan, sources: &self.sources, seed: self.seed, pool: None };
         let values = match executor.run(tensor)? {
             TensorOutput::Values(v) => v,
             TensorOutput::Raw(dtype, bytes) => {

@@ -55,8 +55,14 @@ impl TensorSource for Checkpoint {
     fn read_f32(&self, name: &str, out: &mut Vec<f32>) -> Result<(), MergeError> {
         let view = self.tensor(name)?;
         out.clear();
-        out.resize(view.numel(), 0.0);
-        view.to_f32_into(out);
+        if view.dtype == Dtype::BF16 && view.data.len() == view.numel() * 2 {
+            // bf16 is the top half of an f32: decode straight into the buffer, without zero-filling
+            // it first (the same bits as `to_f32_into`).
+            out.extend(view.data.chunks_exact(2).map(|c| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16)));
+        } else {
+            out.resize(view.numel(), 0.0);
+            view.to_f32_into(out);
+        }
         Ok(())
     }
     fn raw(&self, name: &str) -> Option<(Dtype, &[u8])> {

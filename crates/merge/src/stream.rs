@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
-use evomerge_checkpoint::{encode_from_f32, Checkpoint, CheckpointWriter, TensorPlan, WriteOptions, DEFAULT_MAX_SHARD_BYTES};
+use evomerge_checkpoint::{Checkpoint, CheckpointWriter, TensorPlan, WriteOptions, DEFAULT_MAX_SHARD_BYTES};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::buffers::{encode_in_place, BufferPool};
 use crate::config::MergeConfig;
 use crate::execute::{Executor, TensorOutput};
 use crate::plan::{model_refs, MergePlan};
@@ -113,17 +114,16 @@ pub fn write_plan(
         ProgressBar::hidden()
     };
 
-    let executor = Executor { plan, sources, seed: options.seed };
+    let buffers = BufferPool::new(options.memory_budget_bytes);
+    let executor = Executor { plan, sources, seed: options.seed, pool: Some(&buffers) };
     let budget = Budget::new(options.memory_budget_bytes);
     let run_one = |tensor: &crate::plan::PlannedTensor| -> Result<(), MergeError> {
-        let _permit = budget.acquire(Executor::working_bytes(tensor));
         match executor.run(tensor)? {
             TensorOutput::Raw(_, bytes) => writer.write_tensor(&tensor.name, bytes)?,
-            TensorOutput::Values(values) => {
-                let mut bytes = vec![0u8; values.len() * tensor.dtype.size_of()];
-                encode_from_f32(tensor.dtype, &values, &mut bytes);
-                drop(values);
-                writer.write_tensor(&tensor.name, &bytes)?;
+            TensorOutput::Values(mut values) => {
+                let written = writer.write_tensor(&tensor.name, encode_in_place(tensor.dtype, &mut values));
+                executor.give(values);
+                written?;
             }
         }
         progress.inc((tensor.numel() * tensor.dtype.size_of()) as u64);
@@ -150,7 +150,12 @@ pub fn write_plan(
                 }
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(tensor) = order.get(i) else { break };
-                if let Err(e) = pool.install(|| run_one(tensor)) {
+                // Wait for memory here, not on a pool thread, so a waiting tensor never keeps a
+                // pool thread from helping the running ones.
+                let permit = budget.acquire(Executor::working_bytes(tensor));
+                let result = pool.install(|| run_one(tensor));
+                drop(permit);
+                if let Err(e) = result {
                     failed.store(true, Ordering::Relaxed);
                     let mut slot = first_error.lock().unwrap_or_else(|p| p.into_inner());
                     slot.get_or_insert(e);
