@@ -73,7 +73,7 @@ pub fn to_tensors(model: &Mistral) -> Result<(serde_json::Value, HashMap<String,
     }
     let mut tensors = HashMap::new();
     for name in model.parameter_names() {
-        tensors.insert(name.clone(), model.parameter(&name)?.clone());
+        tensors.insert(name.clone(), model.parameter(&name)?);
     }
     let layers: Vec<i32> = path.hops().iter().map(|h| h.layer as i32).collect();
     let scales: Vec<f32> = path.hops().iter().map(|h| h.scale as f32).collect();

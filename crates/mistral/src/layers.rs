@@ -2,10 +2,14 @@
 //! pre-norm decoder layer. Each follows transformers 5.23's Mistral/Llama arithmetic (see the comments where
 //! the order of operations matters for parity).
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor, D};
 
 use crate::cache::KvSlot;
-use crate::error::Result;
+use crate::cpu_matmul::{self, PackedMatrix};
+use crate::cpu_ops;
+use crate::error::{MistralError, Result};
 
 /// `x @ w.T` for `x` [.., in] and a `[out, in]` weight, as `nn.Linear` without bias.
 pub(crate) fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
@@ -19,6 +23,156 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     Ok(y.reshape(out_dims)?)
 }
 
+/// A bias-free linear layer `x @ w.T` with a `[out, in]` weight. On a CPU with AVX2/FMA an f32 weight is
+/// packed once (see [`crate::cpu_matmul`]) and multiplied by our kernel; everywhere else it is a plain tensor
+/// and candle's matmul.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: LinearWeight,
+}
+
+#[derive(Debug, Clone)]
+enum LinearWeight {
+    Plain(Tensor),
+    Packed(Arc<PackedMatrix>),
+}
+
+impl Linear {
+    /// Wraps `weight` `[out, in]`, packing it when `pack` is set and the weight is f32 on a capable CPU.
+    pub(crate) fn new(weight: Tensor, pack: bool) -> Result<Linear> {
+        let packable = pack
+            && weight.device().is_cpu()
+            && weight.dtype() == DType::F32
+            && weight.rank() == 2
+            && cpu_matmul::available();
+        if !packable {
+            return Ok(Linear {
+                weight: LinearWeight::Plain(weight),
+            });
+        }
+        let (n, k) = weight.dims2()?;
+        let data = weight.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Linear {
+            weight: LinearWeight::Packed(Arc::new(PackedMatrix::pack(&data, n, k))),
+        })
+    }
+
+    /// `[out, in]`.
+    pub fn dims(&self) -> (usize, usize) {
+        match &self.weight {
+            LinearWeight::Plain(w) => (w.dim(0).unwrap_or(0), w.dim(1).unwrap_or(0)),
+            LinearWeight::Packed(p) => p.dims(),
+        }
+    }
+
+    pub fn is_packed(&self) -> bool {
+        matches!(self.weight, LinearWeight::Packed(_))
+    }
+
+    /// The weight as a `[out, in]` tensor (unpacked into a new tensor when packed).
+    pub fn weight(&self) -> Result<Tensor> {
+        match &self.weight {
+            LinearWeight::Plain(w) => Ok(w.clone()),
+            LinearWeight::Packed(p) => {
+                let (n, k) = p.dims();
+                Ok(Tensor::from_vec(p.unpack(), (n, k), &Device::Cpu)?)
+            }
+        }
+    }
+
+    /// Converts to `dtype` on `device`, packing or unpacking as [`Linear::new`] decides.
+    pub(crate) fn converted(&self, dtype: DType, device: &Device, pack: bool) -> Result<Linear> {
+        if self.is_packed() && pack && dtype == DType::F32 && device.is_cpu() {
+            return Ok(self.clone());
+        }
+        Linear::new(self.weight()?.to_device(device)?.to_dtype(dtype)?, pack)
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.weight {
+            LinearWeight::Plain(w) => linear(x, w),
+            LinearWeight::Packed(p) => packed_linear(x, p),
+        }
+    }
+}
+
+/// `x @ w.T` through the packed kernel; `x` is any `[.., in]` f32 CPU tensor.
+fn packed_linear(x: &Tensor, w: &PackedMatrix) -> Result<Tensor> {
+    let (n, k) = w.dims();
+    let dims = x.dims();
+    let in_dim = dims.last().copied().unwrap_or(0);
+    if in_dim != k || x.dtype() != DType::F32 || !x.device().is_cpu() {
+        return Err(MistralError::BadInput(format!(
+            "a linear layer with {k} inputs got a {:?} {:?} tensor of shape {dims:?} on {:?}",
+            x.dtype(),
+            x.layout().shape(),
+            x.device().location()
+        )));
+    }
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let mut out = vec![0f32; rows * n];
+    with_cpu_f32(&x.contiguous()?, |data| w.matmul_t(data, rows, &mut out))?.ok_or_else(|| {
+        MistralError::BadInput("internal: packed linear input is not CPU f32".into())
+    })?;
+    let mut out_dims = dims[..dims.len() - 1].to_vec();
+    out_dims.push(n);
+    Ok(Tensor::from_vec(out, out_dims, &Device::Cpu)?)
+}
+
+/// Runs `f` on the elements of a contiguous f32 CPU tensor; `None` (without calling `f`) for any other.
+fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<Option<R>> {
+    if t.dtype() != DType::F32 || !t.device().is_cpu() {
+        return Ok(None);
+    }
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return Ok(None);
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        return Ok(None);
+    };
+    Ok(Some(f(&cpu.as_slice::<f32>()?[start..end])))
+}
+
+/// `softmax(scores * scale + mask)` over the last axis of `[b, heads, q, t]` scores, in f32. One fused pass on
+/// the CPU for f32; candle's operations elsewhere (the same arithmetic, in the same order).
+fn attention_probs(scores: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
+    let dims = scores.dims().to_vec();
+    if let (DType::F32, true, [b, h, q, t]) =
+        (scores.dtype(), scores.device().is_cpu(), dims.as_slice())
+    {
+        let mut data = scores.flatten_all()?.to_vec1::<f32>()?;
+        let shape = [*b, *h, *q, *t];
+        let done = match mask {
+            None => {
+                cpu_ops::scaled_masked_softmax(&mut data, shape, scale as f32, None);
+                true
+            }
+            Some(m) => {
+                let m = m.contiguous()?;
+                with_cpu_f32(&m, |md| {
+                    cpu_ops::scaled_masked_softmax(
+                        &mut data,
+                        shape,
+                        scale as f32,
+                        Some((md, m.dim(0).unwrap_or(1))),
+                    )
+                })?
+                .is_some()
+            }
+        };
+        if done {
+            return Ok(Tensor::from_vec(data, dims, scores.device())?);
+        }
+    }
+    let scores = (scores * scale)?.to_dtype(DType::F32)?;
+    let scores = match mask {
+        Some(m) => scores.broadcast_add(m)?,
+        None => scores,
+    };
+    Ok(candle_nn::ops::softmax_last_dim(&scores)?)
+}
+
 /// Root-mean-square norm. The statistic is computed in f32 whatever the weights' dtype, and the weight is
 /// applied after casting back, as transformers does.
 #[derive(Debug, Clone)]
@@ -30,6 +184,14 @@ pub struct RmsNorm {
 impl RmsNorm {
     pub fn new(weight: Tensor, eps: f64) -> RmsNorm {
         RmsNorm { weight, eps }
+    }
+
+    /// The same norm with another weight.
+    pub(crate) fn with_weight(&self, weight: Tensor) -> RmsNorm {
+        RmsNorm {
+            weight,
+            eps: self.eps,
+        }
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -93,10 +255,10 @@ impl Rotary {
 /// Grouped-query self-attention. Weights are `[out, in]` as in the checkpoint.
 #[derive(Debug, Clone)]
 pub struct Attention {
-    pub(crate) q_proj: Tensor,
-    pub(crate) k_proj: Tensor,
-    pub(crate) v_proj: Tensor,
-    pub(crate) o_proj: Tensor,
+    pub(crate) q_proj: Linear,
+    pub(crate) k_proj: Linear,
+    pub(crate) v_proj: Linear,
+    pub(crate) o_proj: Linear,
     pub(crate) num_heads: usize,
     pub(crate) num_kv_heads: usize,
     pub(crate) head_dim: usize,
@@ -114,15 +276,21 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let q = linear(x, &self.q_proj)?
+        let q = self
+            .q_proj
+            .forward(x)?
             .reshape((b, s, nh, hd))?
             .transpose(1, 2)?
             .contiguous()?;
-        let k = linear(x, &self.k_proj)?
+        let k = self
+            .k_proj
+            .forward(x)?
             .reshape((b, s, nkv, hd))?
             .transpose(1, 2)?
             .contiguous()?;
-        let v = linear(x, &self.v_proj)?
+        let v = self
+            .v_proj
+            .forward(x)?
             .reshape((b, s, nkv, hd))?
             .transpose(1, 2)?
             .contiguous()?;
@@ -135,35 +303,37 @@ impl Attention {
         let group = nh / nkv;
         let q = q.reshape((b, nkv, group * s, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, nh, s, t))?;
-        let scores = scores.to_dtype(DType::F32)?;
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
-        };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        let scores = q.matmul(&k.t()?)?.reshape((b, nh, s, t))?;
+        let probs = attention_probs(&scores, scale, mask)?.to_dtype(v.dtype())?;
         let out = probs.reshape((b, nkv, group * s, t))?.matmul(&v)?;
         let out = out
             .reshape((b, nh, s, hd))?
             .transpose(1, 2)?
             .reshape((b, s, nh * hd))?;
-        linear(&out, &self.o_proj)
+        self.o_proj.forward(&out)
     }
 }
 
 /// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
 #[derive(Debug, Clone)]
 pub struct Mlp {
-    pub(crate) gate_proj: Tensor,
-    pub(crate) up_proj: Tensor,
-    pub(crate) down_proj: Tensor,
+    pub(crate) gate_proj: Linear,
+    pub(crate) up_proj: Linear,
+    pub(crate) down_proj: Linear,
 }
 
 impl Mlp {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&linear(x, &self.gate_proj)?)?;
-        let up = linear(x, &self.up_proj)?;
-        linear(&(gate * up)?, &self.down_proj)
+        let gate = self.gate_proj.forward(x)?.contiguous()?;
+        let up = self.up_proj.forward(x)?.contiguous()?;
+        let fused = with_cpu_f32(&gate, |g| with_cpu_f32(&up, |u| cpu_ops::silu_mul(g, u)))?
+            .transpose()?
+            .flatten();
+        let hidden = match fused {
+            Some(h) => Tensor::from_vec(h, gate.dims(), gate.device())?,
+            None => (candle_nn::ops::silu(&gate)? * up)?,
+        };
+        self.down_proj.forward(&hidden)
     }
 }
 

@@ -15,6 +15,8 @@
 
 pub mod cache;
 pub mod config;
+mod cpu_matmul;
+mod cpu_ops;
 pub mod error;
 pub mod evomistral;
 pub mod generation;

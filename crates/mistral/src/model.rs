@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::cache::KvCache;
 use crate::config::{Config, ModelType};
 use crate::error::{MistralError, Result};
-use crate::layers::{linear, Attention, DecoderLayer, Mlp, RmsNorm, Rotary};
+use crate::layers::{linear, Attention, DecoderLayer, Linear, Mlp, RmsNorm, Rotary};
 use crate::path::{LayerPath, ScaleConvention};
 use crate::weights::{load_checked, LoadOptions, TensorSource};
 
@@ -20,11 +20,13 @@ pub struct Mistral {
     pool: Vec<DecoderLayer>,
     norm: RmsNorm,
     /// `None` when tied to the embeddings.
-    lm_head: Option<Tensor>,
+    lm_head: Option<Linear>,
     path: LayerPath,
     rotary: Rotary,
     device: Device,
     dtype: DType,
+    /// Whether f32 CPU weights are packed for our matmul kernel (see [`LoadOptions::pack_cpu_weights`]).
+    pack: bool,
 }
 
 /// The decoder-layer tensor names, relative to `layers.{i}.`, with their shapes.
@@ -64,6 +66,8 @@ impl Mistral {
             .dtype();
         let dtype = opts.resolve_dtype(stored);
         let load = |name: &str, shape: &[usize]| load_checked(source, name, shape, dtype, device);
+        let pack = opts.pack_cpu_weights;
+        let linear = |t: Tensor| Linear::new(t, pack);
         let embed_tokens = load(&embed_name, &[c.vocab_size, c.hidden_size])?;
         let mut pool = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
@@ -82,19 +86,19 @@ impl Mistral {
             pool.push(DecoderLayer {
                 input_layernorm: RmsNorm::new(next()?, c.rms_norm_eps),
                 self_attn: Attention {
-                    q_proj: next()?,
-                    k_proj: next()?,
-                    v_proj: next()?,
-                    o_proj: next()?,
+                    q_proj: linear(next()?)?,
+                    k_proj: linear(next()?)?,
+                    v_proj: linear(next()?)?,
+                    o_proj: linear(next()?)?,
                     num_heads: c.num_attention_heads,
                     num_kv_heads: c.num_key_value_heads,
                     head_dim: c.head_dim,
                 },
                 post_attention_layernorm: RmsNorm::new(next()?, c.rms_norm_eps),
                 mlp: Mlp {
-                    gate_proj: next()?,
-                    up_proj: next()?,
-                    down_proj: next()?,
+                    gate_proj: linear(next()?)?,
+                    up_proj: linear(next()?)?,
+                    down_proj: linear(next()?)?,
                 },
             });
         }
@@ -105,7 +109,10 @@ impl Mistral {
         let lm_head = if c.tie_word_embeddings {
             None
         } else {
-            Some(load(&names.lm_head, &[c.vocab_size, c.hidden_size])?)
+            Some(linear(load(
+                &names.lm_head,
+                &[c.vocab_size, c.hidden_size],
+            )?)?)
         };
         Ok(Mistral {
             config: c.clone(),
@@ -117,6 +124,7 @@ impl Mistral {
             rotary: Rotary::new(c.head_dim, c.rope_theta),
             device: device.clone(),
             dtype,
+            pack,
         })
     }
 
@@ -151,9 +159,8 @@ impl Mistral {
         for other in others {
             self.config.layers_compatible(&other.config)?;
             for layer in &other.pool {
-                let mut layer = layer.clone();
-                convert_layer(&mut layer, self.dtype, &self.device)?;
-                self.pool.push(layer);
+                self.pool
+                    .push(convert_layer(layer, self.dtype, &self.device, self.pack)?);
             }
         }
         Ok(self)
@@ -276,8 +283,11 @@ impl Mistral {
 
     /// The LM head applied to final hidden states `[b, s, hidden]`: f32 logits `[b, s, vocab]`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        Ok(linear(hidden, head)?.to_dtype(DType::F32)?)
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(hidden)?,
+            None => linear(hidden, &self.embed_tokens)?,
+        };
+        Ok(logits.to_dtype(DType::F32)?)
     }
 
     /// Final-norm hidden states `[b, s, hidden]` along the current path.
@@ -439,9 +449,26 @@ impl Mistral {
     }
 
     /// The parameter called `name` (checkpoint naming; with tied embeddings `lm_head.weight` is the
-    /// embedding matrix).
-    pub fn parameter(&self, name: &str) -> Result<&Tensor> {
-        self.find(name).map(|t| &*t)
+    /// embedding matrix). Packed CPU weights are unpacked into a new tensor.
+    pub fn parameter(&self, name: &str) -> Result<Tensor> {
+        let unknown = || MistralError::UnknownParameter(name.to_string());
+        match name {
+            "model.embed_tokens.weight" => return Ok(self.embed_tokens.clone()),
+            "model.norm.weight" => return Ok(self.norm.weight.clone()),
+            "lm_head.weight" => {
+                return match &self.lm_head {
+                    Some(head) => head.weight(),
+                    None => Ok(self.embed_tokens.clone()),
+                }
+            }
+            _ => {}
+        }
+        let (i, rest) = split_layer_name(name).ok_or_else(unknown)?;
+        let layer = self.pool.get(i).ok_or_else(unknown)?;
+        if let Some(norm) = layer_norm(layer, rest) {
+            return Ok(norm.clone());
+        }
+        layer_linear(layer, rest).ok_or_else(unknown)?.weight()
     }
 
     /// Replaces the parameter `name` with `value` (converted to the model's dtype and device) without
@@ -449,22 +476,39 @@ impl Mistral {
     /// The shape must match. With tied embeddings, setting either `lm_head.weight` or
     /// `model.embed_tokens.weight` sets both.
     pub fn set_tensor(&mut self, name: &str, value: &Tensor) -> Result<()> {
-        let (dtype, device) = (self.dtype, self.device.clone());
-        let slot = self.find_mut(name)?;
-        if slot.dims() != value.dims() {
-            return Err(MistralError::ShapeMismatch {
-                name: name.to_string(),
-                expected: slot.dims().to_vec(),
-                actual: value.dims().to_vec(),
-            });
+        let (dtype, device, pack) = (self.dtype, self.device.clone(), self.pack);
+        let mismatch = |expected: Vec<usize>| MistralError::ShapeMismatch {
+            name: name.to_string(),
+            expected,
+            actual: value.dims().to_vec(),
+        };
+        match self.slot_mut(name)? {
+            ParamSlot::Tensor(slot) => {
+                if slot.dims() != value.dims() {
+                    return Err(mismatch(slot.dims().to_vec()));
+                }
+                *slot = value.to_device(&device)?.to_dtype(dtype)?;
+            }
+            ParamSlot::Linear(slot) => {
+                let (n, k) = slot.dims();
+                if value.dims() != [n, k] {
+                    return Err(mismatch(vec![n, k]));
+                }
+                *slot = Linear::new(value.to_device(&device)?.to_dtype(dtype)?, pack)?;
+            }
         }
-        *slot = value.to_device(&device)?.to_dtype(dtype)?;
         Ok(())
     }
 
     /// [`Mistral::set_tensor`] from a flat row-major f32 slice.
     pub fn set_tensor_f32(&mut self, name: &str, data: &[f32]) -> Result<()> {
-        let shape = self.find(name)?.dims().to_vec();
+        let shape = match self.slot_mut(name)? {
+            ParamSlot::Tensor(t) => t.dims().to_vec(),
+            ParamSlot::Linear(l) => {
+                let (n, k) = l.dims();
+                vec![n, k]
+            }
+        };
         let numel: usize = shape.iter().product();
         if data.len() != numel {
             return Err(MistralError::ShapeMismatch {
@@ -477,36 +521,37 @@ impl Mistral {
         self.set_tensor(name, &t)
     }
 
-    fn find(&self, name: &str) -> Result<&Tensor> {
+    fn slot_mut(&mut self, name: &str) -> Result<ParamSlot<'_>> {
         let unknown = || MistralError::UnknownParameter(name.to_string());
         match name {
-            "model.embed_tokens.weight" => return Ok(&self.embed_tokens),
-            "model.norm.weight" => return Ok(&self.norm.weight),
-            "lm_head.weight" => return Ok(self.lm_head.as_ref().unwrap_or(&self.embed_tokens)),
-            _ => {}
-        }
-        let (i, rest) = split_layer_name(name).ok_or_else(unknown)?;
-        let layer = self.pool.get(i).ok_or_else(unknown)?;
-        layer_field(layer, rest).ok_or_else(unknown)
-    }
-
-    fn find_mut(&mut self, name: &str) -> Result<&mut Tensor> {
-        let unknown = || MistralError::UnknownParameter(name.to_string());
-        match name {
-            "model.embed_tokens.weight" => return Ok(&mut self.embed_tokens),
-            "model.norm.weight" => return Ok(&mut self.norm.weight),
+            "model.embed_tokens.weight" => return Ok(ParamSlot::Tensor(&mut self.embed_tokens)),
+            "model.norm.weight" => return Ok(ParamSlot::Tensor(&mut self.norm.weight)),
             "lm_head.weight" => {
                 return Ok(match self.lm_head.as_mut() {
-                    Some(h) => h,
-                    None => &mut self.embed_tokens,
+                    Some(h) => ParamSlot::Linear(h),
+                    None => ParamSlot::Tensor(&mut self.embed_tokens),
                 })
             }
             _ => {}
         }
         let (i, rest) = split_layer_name(name).ok_or_else(unknown)?;
         let layer = self.pool.get_mut(i).ok_or_else(unknown)?;
-        layer_field_mut(layer, rest).ok_or_else(unknown)
+        match rest {
+            "input_layernorm.weight" => Ok(ParamSlot::Tensor(&mut layer.input_layernorm.weight)),
+            "post_attention_layernorm.weight" => Ok(ParamSlot::Tensor(
+                &mut layer.post_attention_layernorm.weight,
+            )),
+            _ => layer_linear_mut(layer, rest)
+                .map(ParamSlot::Linear)
+                .ok_or_else(unknown),
+        }
     }
+}
+
+/// Where a parameter lives: a plain tensor (embeddings, norms) or a linear layer's weight.
+enum ParamSlot<'a> {
+    Tensor(&'a mut Tensor),
+    Linear(&'a mut Linear),
 }
 
 fn split_layer_name(name: &str) -> Option<(usize, &str)> {
@@ -515,10 +560,16 @@ fn split_layer_name(name: &str) -> Option<(usize, &str)> {
     Some((i.parse().ok()?, rest))
 }
 
-fn layer_field<'a>(l: &'a DecoderLayer, name: &str) -> Option<&'a Tensor> {
+fn layer_norm<'a>(l: &'a DecoderLayer, name: &str) -> Option<&'a Tensor> {
+    match name {
+        "input_layernorm.weight" => Some(&l.input_layernorm.weight),
+        "post_attention_layernorm.weight" => Some(&l.post_attention_layernorm.weight),
+        _ => None,
+    }
+}
+
+fn layer_linear<'a>(l: &'a DecoderLayer, name: &str) -> Option<&'a Linear> {
     Some(match name {
-        "input_layernorm.weight" => &l.input_layernorm.weight,
-        "post_attention_layernorm.weight" => &l.post_attention_layernorm.weight,
         "self_attn.q_proj.weight" => &l.self_attn.q_proj,
         "self_attn.k_proj.weight" => &l.self_attn.k_proj,
         "self_attn.v_proj.weight" => &l.self_attn.v_proj,
@@ -530,10 +581,8 @@ fn layer_field<'a>(l: &'a DecoderLayer, name: &str) -> Option<&'a Tensor> {
     })
 }
 
-fn layer_field_mut<'a>(l: &'a mut DecoderLayer, name: &str) -> Option<&'a mut Tensor> {
+fn layer_linear_mut<'a>(l: &'a mut DecoderLayer, name: &str) -> Option<&'a mut Linear> {
     Some(match name {
-        "input_layernorm.weight" => &mut l.input_layernorm.weight,
-        "post_attention_layernorm.weight" => &mut l.post_attention_layernorm.weight,
         "self_attn.q_proj.weight" => &mut l.self_attn.q_proj,
         "self_attn.k_proj.weight" => &mut l.self_attn.k_proj,
         "self_attn.v_proj.weight" => &mut l.self_attn.v_proj,
@@ -545,23 +594,34 @@ fn layer_field_mut<'a>(l: &'a mut DecoderLayer, name: &str) -> Option<&'a mut Te
     })
 }
 
-fn convert_layer(l: &mut DecoderLayer, dtype: DType, device: &Device) -> Result<()> {
-    for name in [
-        "input_layernorm.weight",
-        "post_attention_layernorm.weight",
-        "self_attn.q_proj.weight",
-        "self_attn.k_proj.weight",
-        "self_attn.v_proj.weight",
-        "self_attn.o_proj.weight",
-        "mlp.gate_proj.weight",
-        "mlp.up_proj.weight",
-        "mlp.down_proj.weight",
-    ] {
-        if let Some(t) = layer_field_mut(l, name) {
-            *t = t.to_device(device)?.to_dtype(dtype)?;
-        }
-    }
-    Ok(())
+/// A copy of `l` in `dtype` on `device` (another model's layer joining this model's pool).
+fn convert_layer(
+    l: &DecoderLayer,
+    dtype: DType,
+    device: &Device,
+    pack: bool,
+) -> Result<DecoderLayer> {
+    let norm = |n: &RmsNorm| -> Result<RmsNorm> {
+        Ok(n.with_weight(n.weight.to_device(device)?.to_dtype(dtype)?))
+    };
+    let lin = |x: &Linear| x.converted(dtype, device, pack);
+    let a = &l.self_attn;
+    Ok(DecoderLayer {
+        input_layernorm: norm(&l.input_layernorm)?,
+        self_attn: Attention {
+            q_proj: lin(&a.q_proj)?,
+            k_proj: lin(&a.k_proj)?,
+            v_proj: lin(&a.v_proj)?,
+            o_proj: lin(&a.o_proj)?,
+            ..a.clone()
+        },
+        post_attention_layernorm: norm(&l.post_attention_layernorm)?,
+        mlp: Mlp {
+            gate_proj: lin(&l.mlp.gate_proj)?,
+            up_proj: lin(&l.mlp.up_proj)?,
+            down_proj: lin(&l.mlp.down_proj)?,
+        },
+    })
 }
 
 /// `x * scale`, skipping the multiply for 1 (which would be exact anyway).

@@ -9,10 +9,13 @@ use evomerge_mistral::sequential_positions;
 const TOL: f32 = 1e-4;
 
 fn check_single(name: &str) {
-    let model = load(name);
+    check_single_model(name, &load(name));
+}
+
+fn check_single_model(name: &str, model: &evomerge_mistral::Mistral) {
     let r = reference(name);
     let ids = &r["input_ids"];
-    let got = logits_for(&model, ids);
+    let got = logits_for(model, ids);
     let diff = max_abs_diff(&got, &r["logits"]);
     let scale = r["logits"]
         .abs()
@@ -32,7 +35,10 @@ fn check_single(name: &str) {
 
 /// Left-padded batch with attention mask and cumsum positions; only real positions are compared.
 fn check_batch(name: &str) {
-    let model = load(name);
+    check_batch_model(name, &load(name));
+}
+
+fn check_batch_model(name: &str, model: &evomerge_mistral::Mistral) {
     let r = reference(name);
     let ids = &r["batch_input_ids"];
     let mask = &r["batch_attention_mask"];
@@ -76,6 +82,48 @@ fn llama_tied_embeddings_explicit_head_dim_matches_transformers() {
     assert_eq!(model.config().head_dim, 16);
     check_single("llama_tied");
     check_batch("llama_tied");
+}
+
+/// The same fixtures through candle's matmul, weights not packed: the path GPUs and CPUs without AVX2 take.
+#[test]
+fn unpacked_weights_match_transformers_too() {
+    let opts = evomerge_mistral::LoadOptions {
+        pack_cpu_weights: false,
+        ..Default::default()
+    };
+    for name in ["mistral_classic", "mistral_swa", "llama_tied"] {
+        let model = evomerge_mistral::Mistral::from_dir(&fixture(name), &opts).unwrap();
+        check_single_model(name, &model);
+        check_batch_model(name, &model);
+    }
+}
+
+/// Packed weights read back bit for bit as the checkpoint stores them.
+#[test]
+fn parameters_read_back_exactly_as_stored() {
+    let model = load("mistral_classic");
+    let stored = candle_core::safetensors::load(
+        fixture("mistral_classic").join("model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    for name in model.parameter_names() {
+        let got = model
+            .parameter(&name)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let want = stored[&name]
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(got, want, "{name}");
+    }
 }
 
 #[test]

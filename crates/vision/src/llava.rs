@@ -122,6 +122,7 @@ impl LlavaModel {
             device: opts.device.clone(),
             dtype: opts.dtype,
             names,
+            ..Default::default()
         };
         let llm = Mistral::load(&text, &CheckpointSource(ckpt), &mopts).map_err(|e| {
             VisionError::UnsupportedModel(format!("loading the language model: {e}"))

@@ -1,0 +1,405 @@
+//! f32 products `x @ w.T` on the CPU against weights packed once, at load time.
+//!
+//! A general GEMM (what candle calls) repacks the weight matrix on every call. The weights of a model are
+//! constant between candidates, so we pack each one once into column panels of [`NR`] output features,
+//! `[k][NR]` in memory, and the per-call work is only the arithmetic: an AVX2/FMA micro-kernel computing
+//! [`MR`] rows × [`NR`] columns, cache-blocked over `k`, tiles spread over rayon's pool. The activations
+//! are read in place. Used where the CPU has AVX2 and FMA (checked at run time); elsewhere the model keeps
+//! candle's matmul.
+//!
+//! Work runs on candle's own CPU thread pool (the calling thread takes part), not on a second pool: on a
+//! machine with few cores, two pools' idle threads spinning against each other's work cost more than the
+//! kernels gain.
+
+use crate::cpu_ops::{parallel_for, SendPtr};
+
+/// Output features per packed panel (two 8-lane vectors).
+pub(crate) const NR: usize = 16;
+/// Rows per micro-kernel call: 6 × 2 accumulators + 2 weight vectors + 1 broadcast fit the 16 AVX registers.
+const MR: usize = 6;
+/// Inner-dimension block: one panel's block (`KC × NR` f32 = 16 KiB) stays in L1 while the kernel sweeps rows.
+const KC: usize = 256;
+/// Largest row block: `MC × KC` activations (72 KiB) stay in L2 across the panels of a tile.
+const MC: usize = 72;
+/// Panels per tile (columns `NB × NR`).
+const NB: usize = 16;
+
+/// Whether this CPU runs the packed kernels.
+pub(crate) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A `[n, k]` weight matrix (`n` output features, `k` inputs) stored as `ceil(n / NR)` panels of `[k][NR]`;
+/// the last panel is padded with zero rows.
+#[derive(Debug, Clone)]
+pub(crate) struct PackedMatrix {
+    n: usize,
+    k: usize,
+    panels: Vec<f32>,
+}
+
+impl PackedMatrix {
+    /// Packs a row-major `[n, k]` matrix.
+    pub fn pack(w: &[f32], n: usize, k: usize) -> PackedMatrix {
+        assert_eq!(
+            w.len(),
+            n * k,
+            "packed matrix: data does not match its shape"
+        );
+        let num_panels = n.div_ceil(NR);
+        let mut panels = vec![0f32; num_panels * k * NR];
+        for (p, panel) in panels.chunks_mut(k * NR).enumerate() {
+            for j in 0..NR.min(n - p * NR) {
+                let row = &w[(p * NR + j) * k..(p * NR + j + 1) * k];
+                for (kk, &v) in row.iter().enumerate() {
+                    panel[kk * NR + j] = v;
+                }
+            }
+        }
+        PackedMatrix { n, k, panels }
+    }
+
+    /// The row-major `[n, k]` matrix back.
+    pub fn unpack(&self) -> Vec<f32> {
+        let (n, k) = (self.n, self.k);
+        let mut w = vec![0f32; n * k];
+        for (row, out) in w.chunks_mut(k.max(1)).enumerate().take(n) {
+            let panel = &self.panels[(row / NR) * k * NR..];
+            for (kk, v) in out.iter_mut().enumerate() {
+                *v = panel[kk * NR + row % NR];
+            }
+        }
+        w
+    }
+
+    pub fn dims(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    /// `out[m, n] = sum_k x[m, k] * w[n, k]` for row-major `x` `[m, k]`; `out` is `[m, n]`, overwritten.
+    pub fn matmul_t(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        let (n, k) = (self.n, self.k);
+        assert_eq!(x.len(), m * k, "packed matmul: input does not match [m, k]");
+        assert_eq!(
+            out.len(),
+            m * n,
+            "packed matmul: output does not match [m, n]"
+        );
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            out.fill(0.0);
+            return;
+        }
+        let threads = candle_core::utils::get_num_threads();
+        // More than one micro-kernel's rows: copy the activations once into `[k][MR]` groups so the kernel
+        // reads a single stream; a few rows (decoding) are read in place.
+        let packed_rows = (m > MR).then(|| pack_rows(x, m, k));
+        let tiles = Tiling::new(m, n, threads);
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        parallel_for(tiles.count(), |t| {
+            let (rows, panels) = tiles.tile(t);
+            // SAFETY: tiles cover disjoint output blocks, so no two tasks write the same element; every
+            // pointer stays within `x`, the packed rows, `out` and the panels (checked by the asserts above
+            // and the tiling).
+            unsafe { self.tile(x, packed_rows.as_deref(), rows, panels, out_ptr.get()) };
+        });
+    }
+
+    /// One output tile: rows `rows` (starting at a multiple of MR), panels `panels`, the whole inner dimension.
+    unsafe fn tile(
+        &self,
+        x: &[f32],
+        packed_rows: Option<&[f32]>,
+        rows: std::ops::Range<usize>,
+        panels: std::ops::Range<usize>,
+        out: *mut f32,
+    ) {
+        let (n, k) = (self.n, self.k);
+        let mut pc = 0;
+        while pc < k {
+            let kc = KC.min(k - pc);
+            for p in panels.clone() {
+                let cols = NR.min(n - p * NR);
+                let b = self.panels.as_ptr().add(p * k * NR + pc * NR);
+                let mut r = rows.start;
+                while r < rows.end {
+                    let mr = MR.min(rows.end - r);
+                    let (a, row_stride, k_stride) = match packed_rows {
+                        Some(packed) => (packed.as_ptr().add((r / MR) * k * MR + pc * MR), 1, MR),
+                        None => (x.as_ptr().add(r * k + pc), k, 1),
+                    };
+                    let c = out.add(r * n + p * NR);
+                    kernel(mr, kc, a, row_stride, k_stride, b, c, n, cols, pc > 0);
+                    r += mr;
+                }
+            }
+            pc += kc;
+        }
+    }
+}
+
+/// `x` (`[m, k]`) as groups of MR rows, each laid out `[k][MR]` (a short last group is zero-padded).
+fn pack_rows(x: &[f32], m: usize, k: usize) -> Vec<f32> {
+    let groups = m.div_ceil(MR);
+    let mut packed = vec![0f32; groups * MR * k];
+    let dst = SendPtr(packed.as_mut_ptr());
+    parallel_for(groups, |g| {
+        // SAFETY: each task writes only its own group, `[g * MR * k, (g + 1) * MR * k)`.
+        let group = unsafe { std::slice::from_raw_parts_mut(dst.get().add(g * MR * k), MR * k) };
+        for i in 0..MR.min(m - g * MR) {
+            let src = &x[(g * MR + i) * k..(g * MR + i + 1) * k];
+            for (p, &v) in src.iter().enumerate() {
+                group[p * MR + i] = v;
+            }
+        }
+    });
+    packed
+}
+
+/// How the `[m, n]` output is cut into tiles of at most `MC` rows × `NB` panels, with enough tiles to keep
+/// every thread busy when the matrix allows it.
+struct Tiling {
+    row_block: usize,
+    row_blocks: usize,
+    panel_block: usize,
+    panel_blocks: usize,
+    m: usize,
+    num_panels: usize,
+}
+
+impl Tiling {
+    fn new(m: usize, n: usize, threads: usize) -> Tiling {
+        let num_panels = n.div_ceil(NR);
+        // Equal row blocks, each a multiple of MR, none above MC.
+        let row_blocks = m.div_ceil(MC);
+        let row_block = m.div_ceil(row_blocks).div_ceil(MR) * MR;
+        let row_blocks = m.div_ceil(row_block);
+        // Enough column blocks that there are at least ~4 tiles per thread (small m: decoding).
+        let wanted = (4 * threads).div_ceil(row_blocks).max(1);
+        let panel_block = num_panels.div_ceil(wanted).clamp(1, NB);
+        let panel_blocks = num_panels.div_ceil(panel_block);
+        Tiling {
+            row_block,
+            row_blocks,
+            panel_block,
+            panel_blocks,
+            m,
+            num_panels,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.row_blocks * self.panel_blocks
+    }
+
+    fn tile(&self, t: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+        let (rb, pb) = (t / self.panel_blocks, t % self.panel_blocks);
+        let rows = rb * self.row_block..((rb + 1) * self.row_block).min(self.m);
+        let panels = pb * self.panel_block..((pb + 1) * self.panel_block).min(self.num_panels);
+        (rows, panels)
+    }
+}
+
+/// `mr` rows (≤ MR) × one panel over `kc` inputs:
+/// `c[r, j] (+)= sum_p a[r * row_stride + p * k_stride] * b[p * NR + j]` for `j < cols`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn kernel(
+    mr: usize,
+    kc: usize,
+    a: *const f32,
+    row_stride: usize,
+    k_stride: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    accumulate: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use avx2::kernel as k;
+        match mr {
+            6 => k::<6>(kc, a, row_stride, k_stride, b, c, ldc, cols, accumulate),
+            5 => k::<5>(kc, a, row_stride, k_stride, b, c, ldc, cols, accumulate),
+            4 => k::<4>(kc, a, row_stride, k_stride, b, c, ldc, cols, accumulate),
+            3 => k::<3>(kc, a, row_stride, k_stride, b, c, ldc, cols, accumulate),
+            2 => k::<2>(kc, a, row_stride, k_stride, b, c, ldc, cols, accumulate),
+            _ => k::<1>(kc, a, row_stride, k_stride, b, c, ldc, cols, accumulate),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        // Never reached: `available()` is false here, so no matrix is packed. A plain loop keeps it correct.
+        for r in 0..mr {
+            for j in 0..cols {
+                let mut s = 0f32;
+                for p in 0..kc {
+                    s += *a.add(r * row_stride + p * k_stride) * *b.add(p * NR + j);
+                }
+                let dst = c.add(r * ldc + j);
+                *dst = if accumulate { *dst + s } else { s };
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::NR;
+
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn kernel<const R: usize>(
+        kc: usize,
+        a: *const f32,
+        row_stride: usize,
+        k_stride: usize,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        cols: usize,
+        accumulate: bool,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        for p in 0..kc {
+            let b0 = _mm256_loadu_ps(b.add(p * NR));
+            let b1 = _mm256_loadu_ps(b.add(p * NR + 8));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*a.add(r * row_stride + p * k_stride));
+                acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let dst = c.add(r * ldc);
+            if cols == NR {
+                let (mut lo, mut hi) = (acc[0], acc[1]);
+                if accumulate {
+                    lo = _mm256_add_ps(lo, _mm256_loadu_ps(dst));
+                    hi = _mm256_add_ps(hi, _mm256_loadu_ps(dst.add(8)));
+                }
+                _mm256_storeu_ps(dst, lo);
+                _mm256_storeu_ps(dst.add(8), hi);
+            } else {
+                let mut tmp = [0f32; NR];
+                _mm256_storeu_ps(tmp.as_mut_ptr(), acc[0]);
+                _mm256_storeu_ps(tmp.as_mut_ptr().add(8), acc[1]);
+                for (j, v) in tmp.iter().enumerate().take(cols) {
+                    let d = dst.add(j);
+                    *d = if accumulate { *d + v } else { *v };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+        let mut out = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0f64;
+                for p in 0..k {
+                    s += x[i * k + p] as f64 * w[j * k + p] as f64;
+                }
+                out[i * n + j] = s as f32;
+            }
+        }
+        out
+    }
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matches_a_plain_product_for_ragged_shapes() {
+        if !available() {
+            eprintln!("no AVX2/FMA: the packed kernels are not used on this CPU");
+            return;
+        }
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (1, 16, 8),
+            (5, 17, 3),
+            (6, 15, 256),
+            (7, 33, 257),
+            (13, 40, 600),
+            (72, 16, 64),
+            (73, 48, 512),
+            (150, 257, 100),
+            (3, 300, 1030),
+        ] {
+            let x = values(m * k, (m * 31 + n) as u64);
+            let w = values(n * k, (k * 17 + 3) as u64);
+            let packed = PackedMatrix::pack(&w, n, k);
+            let mut out = vec![f32::NAN; m * n];
+            packed.matmul_t(&x, m, &mut out);
+            let expected = reference(&x, &w, m, n, k);
+            let worst = out
+                .iter()
+                .zip(&expected)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst <= 1e-5 * (k as f32).sqrt(),
+                "m={m} n={n} k={k}: max diff {worst}"
+            );
+        }
+    }
+
+    #[test]
+    fn unpack_returns_the_packed_matrix() {
+        for &(n, k) in &[(1, 1), (15, 7), (16, 3), (17, 9), (40, 1)] {
+            let w = values(n * k, (n + k) as u64);
+            assert_eq!(PackedMatrix::pack(&w, n, k).unpack(), w, "n={n} k={k}");
+        }
+    }
+
+    #[test]
+    fn tiles_cover_the_output_once() {
+        for &(m, n, threads) in &[
+            (1, 16, 2),
+            (128, 768, 2),
+            (2048, 256, 2),
+            (16, 32000, 16),
+            (7, 5, 1),
+        ] {
+            let t = Tiling::new(m, n, threads);
+            let mut seen = vec![0u8; m * n.div_ceil(NR)];
+            for i in 0..t.count() {
+                let (rows, panels) = t.tile(i);
+                assert!(rows.len() <= MC.max(MR) && panels.len() <= NB);
+                for r in rows {
+                    for p in panels.clone() {
+                        seen[r * n.div_ceil(NR) + p] += 1;
+                    }
+                }
+            }
+            assert!(seen.iter().all(|&s| s == 1), "m={m} n={n}");
+        }
+    }
+}
