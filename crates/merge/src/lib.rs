@@ -23,6 +23,7 @@ pub mod methods;
 pub mod params;
 pub mod plan;
 pub mod source;
+mod select;
 pub mod sparsify;
 mod stream;
 

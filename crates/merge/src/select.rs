@@ -1,0 +1,352 @@
+//! Finding TIES's magnitude threshold (the k-th largest |input − base|) and its tie cut without
+//! sorting the deltas, with the exact result of the sort (`select_nth_unstable` under
+//! `total_cmp`, ties kept by position).
+//!
+//! All three ways work on the bit patterns of |delta|: with the sign bit clear, integer order is
+//! `total_cmp` order. In the order they are tried:
+//! 1. [`bracketed`]: a strided sample brackets the threshold's quantile; one parallel pass counts
+//!    the entries above the bracket and lists (by index) those inside it, and the threshold and
+//!    tie cut are picked from that short list. Gives up (`None`) when the bracket misses.
+//! 2. [`radix`]: histograms of the high and then the low 16 bits, then per-chunk tie counts.
+//! 3. [`exact`]: the sort-based reference, for deltas holding inf or NaN (the integer view
+//!    differs from float comparisons there) and for tensors beyond u32 indices.
+
+use rayon::prelude::*;
+
+use crate::sparsify::Keep;
+
+const CHUNK: usize = crate::methods::CHUNK;
+/// Bit pattern of +inf; larger patterns are NaNs.
+const INF_BITS: u32 = 0x7f80_0000;
+
+/// Bit pattern of |x − b|.
+#[inline(always)]
+fn magnitude_bits(x: f32, b: f32) -> u32 {
+    (x - b).abs().to_bits()
+}
+
+/// Keep the k largest |input − base| (0 < k < n).
+pub(crate) fn top_k(input: &[f32], base: &[f32], k: usize, scratch: &mut Vec<f32>) -> Keep {
+    if input.len() > u32::MAX as usize {
+        return exact(input, base, k, scratch);
+    }
+    if let Some(keep) = bracketed(input, base, k) {
+        return keep;
+    }
+    radix(input, base, k).unwrap_or_else(|| exact(input, base, k, scratch))
+}
+
+/// Strided samples of the deltas for [`bracketed`].
+const SAMPLES: usize = 1 << 14;
+/// Half-width of the bracket in quantiles: five standard deviations of a sample quantile
+/// (at most 0.5/√SAMPLES ≈ 0.0039).
+const MARGIN: f64 = 0.02;
+/// Give up on bracketing when the sample puts more than this fraction of entries inside the
+/// bracket (many equal magnitudes): the list would cost more than it saves.
+const MAX_INSIDE: f64 = 0.2;
+
+/// One pass over the inputs when a sample brackets the threshold; `None` when it does not.
+pub(crate) fn bracketed(input: &[f32], base: &[f32], k: usize) -> Option<Keep> {
+    let n = input.len();
+    if n < 4 * SAMPLES {
+        return None;
+    }
+    let mut sample: Vec<u32> = (0..SAMPLES).map(|i| i * (n / SAMPLES)).map(|j| magnitude_bits(input[j], base[j])).collect();
+    sample.sort_unstable();
+    // The threshold sits at ascending position n - k, quantile q.
+    let q = (n - k) as f64 / n as f64;
+    let lo_at = ((q - MARGIN) * SAMPLES as f64).floor();
+    let hi_at = ((q + MARGIN) * SAMPLES as f64).ceil();
+    let lo = if lo_at < 0.0 { 0 } else { sample[lo_at as usize] };
+    let hi = if hi_at >= SAMPLES as f64 { u32::MAX } else { sample[hi_at as usize] };
+    let inside = sample.iter().filter(|&&key| key >= lo && key <= hi).count();
+    if inside as f64 > MAX_INSIDE * SAMPLES as f64 || sample.last().is_some_and(|&top| top >= INF_BITS) {
+        return None;
+    }
+
+    struct Part {
+        above: usize,
+        inside: Vec<u32>,
+        non_finite: bool,
+    }
+    let parts: Vec<Part> = input
+        .par_chunks(CHUNK)
+        .zip(base.par_chunks(CHUNK))
+        .enumerate()
+        .map_init(Vec::new, |listed: &mut Vec<u32>, (c, (x, b))| {
+            let start = (c * CHUNK) as u32;
+            // Branch-free: about half the entries are above the bracket, in random order, so
+            // branching on it would mispredict half the time. Every index is written and the
+            // list end only moves past those inside.
+            listed.clear();
+            listed.resize(x.len(), 0);
+            let (mut above, mut count, mut top) = (0usize, 0usize, 0u32);
+            for (j, (&x, &b)) in x.iter().zip(b).enumerate() {
+                let key = magnitude_bits(x, b);
+                top = top.max(key);
+                above += usize::from(key > hi);
+                listed[count] = start + j as u32;
+                count += usize::from((key >= lo) & (key <= hi));
+            }
+            Part { above, inside: listed[..count].to_vec(), non_finite: top >= INF_BITS }
+        })
+        .collect();
+    if parts.iter().any(|p| p.non_finite) {
+        return None;
+    }
+    let above: usize = parts.iter().map(|p| p.above).sum();
+    let inside: usize = parts.iter().map(|p| p.inside.len()).sum();
+    // The k-th largest is inside the bracket when fewer than k entries are above it and at
+    // least k are at or above its low end.
+    if above >= k || above + inside < k {
+        return None;
+    }
+    let key_at = |j: u32| magnitude_bits(input[j as usize], base[j as usize]);
+    let mut keys: Vec<u32> = parts.iter().flat_map(|p| p.inside.iter().map(|&j| key_at(j))).collect();
+    let rank = inside - (k - above);
+    let (_, &mut threshold_bits, _) = keys.select_nth_unstable(rank);
+    // All deltas are finite, so `|delta| > threshold` is exactly `key > threshold_bits`.
+    let greater = above + keys.iter().filter(|&&key| key > threshold_bits).count();
+    let need = k - greater;
+    let tie_cut = parts
+        .iter()
+        .flat_map(|p| p.inside.iter())
+        .filter(|&&j| key_at(j) == threshold_bits)
+        .nth(need - 1)
+        .map_or(n - 1, |&j| j as usize);
+    Some(Keep::Magnitude { threshold: f32::from_bits(threshold_bits), tie_cut })
+}
+
+/// Buckets of the high 16 bits; the sign bit of |delta| is clear, so 2^15 of them.
+const HIGH_BUCKETS: usize = 1 << 15;
+const LOW_BUCKETS: usize = 1 << 16;
+/// The first high bucket holding inf and NaN bit patterns.
+const NON_FINITE_BUCKET: usize = (INF_BITS >> 16) as usize;
+
+/// Radix select in three parallel passes; `None` when a delta is inf or NaN.
+pub(crate) fn radix(input: &[f32], base: &[f32], k: usize) -> Option<Keep> {
+    let n = input.len();
+    // The k-th largest sits at position n - k of the ascending order.
+    let rank = n - k;
+    let high = histogram(input, base, |key, h: &mut [u32; HIGH_BUCKETS]| h[(key >> 16) as usize & (HIGH_BUCKETS - 1)] += 1);
+    if high[NON_FINITE_BUCKET..].iter().any(|&c| c > 0) {
+        return None;
+    }
+    let (bucket, rank_in_bucket) = locate(&high[..], rank);
+    let bucket_bits = bucket as u32;
+    let low = histogram(input, base, |key, h: &mut [u32; LOW_BUCKETS]| {
+        if key >> 16 == bucket_bits {
+            h[(key & 0xffff) as usize] += 1;
+        }
+    });
+    let (low_bits, _) = locate(&low[..], rank_in_bucket);
+    let threshold_bits = (bucket_bits << 16) | low_bits as u32;
+    // All deltas are finite here, so `|delta| > threshold` is exactly `key > threshold_bits`.
+    let greater = high[bucket + 1..].iter().map(|&c| c as usize).sum::<usize>()
+        + low[low_bits + 1..].iter().map(|&c| c as usize).sum::<usize>();
+    let need = k - greater;
+    let ties: Vec<usize> = input
+        .par_chunks(CHUNK)
+        .zip(base.par_chunks(CHUNK))
+        .map(|(x, b)| x.iter().zip(b).filter(|(&x, &b)| magnitude_bits(x, b) == threshold_bits).count())
+        .collect();
+    let mut seen = 0usize;
+    let mut tie_cut = n - 1;
+    for (c, &count) in ties.iter().enumerate() {
+        if seen + count < need {
+            seen += count;
+            continue;
+        }
+        let start = c * CHUNK;
+        let end = (start + CHUNK).min(n);
+        for j in start..end {
+            if magnitude_bits(input[j], base[j]) == threshold_bits {
+                seen += 1;
+                if seen == need {
+                    tie_cut = j;
+                    break;
+                }
+            }
+        }
+        break;
+    }
+    Some(Keep::Magnitude { threshold: f32::from_bits(threshold_bits), tie_cut })
+}
+
+/// A histogram of |input − base| bit patterns, built per rayon task and summed.
+fn histogram<const N: usize>(
+    input: &[f32],
+    base: &[f32],
+    count: impl Fn(u32, &mut [u32; N]) + Sync,
+) -> Box<[u32; N]> {
+    let zeroed = || -> Box<[u32; N]> { vec![0u32; N].into_boxed_slice().try_into().unwrap_or_else(|_| unreachable!()) };
+    input
+        .par_chunks(CHUNK)
+        .zip(base.par_chunks(CHUNK))
+        .fold(zeroed, |mut h, (x, b)| {
+            for (&x, &b) in x.iter().zip(b) {
+                count(magnitude_bits(x, b), &mut h);
+            }
+            h
+        })
+        .reduce(zeroed, |mut a, b| {
+            for (a, b) in a.iter_mut().zip(b.iter()) {
+                *a += b;
+            }
+            a
+        })
+}
+
+/// The bucket holding the entry of ascending rank `rank`, and that entry's rank inside it.
+fn locate(histogram: &[u32], rank: usize) -> (usize, usize) {
+    let mut below = 0usize;
+    for (bucket, &count) in histogram.iter().enumerate() {
+        let count = count as usize;
+        if below + count > rank {
+            return (bucket, rank - below);
+        }
+        below += count;
+    }
+    // The histogram counts every entry and rank < n, so the loop always returns.
+    (histogram.len() - 1, 0)
+}
+
+/// Sort-based top-k (`select_nth_unstable` under `total_cmp`), the definition the others match.
+pub(crate) fn exact(input: &[f32], base: &[f32], k: usize, scratch: &mut Vec<f32>) -> Keep {
+    let n = input.len();
+    scratch.clear();
+    scratch.resize(n, 0.0);
+    scratch.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
+        let start = c * CHUNK;
+        for (j, s) in chunk.iter_mut().enumerate() {
+            *s = (input[start + j] - base[start + j]).abs();
+        }
+    });
+    let (_, kth, _) = scratch.select_nth_unstable_by(n - k, |a, b| a.total_cmp(b));
+    let threshold = *kth;
+    let greater = input
+        .par_chunks(CHUNK)
+        .zip(base.par_chunks(CHUNK))
+        .map(|(x, b)| x.iter().zip(b).filter(|(x, b)| (**x - **b).abs() > threshold).count())
+        .sum::<usize>();
+    let need = k - greater;
+    let mut seen = 0usize;
+    let mut tie_cut = n - 1;
+    for j in 0..n {
+        if (input[j] - base[j]).abs() == threshold {
+            seen += 1;
+            if seen == need {
+                tie_cut = j;
+                break;
+            }
+        }
+    }
+    Keep::Magnitude { threshold, tie_cut }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sparsify::{magnitude_k, magnitude_keep, mix64};
+
+    /// Values on a grid of `levels` steps (many equal magnitudes, as bf16 weights give).
+    fn grid(seed: u64, n: usize, levels: u64, step: f32) -> Vec<f32> {
+        (0..n).map(|i| ((mix64(seed ^ mix64(i as u64)) % levels) as f32 - (levels / 2) as f32) * step).collect()
+    }
+
+    fn same(a: Keep, b: Keep, what: &str) {
+        match (a, b) {
+            (Keep::Magnitude { threshold: t1, tie_cut: c1 }, Keep::Magnitude { threshold: t2, tie_cut: c2 }) => {
+                assert_eq!(t1.to_bits(), t2.to_bits(), "threshold, {what}");
+                assert_eq!(c1, c2, "tie cut, {what}");
+            }
+            other => panic!("unexpected {other:?}, {what}"),
+        }
+    }
+
+    /// Every way agrees with the sort; returns how many of the fast ways applied.
+    fn check(input: &[f32], base: &[f32], density: f64) -> (bool, bool) {
+        let n = input.len();
+        let k = magnitude_k(density, n);
+        let what = format!("n {n}, density {density}");
+        let keep = magnitude_keep(input, base, density, &mut Vec::new());
+        if k >= n {
+            assert_eq!(keep, Keep::All);
+            return (false, false);
+        }
+        let want = exact(input, base, k, &mut Vec::new());
+        same(keep, want, &what);
+        let bracket = bracketed(input, base, k);
+        if let Some(b) = bracket {
+            same(b, want, &format!("bracketed, {what}"));
+        }
+        let radix_keep = radix(input, base, k);
+        if let Some(r) = radix_keep {
+            same(r, want, &format!("radix, {what}"));
+        }
+        let kept = (0..n).filter(|&j| keep.keeps(j, input[j] - base[j])).count();
+        assert_eq!(kept, k, "exactly k entries survive, {what}");
+        (bracket.is_some(), radix_keep.is_some())
+    }
+
+    #[test]
+    fn fast_selections_match_the_sort_with_many_ties() {
+        let (mut bracketed_used, mut radix_used) = (0, 0);
+        for (n, levels, step) in [
+            (10, 3, 0.5),
+            (1000, 7, 0.01),
+            (CHUNK * 3 + 17, 31, 1e-3),
+            (300_001, 2, 1.0),
+            (200_000, 1 << 20, 1e-9),
+            (400_000, 4001, 1e-4),
+        ] {
+            let base = grid(1, n, levels, step);
+            let input: Vec<f32> = base.iter().zip(grid(2, n, levels, step)).map(|(b, d)| b + d).collect();
+            for density in [1e-6, 0.01, 0.3, 0.5, 0.77, 0.999] {
+                let (b, r) = check(&input, &base, density);
+                bracketed_used += usize::from(b);
+                radix_used += usize::from(r);
+            }
+        }
+        assert!(bracketed_used >= 10 && radix_used >= 20, "both fast paths were exercised ({bracketed_used}, {radix_used})");
+    }
+
+    #[test]
+    fn all_equal_and_zero_deltas() {
+        let base = vec![0.25f32; 5000];
+        check(&base, &base, 0.4);
+        let shifted: Vec<f32> = base.iter().map(|b| b + 0.5).collect();
+        check(&shifted, &base, 0.4);
+        let mut mixed = base.clone();
+        mixed[77] = -3.0;
+        mixed[4999] = 1e-30;
+        check(&mixed, &base, 0.0001);
+        check(&mixed, &base, 0.5);
+        // Mostly unchanged entries in a large tensor: the bracket is crowded by zeros.
+        let n = 300_000;
+        let big_base = grid(5, n, 101, 0.01);
+        let mut big: Vec<f32> = big_base.clone();
+        for (j, v) in big.iter_mut().enumerate() {
+            if j % 3 == 0 {
+                *v += 0.001 * (j % 17) as f32;
+            }
+        }
+        for density in [0.1, 0.33, 0.34, 0.5, 0.9] {
+            check(&big, &big_base, density);
+        }
+    }
+
+    #[test]
+    fn non_finite_deltas_take_the_exact_path() {
+        for n in [4000, 300_000] {
+            let base = grid(3, n, 9, 0.1);
+            let mut input: Vec<f32> = base.iter().zip(grid(4, n, 9, 0.1)).map(|(b, d)| b + d).collect();
+            input[10] = f32::INFINITY;
+            input[n / 2 + 1] = f32::NAN;
+            input[n - 30] = f32::NEG_INFINITY;
+            let k = magnitude_k(0.2, n);
+            assert!(bracketed(&input, &base, k).is_none() && radix(&input, &base, k).is_none());
+            assert_eq!(magnitude_keep(&input, &base, 0.2, &mut Vec::new()), exact(&input, &base, k, &mut Vec::new()));
+        }
+    }
+}
