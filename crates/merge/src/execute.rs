@@ -63,8 +63,20 @@ impl<'a> Executor<'a> {
         Ok(values)
     }
 
+    /// An empty buffer for `len` values.
     fn take(&self, len: usize) -> Vec<f32> {
-        self.pool.map_or_else(Vec::new, |p| p.take(len))
+        let mut buffer = self.pool.map_or_else(Vec::new, |p| p.take(len));
+        buffer.clear();
+        buffer
+    }
+
+    /// A buffer of `len` values with unspecified contents, for a kernel that writes all of them
+    /// (a reused buffer then needs no zero-filling).
+    fn take_for_output(&self, len: usize) -> Vec<f32> {
+        let mut buffer = self.pool.map_or_else(Vec::new, |p| p.take(len));
+        buffer.truncate(len);
+        buffer.resize(len, 0.0);
+        buffer
     }
 
     /// Hand a buffer back for reuse (dropped without a pool).
@@ -112,8 +124,8 @@ impl<'a> Executor<'a> {
                     .zip(&input_values)
                     .map(|(i, data)| ModelTensor { model: i.model, data, params: &i.params })
                     .collect();
-                let mut out = self.take(tensor.numel());
-                out.resize(tensor.numel(), 0.0);
+                // Every method writes every output value.
+                let mut out = self.take_for_output(tensor.numel());
                 let ctx = TensorContext { name: &tensor.name, layer: tensor.layer, seed: self.seed, shape: &tensor.shape };
                 let merged = merge_tensor(self.plan.method, &ctx, shared, base_values.as_deref(), &model_tensors, &mut out);
                 drop(model_tensors);

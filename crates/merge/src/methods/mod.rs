@@ -54,6 +54,7 @@ pub trait MergeMethod: Send + Sync {
     fn input_bounds(&self) -> (usize, Option<usize>);
     /// Merge one tensor. `inputs` excludes the base when `base_policy()` is `Required`; all slices
     /// (base, inputs, out) have the same length. Parameters are already resolved for this tensor.
+    /// Every value of `out` must be written: it may hold stale values on entry (reused buffers).
     fn merge(
         &self,
         ctx: &TensorContext,
