@@ -66,26 +66,28 @@ pub(crate) fn bracketed(input: &[f32], base: &[f32], k: usize) -> Option<Keep> {
 
     struct Part {
         above: usize,
-        inside: Vec<u32>,
+        /// Entries inside the bracket, in index order: index << 32 | key.
+        inside: Vec<u64>,
         non_finite: bool,
     }
     let parts: Vec<Part> = input
         .par_chunks(CHUNK)
         .zip(base.par_chunks(CHUNK))
         .enumerate()
-        .map_init(Vec::new, |listed: &mut Vec<u32>, (c, (x, b))| {
-            let start = (c * CHUNK) as u32;
+        .map_init(Vec::new, |listed: &mut Vec<u64>, (c, (x, b))| {
+            let start = (c * CHUNK) as u64;
             // Branch-free: about half the entries are above the bracket, in random order, so
             // branching on it would mispredict half the time. Every index is written and the
             // list end only moves past those inside.
-            listed.clear();
-            listed.resize(x.len(), 0);
+            if listed.len() < x.len() {
+                listed.resize(x.len(), 0);
+            }
             let (mut above, mut count, mut top) = (0usize, 0usize, 0u32);
             for (j, (&x, &b)) in x.iter().zip(b).enumerate() {
                 let key = magnitude_bits(x, b);
                 top = top.max(key);
                 above += usize::from(key > hi);
-                listed[count] = start + j as u32;
+                listed[count] = (start + j as u64) << 32 | u64::from(key);
                 count += usize::from((key >= lo) & (key <= hi));
             }
             Part { above, inside: listed[..count].to_vec(), non_finite: top >= INF_BITS }
@@ -101,19 +103,18 @@ pub(crate) fn bracketed(input: &[f32], base: &[f32], k: usize) -> Option<Keep> {
     if above >= k || above + inside < k {
         return None;
     }
-    let key_at = |j: u32| magnitude_bits(input[j as usize], base[j as usize]);
-    let mut keys: Vec<u32> = parts.iter().flat_map(|p| p.inside.iter().map(|&j| key_at(j))).collect();
+    let mut selected: Vec<u32> = parts.iter().flat_map(|p| p.inside.iter().map(|&e| e as u32)).collect();
     let rank = inside - (k - above);
-    let (_, &mut threshold_bits, _) = keys.select_nth_unstable(rank);
+    let (_, &mut threshold_bits, _) = selected.select_nth_unstable(rank);
     // All deltas are finite, so `|delta| > threshold` is exactly `key > threshold_bits`.
-    let greater = above + keys.iter().filter(|&&key| key > threshold_bits).count();
+    let greater = above + selected.iter().filter(|&&key| key > threshold_bits).count();
     let need = k - greater;
     let tie_cut = parts
         .iter()
         .flat_map(|p| p.inside.iter())
-        .filter(|&&j| key_at(j) == threshold_bits)
+        .filter(|&&e| e as u32 == threshold_bits)
         .nth(need - 1)
-        .map_or(n - 1, |&j| j as usize);
+        .map_or(n - 1, |&e| (e >> 32) as usize);
     Some(Keep::Magnitude { threshold: f32::from_bits(threshold_bits), tie_cut })
 }
 
