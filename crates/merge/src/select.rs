@@ -76,6 +76,8 @@ pub(crate) fn bracketed(input: &[f32], base: &[f32], k: usize) -> Option<Keep> {
         .enumerate()
         .map_init(Vec::new, |listed: &mut Vec<u64>, (c, (x, b))| {
             let start = (c * CHUNK) as u64;
+            // Local copies stay in registers (the captured ones are reloaded after every store).
+            let (lo, hi) = (lo, hi);
             // Branch-free: about half the entries are above the bracket, in random order, so
             // branching on it would mispredict half the time. Every index is written and the
             // list end only moves past those inside.
