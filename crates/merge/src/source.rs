@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use evomerge_checkpoint::{Checkpoint, Dtype};
+use rayon::prelude::*;
 use serde_json::Value;
 
 use crate::MergeError;
@@ -55,10 +56,23 @@ impl TensorSource for Checkpoint {
     fn read_f32(&self, name: &str, out: &mut Vec<f32>) -> Result<(), MergeError> {
         let view = self.tensor(name)?;
         out.clear();
-        if view.dtype == Dtype::BF16 && view.data.len() == view.numel() * 2 {
-            // bf16 is the top half of an f32: decode straight into the buffer, without zero-filling
-            // it first (the same bits as `to_f32_into`).
-            out.extend(view.data.chunks_exact(2).map(|c| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16)));
+        let bf16 = |c: &[u8]| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
+        let numel = view.numel();
+        if view.dtype == Dtype::BF16 && view.data.len() == numel * 2 {
+            // bf16 is the top half of an f32 (the same bits as `to_f32_into`).
+            if numel < PARALLEL_DECODE {
+                // Straight into the buffer, without zero-filling it first.
+                out.extend(view.data.chunks_exact(2).map(bf16));
+            } else {
+                // Large tensors (embeddings) are merged alone under the memory budget: decode on
+                // all workers rather than one.
+                out.resize(numel, 0.0);
+                out.par_chunks_mut(DECODE_CHUNK).zip(view.data.par_chunks(DECODE_CHUNK * 2)).for_each(|(o, bytes)| {
+                    for (o, c) in o.iter_mut().zip(bytes.chunks_exact(2)) {
+                        *o = bf16(c);
+                    }
+                });
+            }
         } else {
             out.resize(view.numel(), 0.0);
             view.to_f32_into(out);
@@ -74,6 +88,10 @@ impl TensorSource for Checkpoint {
         }
     }
 }
+
+/// Tensors from this many values up are decoded in parallel.
+const PARALLEL_DECODE: usize = 1 << 24;
+const DECODE_CHUNK: usize = 1 << 18;
 
 /// Drop the resident pages of a read-only memory-mapped range (they are re-read from the file if
 /// touched again). Only whole pages inside the range are affected.
