@@ -8,7 +8,8 @@
 //!     RAYON_NUM_THREADS=2 cargo bench -p evomerge-mistral --bench generate
 //!
 //! The Python side, same shapes and method: `crates/mistral/bench/transformers_side_by_side.py`.
-//! `EVOMERGE_BENCH_QUICK=1` shrinks the model and run lengths to check the program itself quickly.
+//! `EVOMERGE_BENCH_QUICK=1` shrinks the model and run lengths to check the program itself quickly;
+//! `EVOMERGE_BENCH_BATCHES=1` picks batch sizes and `EVOMERGE_BENCH_PREFILL_ONLY=1` skips decoding (for profiling).
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -208,6 +209,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         run(2); // warm-up: page in weights, grow allocator pools
         let (prefill, prefill_cpu) = best_secs(shape.repeats, || run(1));
+        if std::env::var_os("EVOMERGE_BENCH_PREFILL_ONLY").is_some() {
+            let prefill_tps = (batch * shape.prompt_len) as f64 / prefill;
+            println!("{batch:>6} {prefill_tps:>16.1} {:>16}", "-");
+            continue;
+        }
         let (full, full_cpu) = best_secs(shape.repeats, || run(1 + shape.new_tokens));
         let prefill_tps = (batch * shape.prompt_len) as f64 / prefill;
         let decode_tps = (batch * shape.new_tokens) as f64 / (full - prefill).max(1e-9);

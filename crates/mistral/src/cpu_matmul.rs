@@ -53,14 +53,32 @@ impl PackedMatrix {
             n * k,
             "packed matrix: data does not match its shape"
         );
-        let num_panels = n.div_ceil(NR);
-        let mut panels = vec![0f32; num_panels * k * NR];
+        let mut panels = vec![0f32; n.div_ceil(NR) * k * NR];
         for (p, panel) in panels.chunks_mut(k * NR).enumerate() {
             for j in 0..NR.min(n - p * NR) {
                 let row = &w[(p * NR + j) * k..(p * NR + j + 1) * k];
                 for (kk, &v) in row.iter().enumerate() {
                     panel[kk * NR + j] = v;
                 }
+            }
+        }
+        PackedMatrix { n, k, panels }
+    }
+
+    /// Packs the `[n, k]` matrix whose transpose `wt` (`[k, n]`, row-major) is given, e.g. attention values
+    /// `[t, head_dim]` for `probs @ v`.
+    pub fn pack_transposed(wt: &[f32], k: usize, n: usize) -> PackedMatrix {
+        assert_eq!(
+            wt.len(),
+            n * k,
+            "packed matrix: data does not match its shape"
+        );
+        let mut panels = vec![0f32; n.div_ceil(NR) * k * NR];
+        for (p, panel) in panels.chunks_mut(k * NR).enumerate() {
+            let cols = NR.min(n - p * NR);
+            for kk in 0..k {
+                panel[kk * NR..kk * NR + cols]
+                    .copy_from_slice(&wt[kk * n + p * NR..kk * n + p * NR + cols]);
             }
         }
         PackedMatrix { n, k, panels }
@@ -84,34 +102,19 @@ impl PackedMatrix {
     }
 
     /// `out[m, n] = sum_k x[m, k] * w[n, k]` for row-major `x` `[m, k]`; `out` is `[m, n]`, overwritten.
+    /// Spread over candle's CPU thread pool (the model goes through [`matmul_t_many`]).
+    #[cfg(test)]
     pub fn matmul_t(&self, x: &[f32], m: usize, out: &mut [f32]) {
-        let (n, k) = (self.n, self.k);
-        assert_eq!(x.len(), m * k, "packed matmul: input does not match [m, k]");
-        assert_eq!(
-            out.len(),
-            m * n,
-            "packed matmul: output does not match [m, n]"
-        );
-        if m == 0 || n == 0 {
-            return;
-        }
-        if k == 0 {
-            out.fill(0.0);
-            return;
-        }
-        let threads = candle_core::utils::get_num_threads();
-        // More than one micro-kernel's rows: copy the activations once into `[k][MR]` groups so the kernel
-        // reads a single stream; a few rows (decoding) are read in place.
-        let packed_rows = (m > MR).then(|| pack_rows(x, m, k));
-        let tiles = Tiling::new(m, n, threads);
-        let out_ptr = SendPtr(out.as_mut_ptr());
-        parallel_for(tiles.count(), |t| {
-            let (rows, panels) = tiles.tile(t);
-            // SAFETY: tiles cover disjoint output blocks, so no two tasks write the same element; every
-            // pointer stays within `x`, the packed rows, `out` and the panels (checked by the asserts above
-            // and the tiling).
-            unsafe { self.tile(x, packed_rows.as_deref(), rows, panels, out_ptr.get()) };
-        });
+        self.run(x, m, out, true)
+    }
+
+    /// [`PackedMatrix::matmul_t`] on the calling thread only (for use inside a parallel task).
+    pub fn matmul_t_serial(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        self.run(x, m, out, false)
+    }
+
+    fn run(&self, x: &[f32], m: usize, out: &mut [f32], parallel: bool) {
+        matmul_t_many(&[self], x, m, &mut [out], parallel)
     }
 
     /// One output tile: rows `rows` (starting at a multiple of MR), panels `panels`, the whole inner dimension.
@@ -147,12 +150,79 @@ impl PackedMatrix {
     }
 }
 
+/// [`PackedMatrix::matmul_t`] of one input against several matrices with the same inner dimension (a
+/// layer's q, k and v projections; gate and up): the input is packed once and all tiles share one parallel
+/// run. `outs[i]` is `[m, n_i]`, overwritten.
+pub(crate) fn matmul_t_many(
+    mats: &[&PackedMatrix],
+    x: &[f32],
+    m: usize,
+    outs: &mut [&mut [f32]],
+    parallel: bool,
+) {
+    assert_eq!(
+        mats.len(),
+        outs.len(),
+        "packed matmul: one output per matrix"
+    );
+    let Some(k) = mats.first().map(|w| w.k) else {
+        return;
+    };
+    assert_eq!(x.len(), m * k, "packed matmul: input does not match [m, k]");
+    for (w, out) in mats.iter().zip(outs.iter()) {
+        assert_eq!(
+            w.k, k,
+            "packed matmul: matrices differ in their inner dimension"
+        );
+        assert_eq!(
+            out.len(),
+            m * w.n,
+            "packed matmul: output does not match [m, n]"
+        );
+    }
+    if m == 0 {
+        return;
+    }
+    if k == 0 {
+        outs.iter_mut().for_each(|o| o.fill(0.0));
+        return;
+    }
+    let threads = if parallel {
+        candle_core::utils::get_num_threads()
+    } else {
+        1
+    };
+    // More than one micro-kernel's rows: copy the activations once into `[k][MR]` groups so the kernel
+    // reads a single stream; a few rows (decoding) are read in place.
+    let packed_rows = (m > MR).then(|| pack_rows(x, m, k, parallel));
+    let tilings: Vec<Tiling> = mats.iter().map(|w| Tiling::new(m, w.n, threads)).collect();
+    let jobs: Vec<(usize, usize)> = tilings
+        .iter()
+        .enumerate()
+        .flat_map(|(i, t)| (0..t.count()).map(move |j| (i, j)))
+        .collect();
+    let out_ptrs: Vec<SendPtr> = outs.iter_mut().map(|o| SendPtr(o.as_mut_ptr())).collect();
+    let run_job = |job: usize| {
+        let (i, t) = jobs[job];
+        let (rows, panels) = tilings[i].tile(t);
+        // SAFETY: the tiles of one matrix cover disjoint blocks of its own output, so no two tasks write the
+        // same element; every pointer stays within `x`, the packed rows, the outputs and the panels (checked
+        // by the asserts above and the tiling).
+        unsafe { mats[i].tile(x, packed_rows.as_deref(), rows, panels, out_ptrs[i].get()) };
+    };
+    if parallel {
+        parallel_for(jobs.len(), run_job);
+    } else {
+        (0..jobs.len()).for_each(run_job);
+    }
+}
+
 /// `x` (`[m, k]`) as groups of MR rows, each laid out `[k][MR]` (a short last group is zero-padded).
-fn pack_rows(x: &[f32], m: usize, k: usize) -> Vec<f32> {
+fn pack_rows(x: &[f32], m: usize, k: usize, parallel: bool) -> Vec<f32> {
     let groups = m.div_ceil(MR);
     let mut packed = vec![0f32; groups * MR * k];
     let dst = SendPtr(packed.as_mut_ptr());
-    parallel_for(groups, |g| {
+    let pack_group = |g: usize| {
         // SAFETY: each task writes only its own group, `[g * MR * k, (g + 1) * MR * k)`.
         let group = unsafe { std::slice::from_raw_parts_mut(dst.get().add(g * MR * k), MR * k) };
         for i in 0..MR.min(m - g * MR) {
@@ -161,7 +231,12 @@ fn pack_rows(x: &[f32], m: usize, k: usize) -> Vec<f32> {
                 group[p * MR + i] = v;
             }
         }
-    });
+    };
+    if parallel {
+        parallel_for(groups, pack_group);
+    } else {
+        (0..groups).for_each(pack_group);
+    }
     packed
 }
 
@@ -359,6 +434,11 @@ mod tests {
             let mut out = vec![f32::NAN; m * n];
             packed.matmul_t(&x, m, &mut out);
             let expected = reference(&x, &w, m, n, k);
+            let mut serial = vec![f32::NAN; m * n];
+            packed.matmul_t_serial(&x, m, &mut serial);
+            assert_eq!(out, serial, "serial and parallel runs differ");
+            let wt: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
+            assert_eq!(PackedMatrix::pack_transposed(&wt, k, n).unpack(), w);
             let worst = out
                 .iter()
                 .zip(&expected)

@@ -58,6 +58,44 @@ fn silu_mul_chunk(g: &[f32], u: &[f32], o: &mut [f32]) {
     }
 }
 
+/// RMS norm of each row of `x` (`[rows, w.len()]`): `x * (1 / sqrt(mean(x^2) + eps)) * w`, rounded in that
+/// order as the unfused operations do.
+pub(crate) fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    let h = w.len();
+    assert!(
+        h > 0 && x.len() % h == 0,
+        "rms_norm: rows of {h} do not divide {}",
+        x.len()
+    );
+    let rows = x.len() / h;
+    let mut out = vec![0f32; x.len()];
+    let dst = SendPtr(out.as_mut_ptr());
+    let rows_per_task = (CHUNK / h).max(1);
+    parallel_for(rows.div_ceil(rows_per_task), |task| {
+        let range = task * rows_per_task..((task + 1) * rows_per_task).min(rows);
+        for r in range {
+            let row = &x[r * h..(r + 1) * h];
+            // Eight running sums, so the loop vectorises.
+            let mut acc = [0f32; 8];
+            let mut chunks = row.chunks_exact(8);
+            for c in &mut chunks {
+                for (a, v) in acc.iter_mut().zip(c) {
+                    *a += v * v;
+                }
+            }
+            let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+            let mean = (acc.iter().sum::<f32>() + tail) / h as f32;
+            let inv = 1.0 / (mean + eps).sqrt();
+            // SAFETY: row `r` belongs to this task only.
+            let o = unsafe { std::slice::from_raw_parts_mut(dst.get().add(r * h), h) };
+            for ((o, &v), &w) in o.iter_mut().zip(row).zip(w) {
+                *o = (v * inv) * w;
+            }
+        }
+    });
+    out
+}
+
 /// Softmax over the last axis of `scores` `[batch, heads, q, t]` (row-major, in place) after
 /// `scores * scale + mask`, where `mask` is `[mask_batch, 1, q, t]` with `mask_batch` 1 or `batch`, or absent.
 pub(crate) fn scaled_masked_softmax(
@@ -102,7 +140,8 @@ pub(crate) fn scaled_masked_softmax(
     });
 }
 
-fn softmax_row(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
+/// One row of [`scaled_masked_softmax`].
+pub(crate) fn softmax_row(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
     // Scale and mask first, rounding as the separate operations would (multiply, then add).
     match mask {
         Some(m) => row
@@ -272,6 +311,28 @@ mod tests {
                 (*v as f64 - want).abs() <= 1e-6 * want.abs().max(1.0),
                 "{i}: {v} vs {want}"
             );
+        }
+    }
+
+    #[test]
+    fn rms_norm_matches_the_definition() {
+        let h = 37;
+        let x: Vec<f32> = (0..5 * h)
+            .map(|i| ((i * 31) % 17) as f32 * 0.21 - 1.5)
+            .collect();
+        let w: Vec<f32> = (0..h).map(|i| 0.5 + i as f32 * 0.03).collect();
+        let got = rms_norm(&x, &w, 1e-5);
+        for r in 0..5 {
+            let row = &x[r * h..(r + 1) * h];
+            let mean: f64 = row.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / h as f64;
+            let inv = 1.0 / (mean + 1e-5).sqrt();
+            for j in 0..h {
+                let want = row[j] as f64 * inv * w[j] as f64;
+                assert!(
+                    (got[r * h + j] as f64 - want).abs() < 1e-5,
+                    "row {r} col {j}"
+                );
+            }
         }
     }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor, D};
 
 use crate::cache::KvSlot;
+use crate::cpu_attention::{self, AttentionDims};
 use crate::cpu_matmul::{self, PackedMatrix};
 use crate::cpu_ops;
 use crate::error::{MistralError, Result};
@@ -96,9 +97,30 @@ impl Linear {
     }
 }
 
+/// Several linear layers applied to the same input (q, k and v; gate and up): with packed weights one run of
+/// the kernel, the input packed once; otherwise one layer after the other.
+pub(crate) fn forward_many(x: &Tensor, layers: &[&Linear]) -> Result<Vec<Tensor>> {
+    let packed: Option<Vec<&PackedMatrix>> = layers
+        .iter()
+        .map(|l| match &l.weight {
+            LinearWeight::Packed(p) => Some(&**p),
+            LinearWeight::Plain(_) => None,
+        })
+        .collect();
+    match packed {
+        Some(mats) if !mats.is_empty() => packed_linear_many(x, &mats),
+        _ => layers.iter().map(|l| l.forward(x)).collect(),
+    }
+}
+
 /// `x @ w.T` through the packed kernel; `x` is any `[.., in]` f32 CPU tensor.
 fn packed_linear(x: &Tensor, w: &PackedMatrix) -> Result<Tensor> {
-    let (n, k) = w.dims();
+    Ok(packed_linear_many(x, &[w])?.remove(0))
+}
+
+/// `x @ w_i.T` for each `w_i`, in one run of the packed kernel.
+fn packed_linear_many(x: &Tensor, ws: &[&PackedMatrix]) -> Result<Vec<Tensor>> {
+    let k = ws[0].dims().1;
     let dims = x.dims();
     let in_dim = dims.last().copied().unwrap_or(0);
     if in_dim != k || x.dtype() != DType::F32 || !x.device().is_cpu() {
@@ -110,13 +132,20 @@ fn packed_linear(x: &Tensor, w: &PackedMatrix) -> Result<Tensor> {
         )));
     }
     let rows: usize = dims[..dims.len() - 1].iter().product();
-    let mut out = vec![0f32; rows * n];
-    with_cpu_f32(&x.contiguous()?, |data| w.matmul_t(data, rows, &mut out))?.ok_or_else(|| {
-        MistralError::BadInput("internal: packed linear input is not CPU f32".into())
-    })?;
-    let mut out_dims = dims[..dims.len() - 1].to_vec();
-    out_dims.push(n);
-    Ok(Tensor::from_vec(out, out_dims, &Device::Cpu)?)
+    let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; rows * w.dims().0]).collect();
+    let mut out_slices: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+    with_cpu_f32(&x.contiguous()?, |data| {
+        cpu_matmul::matmul_t_many(ws, data, rows, &mut out_slices, true)
+    })?
+    .ok_or_else(|| MistralError::BadInput("internal: packed linear input is not CPU f32".into()))?;
+    outs.into_iter()
+        .zip(ws)
+        .map(|(out, w)| {
+            let mut out_dims = dims[..dims.len() - 1].to_vec();
+            out_dims.push(w.dims().0);
+            Ok(Tensor::from_vec(out, out_dims, &Device::Cpu)?)
+        })
+        .collect()
 }
 
 /// Runs `f` on the elements of a contiguous f32 CPU tensor; `None` (without calling `f`) for any other.
@@ -132,6 +161,64 @@ fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<Option<R>>
         return Ok(None);
     };
     Ok(Some(f(&cpu.as_slice::<f32>()?[start..end])))
+}
+
+/// The whole attention core in one fused CPU pass ([`crate::cpu_attention`]) when q, k, v and the mask are
+/// f32 on the CPU; `None` otherwise.
+fn fused_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    dims: AttentionDims,
+    scale: f64,
+    mask: Option<&Tensor>,
+) -> Result<Option<Tensor>> {
+    let all = [Some(q), Some(k), Some(v), mask];
+    if !all
+        .iter()
+        .flatten()
+        .all(|t| t.dtype() == DType::F32 && t.device().is_cpu())
+    {
+        return Ok(None);
+    }
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let mask = mask.map(Tensor::contiguous).transpose()?;
+    let (qs, ql) = q.storage_and_layout();
+    let (ks, kl) = k.storage_and_layout();
+    let (vs, vl) = v.storage_and_layout();
+    let (Some(qd), Some(kd), Some(vd)) = (
+        cpu_slice(&qs, ql)?,
+        cpu_slice(&ks, kl)?,
+        cpu_slice(&vs, vl)?,
+    ) else {
+        return Ok(None);
+    };
+    let out = match &mask {
+        None => cpu_attention::attention(qd, kd, vd, dims, scale as f32, None),
+        Some(m) => {
+            let (ms, ml) = m.storage_and_layout();
+            let Some(md) = cpu_slice(&ms, ml)? else {
+                return Ok(None);
+            };
+            cpu_attention::attention(qd, kd, vd, dims, scale as f32, Some((md, m.dim(0)?)))
+        }
+    };
+    let shape = (dims.batch, dims.heads, dims.q_len, dims.head_dim);
+    Ok(Some(Tensor::from_vec(out, shape, q.device())?))
+}
+
+/// The elements of a contiguous f32 CPU tensor's storage, or `None` for any other.
+fn cpu_slice<'a>(
+    storage: &'a candle_core::Storage,
+    layout: &candle_core::Layout,
+) -> Result<Option<&'a [f32]>> {
+    let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = storage else {
+        return Ok(None);
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        return Ok(None);
+    };
+    Ok(Some(&data[start..end]))
 }
 
 /// `softmax(scores * scale + mask)` over the last axis of `[b, heads, q, t]` scores, in f32. One fused pass on
@@ -179,22 +266,45 @@ fn attention_probs(scores: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result
 pub struct RmsNorm {
     pub(crate) weight: Tensor,
     eps: f64,
+    /// One fused pass for f32 on the CPU instead of candle's seven.
+    fused: bool,
 }
 
 impl RmsNorm {
     pub fn new(weight: Tensor, eps: f64) -> RmsNorm {
-        RmsNorm { weight, eps }
+        RmsNorm {
+            weight,
+            eps,
+            fused: false,
+        }
+    }
+
+    /// The same norm, computed by the crate's fused CPU kernel where the data is f32 on the CPU.
+    pub(crate) fn with_cpu_kernel(self, on: bool) -> RmsNorm {
+        RmsNorm { fused: on, ..self }
     }
 
     /// The same norm with another weight.
     pub(crate) fn with_weight(&self, weight: Tensor) -> RmsNorm {
         RmsNorm {
             weight,
-            eps: self.eps,
+            ..self.clone()
         }
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.fused {
+            let x = x.contiguous()?;
+            let hidden = self.weight.elem_count();
+            let fused = with_cpu_f32(&x, |xd| {
+                with_cpu_f32(&self.weight, |w| cpu_ops::rms_norm(xd, w, self.eps as f32))
+            })?
+            .transpose()?
+            .flatten();
+            if let (Some(out), true) = (fused, x.dims().last() == Some(&hidden)) {
+                return Ok(Tensor::from_vec(out, x.dims(), x.device())?);
+            }
+        }
         let dtype = x.dtype();
         let x32 = x.to_dtype(DType::F32)?;
         let mean_sq = x32.sqr()?.mean_keepdim(D::Minus1)?;
@@ -276,36 +386,41 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let q = self
-            .q_proj
-            .forward(x)?
-            .reshape((b, s, nh, hd))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let k = self
-            .k_proj
-            .forward(x)?
-            .reshape((b, s, nkv, hd))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let v = self
-            .v_proj
-            .forward(x)?
-            .reshape((b, s, nkv, hd))?
-            .transpose(1, 2)?
-            .contiguous()?;
+        let [q, k, v]: [Tensor; 3] = forward_many(x, &[&self.q_proj, &self.k_proj, &self.v_proj])?
+            .try_into()
+            .map_err(|_| MistralError::BadInput("internal: three projections expected".into()))?;
+        let q = q.reshape((b, s, nh, hd))?.transpose(1, 2)?.contiguous()?;
+        let k = k.reshape((b, s, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        let v = v.reshape((b, s, nkv, hd))?.transpose(1, 2)?.contiguous()?;
         let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
         let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
         let (k, v) = slot.append(k, v)?;
         let t = k.dim(2)?;
-        // Query heads that share a kv head are consecutive (transformers' repeat_kv), so grouping the queries
-        // as [b, kv_heads, group * s, hd] lets every group use its kv head without copying it.
-        let group = nh / nkv;
-        let q = q.reshape((b, nkv, group * s, hd))?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let scores = q.matmul(&k.t()?)?.reshape((b, nh, s, t))?;
-        let probs = attention_probs(&scores, scale, mask)?.to_dtype(v.dtype())?;
-        let out = probs.reshape((b, nkv, group * s, t))?.matmul(&v)?;
+        let dims = AttentionDims {
+            batch: b,
+            heads: nh,
+            kv_heads: nkv,
+            q_len: s,
+            kv_len: t,
+            head_dim: hd,
+        };
+        let fused = match self.o_proj.is_packed() {
+            true => fused_attention(&q, &k, &v, dims, scale, mask)?,
+            false => None,
+        };
+        let out = match fused {
+            Some(out) => out,
+            None => {
+                // Query heads that share a kv head are consecutive (transformers' repeat_kv), so grouping the
+                // queries as [b, kv_heads, group * s, hd] lets every group use its kv head without copying it.
+                let group = nh / nkv;
+                let q = q.reshape((b, nkv, group * s, hd))?;
+                let scores = q.matmul(&k.t()?)?.reshape((b, nh, s, t))?;
+                let probs = attention_probs(&scores, scale, mask)?.to_dtype(v.dtype())?;
+                probs.reshape((b, nkv, group * s, t))?.matmul(&v)?
+            }
+        };
         let out = out
             .reshape((b, nh, s, hd))?
             .transpose(1, 2)?
@@ -324,8 +439,10 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x)?.contiguous()?;
-        let up = self.up_proj.forward(x)?.contiguous()?;
+        let [gate, up]: [Tensor; 2] = forward_many(x, &[&self.gate_proj, &self.up_proj])?
+            .try_into()
+            .map_err(|_| MistralError::BadInput("internal: two projections expected".into()))?;
+        let (gate, up) = (gate.contiguous()?, up.contiguous()?);
         let fused = with_cpu_f32(&gate, |g| with_cpu_f32(&up, |u| cpu_ops::silu_mul(g, u)))?
             .transpose()?
             .flatten();

@@ -15,6 +15,7 @@
 
 pub mod cache;
 pub mod config;
+mod cpu_attention;
 mod cpu_matmul;
 mod cpu_ops;
 pub mod error;

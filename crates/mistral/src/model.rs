@@ -25,7 +25,7 @@ pub struct Mistral {
     rotary: Rotary,
     device: Device,
     dtype: DType,
-    /// Whether f32 CPU weights are packed for our matmul kernel (see [`LoadOptions::pack_cpu_weights`]).
+    /// Whether the crate's CPU kernels are used: f32 CPU weights packed (see [`LoadOptions::cpu_kernels`]).
     pack: bool,
 }
 
@@ -66,7 +66,7 @@ impl Mistral {
             .dtype();
         let dtype = opts.resolve_dtype(stored);
         let load = |name: &str, shape: &[usize]| load_checked(source, name, shape, dtype, device);
-        let pack = opts.pack_cpu_weights;
+        let pack = opts.cpu_kernels;
         let linear = |t: Tensor| Linear::new(t, pack);
         let embed_tokens = load(&embed_name, &[c.vocab_size, c.hidden_size])?;
         let mut pool = Vec::with_capacity(c.num_hidden_layers);
@@ -84,7 +84,7 @@ impl Mistral {
                     .ok_or_else(|| MistralError::BadInput("internal: layer tensor list".into()))
             };
             pool.push(DecoderLayer {
-                input_layernorm: RmsNorm::new(next()?, c.rms_norm_eps),
+                input_layernorm: RmsNorm::new(next()?, c.rms_norm_eps).with_cpu_kernel(pack),
                 self_attn: Attention {
                     q_proj: linear(next()?)?,
                     k_proj: linear(next()?)?,
@@ -94,7 +94,8 @@ impl Mistral {
                     num_kv_heads: c.num_key_value_heads,
                     head_dim: c.head_dim,
                 },
-                post_attention_layernorm: RmsNorm::new(next()?, c.rms_norm_eps),
+                post_attention_layernorm: RmsNorm::new(next()?, c.rms_norm_eps)
+                    .with_cpu_kernel(pack),
                 mlp: Mlp {
                     gate_proj: linear(next()?)?,
                     up_proj: linear(next()?)?,
@@ -105,7 +106,8 @@ impl Mistral {
         let norm = RmsNorm::new(
             load(&format!("{}norm.weight", names.prefix), &[c.hidden_size])?,
             c.rms_norm_eps,
-        );
+        )
+        .with_cpu_kernel(pack);
         let lm_head = if c.tie_word_embeddings {
             None
         } else {
@@ -602,7 +604,8 @@ fn convert_layer(
     pack: bool,
 ) -> Result<DecoderLayer> {
     let norm = |n: &RmsNorm| -> Result<RmsNorm> {
-        Ok(n.with_weight(n.weight.to_device(device)?.to_dtype(dtype)?))
+        Ok(n.with_weight(n.weight.to_device(device)?.to_dtype(dtype)?)
+            .with_cpu_kernel(pack))
     };
     let lin = |x: &Linear| x.converted(dtype, device, pack);
     let a = &l.self_attn;

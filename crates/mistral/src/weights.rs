@@ -96,10 +96,10 @@ pub struct LoadOptions {
     /// products are 10–20× slower there than f16/f32).
     pub dtype: Option<DType>,
     pub names: WeightNames,
-    /// Pack f32 linear-layer weights on the CPU for the crate's own matmul kernel (on CPUs with AVX2/FMA; a
-    /// no-op elsewhere). Packing happens once at load and on every `set_tensor`; it makes prefill and
-    /// batched decoding faster than candle's general matmul. Default: on.
-    pub pack_cpu_weights: bool,
+    /// Run f32 models on the CPU with the crate's own kernels (on CPUs with AVX2/FMA; a no-op elsewhere):
+    /// linear-layer weights packed once, at load and on every `set_tensor`, for our matmul, and the attention
+    /// core and `silu(gate) * up` fused. Off: candle's operations throughout. Default: on.
+    pub cpu_kernels: bool,
 }
 
 impl Default for LoadOptions {
@@ -108,7 +108,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             dtype: None,
             names: WeightNames::default(),
-            pack_cpu_weights: true,
+            cpu_kernels: true,
         }
     }
 }

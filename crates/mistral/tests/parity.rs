@@ -88,7 +88,7 @@ fn llama_tied_embeddings_explicit_head_dim_matches_transformers() {
 #[test]
 fn unpacked_weights_match_transformers_too() {
     let opts = evomerge_mistral::LoadOptions {
-        pack_cpu_weights: false,
+        cpu_kernels: false,
         ..Default::default()
     };
     for name in ["mistral_classic", "mistral_swa", "llama_tied"] {
