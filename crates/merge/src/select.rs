@@ -64,35 +64,20 @@ pub(crate) fn bracketed(input: &[f32], base: &[f32], k: usize) -> Option<Keep> {
         return None;
     }
 
-    struct Part {
-        above: usize,
-        /// Entries inside the bracket, in index order: index << 32 | key.
-        inside: Vec<u64>,
-        non_finite: bool,
-    }
+    let avx2 = crate::methods::has_avx2();
     let parts: Vec<Part> = input
         .par_chunks(CHUNK)
         .zip(base.par_chunks(CHUNK))
         .enumerate()
-        .map_init(Vec::new, |listed: &mut Vec<u64>, (c, (x, b))| {
-            let start = (c * CHUNK) as u64;
-            // Local copies stay in registers (the captured ones are reloaded after every store).
-            let (lo, hi) = (lo, hi);
-            // Branch-free: about half the entries are above the bracket, in random order, so
-            // branching on it would mispredict half the time. Every index is written and the
-            // list end only moves past those inside.
-            if listed.len() < x.len() {
-                listed.resize(x.len(), 0);
+        .map(|(c, (x, b))| {
+            let bracket = Bracket { lo, hi, start: (c * CHUNK) as u64 };
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                // SAFETY: the CPU has AVX2 (checked at run time by `has_avx2`).
+                return unsafe { bracket.scan_avx2(x, b) };
             }
-            let (mut above, mut count, mut top) = (0usize, 0usize, 0u32);
-            for (j, (&x, &b)) in x.iter().zip(b).enumerate() {
-                let key = magnitude_bits(x, b);
-                top = top.max(key);
-                above += usize::from(key > hi);
-                listed[count] = (start + j as u64) << 32 | u64::from(key);
-                count += usize::from((key >= lo) & (key <= hi));
-            }
-            Part { above, inside: listed[..count].to_vec(), non_finite: top >= INF_BITS }
+            let _ = avx2;
+            bracket.scan(x, b)
         })
         .collect();
     if parts.iter().any(|p| p.non_finite) {
@@ -118,6 +103,62 @@ pub(crate) fn bracketed(input: &[f32], base: &[f32], k: usize) -> Option<Keep> {
         .nth(need - 1)
         .map_or(n - 1, |&e| (e >> 32) as usize);
     Some(Keep::Magnitude { threshold: f32::from_bits(threshold_bits), tie_cut })
+}
+
+/// What one chunk contributes to [`bracketed`].
+struct Part {
+    above: usize,
+    /// Entries inside the bracket, in index order: index << 32 | key.
+    inside: Vec<u64>,
+    non_finite: bool,
+}
+
+/// The bracket `lo..=hi` of keys, and where the scanned chunk starts.
+#[derive(Clone, Copy)]
+struct Bracket {
+    lo: u32,
+    hi: u32,
+    start: u64,
+}
+
+/// Entries scanned at a time: keys are computed and compared for a whole group (vectorised),
+/// and only the few inside the bracket are visited one by one, from a bit mask.
+const GROUP: usize = 64;
+
+impl Bracket {
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn scan_avx2(self, x: &[f32], b: &[f32]) -> Part {
+        self.scan(x, b)
+    }
+
+    #[inline(always)]
+    fn scan(self, x: &[f32], b: &[f32]) -> Part {
+        let Bracket { lo, hi, start } = self;
+        let mut part = Part { above: 0, inside: Vec::with_capacity(x.len() / 16), non_finite: false };
+        let mut top = 0u32;
+        let mut keys = [0u32; GROUP];
+        for (g, (x, b)) in x.chunks(GROUP).zip(b.chunks(GROUP)).enumerate() {
+            let keys = &mut keys[..x.len()];
+            for ((key, &x), &b) in keys.iter_mut().zip(x).zip(b) {
+                *key = magnitude_bits(x, b);
+            }
+            let mut mask = 0u64;
+            for (j, &key) in keys.iter().enumerate() {
+                top = top.max(key);
+                part.above += usize::from(key > hi);
+                mask |= u64::from((key >= lo) & (key <= hi)) << j;
+            }
+            let first = start + (g * GROUP) as u64;
+            while mask != 0 {
+                let j = mask.trailing_zeros() as usize;
+                part.inside.push((first + j as u64) << 32 | u64::from(keys[j]));
+                mask &= mask - 1;
+            }
+        }
+        part.non_finite = top >= INF_BITS;
+        part
+    }
 }
 
 /// Buckets of the high 16 bits; the sign bit of |delta| is clear, so 2^15 of them.
@@ -336,6 +377,31 @@ mod tests {
         }
         for density in [0.1, 0.33, 0.34, 0.5, 0.9] {
             check(&big, &big_base, density);
+        }
+    }
+
+    #[test]
+    fn bracket_scan_builds_agree() {
+        let n = CHUNK + 77;
+        let base = grid(7, n, 1001, 1e-3);
+        let input: Vec<f32> = base.iter().zip(grid(8, n, 1001, 1e-3)).map(|(b, d)| b + d).collect();
+        let bracket = Bracket { lo: 0.2f32.to_bits(), hi: 0.25f32.to_bits(), start: 5 };
+        let plain = bracket.scan(&input, &base);
+        let mut want = Vec::new();
+        for j in 0..n {
+            let key = magnitude_bits(input[j], base[j]);
+            if key >= bracket.lo && key <= bracket.hi {
+                want.push((5 + j as u64) << 32 | u64::from(key));
+            }
+        }
+        assert!(!want.is_empty());
+        assert_eq!(plain.inside, want);
+        assert_eq!(plain.above, (0..n).filter(|&j| magnitude_bits(input[j], base[j]) > bracket.hi).count());
+        #[cfg(target_arch = "x86_64")]
+        if crate::methods::has_avx2() {
+            // SAFETY: AVX2 is available.
+            let fast = unsafe { bracket.scan_avx2(&input, &base) };
+            assert_eq!((fast.above, fast.inside, fast.non_finite), (plain.above, plain.inside, plain.non_finite));
         }
     }
 

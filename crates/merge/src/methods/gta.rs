@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::{BasePolicy, MergeMethod, ModelTensor, TensorContext, CHUNK};
+use super::{has_avx2, BasePolicy, MergeMethod, ModelTensor, TensorContext, CHUNK};
 use crate::params::{ParamDefault, ParamKind, ParamScope, ParamSet, ParamSpec};
 use crate::sparsify::{dare_cut, dare_keeps_cut, dare_key, magnitude_keep, Keep};
 use crate::MergeError;
@@ -206,20 +206,6 @@ impl MergeMethod for GeneralizedTaskArithmetic {
             kernel.chunk(c * CHUNK, chunk);
         });
         Ok(())
-    }
-}
-
-/// Whether the AVX2 build of the kernels can run here (x86-64 builds target plain SSE2 unless
-/// told otherwise). Both builds do the same f32 operations in the same order per entry, so their
-/// results are bit-identical; AVX2 mostly speeds up DARE's 64-bit hashing (4 lanes instead of 2).
-pub(crate) fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }
 

@@ -144,3 +144,17 @@ pub fn specs_in_scope(method: &dyn MergeMethod, scope: ParamScope) -> impl Itera
 
 /// Values per rayon work item inside one large tensor; fixed so results never depend on threads.
 pub(crate) const CHUNK: usize = 1 << 16;
+
+/// Whether the AVX2 build of the kernels can run here (x86-64 builds target plain SSE2 unless
+/// told otherwise). Both builds do the same f32 operations in the same order per entry, so their
+/// results are bit-identical; AVX2 mostly speeds up DARE's 64-bit hashing (4 lanes instead of 2).
+pub(crate) fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
