@@ -259,7 +259,7 @@ impl Tiling {
         let row_block = m.div_ceil(row_blocks).div_ceil(MR) * MR;
         let row_blocks = m.div_ceil(row_block);
         // Enough column blocks that there are at least ~4 tiles per thread (small m: decoding).
-        let wanted = (4 * threads).div_ceil(row_blocks).max(1);
+        let wanted = (8 * threads).div_ceil(row_blocks).max(1);
         let panel_block = num_panels.div_ceil(wanted).clamp(1, NB);
         let panel_blocks = num_panels.div_ceil(panel_block);
         Tiling {
@@ -276,8 +276,10 @@ impl Tiling {
         self.row_blocks * self.panel_blocks
     }
 
+    /// Tile `t`, in panel-block-major order: threads taking consecutive tiles work on the same weight panels
+    /// (different rows) at the same time, so each panel comes from memory once and is shared through L3.
     fn tile(&self, t: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
-        let (rb, pb) = (t / self.panel_blocks, t % self.panel_blocks);
+        let (pb, rb) = (t / self.row_blocks, t % self.row_blocks);
         let rows = rb * self.row_block..((rb + 1) * self.row_block).min(self.m);
         let panels = pb * self.panel_block..((pb + 1) * self.panel_block).min(self.num_panels);
         (rows, panels)
