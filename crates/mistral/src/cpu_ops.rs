@@ -1,5 +1,5 @@
-//! Fused element-wise steps of the forward pass for f32 on the CPU: `silu(gate) * up` and the attention
-//! softmax with its scale and additive mask, each one pass over memory with a vectorised `exp` (AVX2/FMA,
+//! Fused element-wise steps of the forward pass for f32 on the CPU: `silu(gate) * up`, the RMS norm and the
+//! attention softmax with its scale and additive mask, each one pass over memory with a vectorised `exp` (AVX2/FMA,
 //! checked at run time; a scalar loop elsewhere). candle would take three to four passes and as many
 //! buffers for each.
 
@@ -96,51 +96,7 @@ pub(crate) fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     out
 }
 
-/// Softmax over the last axis of `scores` `[batch, heads, q, t]` (row-major, in place) after
-/// `scores * scale + mask`, where `mask` is `[mask_batch, 1, q, t]` with `mask_batch` 1 or `batch`, or absent.
-pub(crate) fn scaled_masked_softmax(
-    scores: &mut [f32],
-    dims: [usize; 4],
-    scale: f32,
-    mask: Option<(&[f32], usize)>,
-) {
-    let [batch, heads, q, t] = dims;
-    assert_eq!(
-        scores.len(),
-        batch * heads * q * t,
-        "softmax: scores do not match their shape"
-    );
-    if let Some((m, mask_batch)) = mask {
-        assert!(
-            mask_batch == 1 || mask_batch == batch,
-            "softmax: mask batch {mask_batch} for {batch} rows"
-        );
-        assert_eq!(
-            m.len(),
-            mask_batch * q * t,
-            "softmax: mask does not match [b, 1, q, t]"
-        );
-    }
-    if t == 0 {
-        return;
-    }
-    let dst = SendPtr(scores.as_mut_ptr());
-    parallel_for(batch * heads, |bh| {
-        // SAFETY: task `bh` writes only its own `[q, t]` block.
-        let block = unsafe { std::slice::from_raw_parts_mut(dst.get().add(bh * q * t), q * t) };
-        let b = bh / heads;
-        let mask_block = mask.map(|(m, mb)| {
-            let mb_index = if mb == 1 { 0 } else { b };
-            &m[mb_index * q * t..(mb_index + 1) * q * t]
-        });
-        for (i, row) in block.chunks_mut(t).enumerate() {
-            let mask_row = mask_block.map(|m| &m[i * t..(i + 1) * t]);
-            softmax_row(row, scale, mask_row);
-        }
-    });
-}
-
-/// One row of [`scaled_masked_softmax`].
+/// Softmax of one row after `row * scale + mask`, in place.
 pub(crate) fn softmax_row(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
     // Scale and mask first, rounding as the separate operations would (multiply, then add).
     match mask {
@@ -337,32 +293,28 @@ mod tests {
     }
 
     #[test]
-    fn softmax_applies_scale_and_a_broadcast_mask() {
-        let (b, h, q, t) = (2, 3, 2, 11);
-        let scores: Vec<f32> = (0..b * h * q * t)
-            .map(|i| ((i * 7919) % 23) as f32 * 0.3 - 3.0)
-            .collect();
-        let mask: Vec<f32> = (0..b * q * t)
-            .map(|i| if i % 5 == 0 { f32::MIN } else { 0.0 })
-            .collect();
-        let mut got = scores.clone();
-        scaled_masked_softmax(&mut got, [b, h, q, t], 0.125, Some((&mask, b)));
-        for bh in 0..b * h {
-            for i in 0..q {
-                let row = (bh * q + i) * t;
-                let m = &mask[((bh / h) * q + i) * t..][..t];
-                let z: Vec<f64> = (0..t)
-                    .map(|j| scores[row + j] as f64 * 0.125 + m[j] as f64)
-                    .collect();
-                let max = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let sum: f64 = z.iter().map(|v| (v - max).exp()).sum();
-                for j in 0..t {
-                    let want = (z[j] - max).exp() / sum;
-                    assert!(
-                        (got[row + j] as f64 - want).abs() < 1e-6,
-                        "row {row} col {j}"
-                    );
-                }
+    fn softmax_row_applies_scale_and_mask() {
+        for t in [1usize, 5, 8, 11, 40] {
+            let scores: Vec<f32> = (0..t)
+                .map(|i| ((i * 7919) % 23) as f32 * 0.3 - 3.0)
+                .collect();
+            let mask: Vec<f32> = (0..t)
+                .map(|i| if i % 5 == 1 { f32::MIN } else { 0.0 })
+                .collect();
+            let mut got = scores.clone();
+            softmax_row(&mut got, 0.125, Some(&mask));
+            let z: Vec<f64> = (0..t)
+                .map(|j| scores[j] as f64 * 0.125 + mask[j] as f64)
+                .collect();
+            let max = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = z.iter().map(|v| (v - max).exp()).sum();
+            for j in 0..t {
+                let want = (z[j] - max).exp() / sum;
+                assert!(
+                    (got[j] as f64 - want).abs() < 1e-6,
+                    "t {t} col {j}: {} vs {want}",
+                    got[j]
+                );
             }
         }
     }

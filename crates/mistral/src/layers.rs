@@ -221,37 +221,9 @@ fn cpu_slice<'a>(
     Ok(Some(&data[start..end]))
 }
 
-/// `softmax(scores * scale + mask)` over the last axis of `[b, heads, q, t]` scores, in f32. One fused pass on
-/// the CPU for f32; candle's operations elsewhere (the same arithmetic, in the same order).
+/// `softmax(scores * scale + mask)` over the last axis of `[b, heads, q, t]` scores, in f32, with candle's
+/// operations (the path without the fused CPU kernels).
 fn attention_probs(scores: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
-    let dims = scores.dims().to_vec();
-    if let (DType::F32, true, [b, h, q, t]) =
-        (scores.dtype(), scores.device().is_cpu(), dims.as_slice())
-    {
-        let mut data = scores.flatten_all()?.to_vec1::<f32>()?;
-        let shape = [*b, *h, *q, *t];
-        let done = match mask {
-            None => {
-                cpu_ops::scaled_masked_softmax(&mut data, shape, scale as f32, None);
-                true
-            }
-            Some(m) => {
-                let m = m.contiguous()?;
-                with_cpu_f32(&m, |md| {
-                    cpu_ops::scaled_masked_softmax(
-                        &mut data,
-                        shape,
-                        scale as f32,
-                        Some((md, m.dim(0).unwrap_or(1))),
-                    )
-                })?
-                .is_some()
-            }
-        };
-        if done {
-            return Ok(Tensor::from_vec(data, dims, scores.device())?);
-        }
-    }
     let scores = (scores * scale)?.to_dtype(DType::F32)?;
     let scores = match mask {
         Some(m) => scores.broadcast_add(m)?,
