@@ -3,8 +3,8 @@
 //! A general GEMM (what candle calls) repacks the weight matrix on every call. The weights of a model are
 //! constant between candidates, so we pack each one once into column panels of [`NR`] output features,
 //! `[k][NR]` in memory, and the per-call work is only the arithmetic: an AVX2/FMA micro-kernel computing
-//! [`MR`] rows × [`NR`] columns, cache-blocked over `k`, tiles spread over rayon's pool. The activations
-//! are read in place. Used where the CPU has AVX2 and FMA (checked at run time); elsewhere the model keeps
+//! [`MR`] rows × [`NR`] columns, cache-blocked over `k` and rows. The activations are copied once per call
+//! into [`MR`]-row groups (read in place when there are only a few rows, as in decoding). Used where the CPU has AVX2 and FMA (checked at run time); elsewhere the model keeps
 //! candle's matmul.
 //!
 //! Work runs on candle's own CPU thread pool (the calling thread takes part), not on a second pool: on a
@@ -23,18 +23,6 @@ const KC: usize = 256;
 const MC: usize = 72;
 /// Panels per tile (columns `NB × NR`).
 const NB: usize = 16;
-
-/// Whether this CPU runs the packed kernels.
-pub(crate) fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
 
 /// A `[n, k]` weight matrix (`n` output features, `k` inputs) stored as `ceil(n / NR)` panels of `[k][NR]`;
 /// the last panel is padded with zero rows.
@@ -316,7 +304,7 @@ unsafe fn kernel(
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        // Never reached: `available()` is false here, so no matrix is packed. A plain loop keeps it correct.
+        // Never reached: `cpu_ops::avx2_fma()` is false here, so no matrix is packed. A plain loop keeps it correct.
         for r in 0..mr {
             for j in 0..cols {
                 let mut s = 0f32;
@@ -414,7 +402,7 @@ mod tests {
 
     #[test]
     fn matches_a_plain_product_for_ragged_shapes() {
-        if !available() {
+        if !crate::cpu_ops::avx2_fma() {
             eprintln!("no AVX2/FMA: the packed kernels are not used on this CPU");
             return;
         }

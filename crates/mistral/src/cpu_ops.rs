@@ -124,9 +124,16 @@ pub(crate) fn softmax_row(row: &mut [f32], scale: f32, mask: Option<&[f32]>) {
     row.iter_mut().for_each(|v| *v *= inv);
 }
 
-#[cfg(target_arch = "x86_64")]
-fn avx2_fma() -> bool {
-    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+/// Whether this CPU has AVX2 and FMA, which every vectorised kernel of the crate needs.
+pub(crate) fn avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 #[cfg(target_arch = "x86_64")]

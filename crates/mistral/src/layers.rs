@@ -45,7 +45,7 @@ impl Linear {
             && weight.device().is_cpu()
             && weight.dtype() == DType::F32
             && weight.rank() == 2
-            && cpu_matmul::available();
+            && cpu_ops::avx2_fma();
         if !packable {
             return Ok(Linear {
                 weight: LinearWeight::Plain(weight),
@@ -125,9 +125,8 @@ fn packed_linear_many(x: &Tensor, ws: &[&PackedMatrix]) -> Result<Vec<Tensor>> {
     let in_dim = dims.last().copied().unwrap_or(0);
     if in_dim != k || x.dtype() != DType::F32 || !x.device().is_cpu() {
         return Err(MistralError::BadInput(format!(
-            "a linear layer with {k} inputs got a {:?} {:?} tensor of shape {dims:?} on {:?}",
+            "a linear layer with {k} inputs got a {:?} tensor of shape {dims:?} on {:?}",
             x.dtype(),
-            x.layout().shape(),
             x.device().location()
         )));
     }
@@ -150,17 +149,8 @@ fn packed_linear_many(x: &Tensor, ws: &[&PackedMatrix]) -> Result<Vec<Tensor>> {
 
 /// Runs `f` on the elements of a contiguous f32 CPU tensor; `None` (without calling `f`) for any other.
 fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<Option<R>> {
-    if t.dtype() != DType::F32 || !t.device().is_cpu() {
-        return Ok(None);
-    }
     let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        return Ok(None);
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        return Ok(None);
-    };
-    Ok(Some(f(&cpu.as_slice::<f32>()?[start..end])))
+    Ok(cpu_slice(&storage, layout)?.map(f))
 }
 
 /// The whole attention core in one fused CPU pass ([`crate::cpu_attention`]) when q, k, v and the mask are
@@ -267,14 +257,15 @@ impl RmsNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if self.fused {
             let x = x.contiguous()?;
-            let hidden = self.weight.elem_count();
-            let fused = with_cpu_f32(&x, |xd| {
-                with_cpu_f32(&self.weight, |w| cpu_ops::rms_norm(xd, w, self.eps as f32))
-            })?
-            .transpose()?
-            .flatten();
-            if let (Some(out), true) = (fused, x.dims().last() == Some(&hidden)) {
-                return Ok(Tensor::from_vec(out, x.dims(), x.device())?);
+            if x.dims().last() == Some(&self.weight.elem_count()) {
+                let fused = with_cpu_f32(&x, |xd| {
+                    with_cpu_f32(&self.weight, |w| cpu_ops::rms_norm(xd, w, self.eps as f32))
+                })?
+                .transpose()?
+                .flatten();
+                if let Some(out) = fused {
+                    return Ok(Tensor::from_vec(out, x.dims(), x.device())?);
+                }
             }
         }
         let dtype = x.dtype();
@@ -415,9 +406,12 @@ impl Mlp {
             .try_into()
             .map_err(|_| MistralError::BadInput("internal: two projections expected".into()))?;
         let (gate, up) = (gate.contiguous()?, up.contiguous()?);
-        let fused = with_cpu_f32(&gate, |g| with_cpu_f32(&up, |u| cpu_ops::silu_mul(g, u)))?
-            .transpose()?
-            .flatten();
+        let fused = match self.down_proj.is_packed() {
+            true => with_cpu_f32(&gate, |g| with_cpu_f32(&up, |u| cpu_ops::silu_mul(g, u)))?
+                .transpose()?
+                .flatten(),
+            false => None,
+        };
         let hidden = match fused {
             Some(h) => Tensor::from_vec(h, gate.dims(), gate.device())?,
             None => (candle_nn::ops::silu(&gate)? * up)?,
