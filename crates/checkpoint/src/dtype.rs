@@ -138,12 +138,12 @@ pub fn decode_to_f32(dtype: Dtype, bytes: &[u8], out: &mut [f32]) {
             if let Ok(src) = bytemuck::try_cast_slice::<u8, u16>(bytes) {
                 // bf16 is the top half of an f32: a shift, which vectorises well.
                 for (o, &b) in out.iter_mut().zip(src) {
-                    *o = f32::from_bits((b as u32) << 16);
+                    *o = bf16_bits_to_f32(b);
                 }
                 return;
             }
             for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16);
+                *o = bf16_bits_to_f32(u16::from_le_bytes([c[0], c[1]]));
             }
         }
         Dtype::F16 => {
@@ -196,6 +196,12 @@ pub fn encode_from_f32(dtype: Dtype, values: &[f32], out: &mut [u8]) {
             }
         }
     }
+}
+
+/// bf16 bits -> f32, exactly: bf16 is the top half of an f32.
+#[inline]
+pub fn bf16_bits_to_f32(bits: u16) -> f32 {
+    f32::from_bits(u32::from(bits) << 16)
 }
 
 /// f32 -> bf16 bits exactly as torch (c10::BFloat16) does: round to nearest, ties to even, and

@@ -17,7 +17,7 @@ pub mod hub;
 mod reader;
 mod writer;
 
-pub use dtype::{decode_to_f32, encode_from_f32, f32_to_bf16_bits, f32_to_bytes, Dtype};
+pub use dtype::{bf16_bits_to_f32, decode_to_f32, encode_from_f32, f32_to_bf16_bits, f32_to_bytes, Dtype};
 pub use error::CheckpointError;
 pub use header::MAX_HEADER_BYTES;
 pub use hub::{HubId, AUXILIARY_FILES};

@@ -56,10 +56,10 @@ impl TensorSource for Checkpoint {
     fn read_f32(&self, name: &str, out: &mut Vec<f32>) -> Result<(), MergeError> {
         let view = self.tensor(name)?;
         out.clear();
-        let bf16 = |c: &[u8]| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
+        let bf16 = |c: &[u8]| evomerge_checkpoint::bf16_bits_to_f32(u16::from_le_bytes([c[0], c[1]]));
         let numel = view.numel();
         if view.dtype == Dtype::BF16 && view.data.len() == numel * 2 {
-            // bf16 is the top half of an f32 (the same bits as `to_f32_into`).
+            // The checkpoint's own bf16 conversion, appended without zero-filling the buffer first.
             if numel < PARALLEL_DECODE {
                 // Straight into the buffer, without zero-filling it first.
                 out.extend(view.data.chunks_exact(2).map(bf16));
