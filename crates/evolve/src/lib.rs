@@ -1,0 +1,8 @@
+//! Evolutionary search over merge recipes (the paper's parameter-space search): a recipe names the
+//! sources, which merge parameters are genes, the task that scores a candidate and the optimiser.
+//! Each candidate is merged in memory into one live model through the merge crate's single
+//! tensor-level function, scored by the eval crate, and recorded in a SQLite trial journal from
+//! which an interrupted search resumes exactly. The best candidate is exported as a model directory
+//! with a plain mergekit recipe that reproduces it.
+//!
+//! This is the only crate that knows all the others.
