@@ -28,6 +28,10 @@ enum Command {
     Score(cmd::score::Args),
     /// Drive a CMA-ES search over a JSON-lines protocol on stdin/stdout.
     AskTell(cmd::ask_tell::Args),
+    /// Evolve a merge recipe (CMA-ES over merge parameters); the same command resumes.
+    Evolve(cmd::evolve::Args),
+    /// Print the trials of a search (JSON lines or CSV).
+    Trials(cmd::trials::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,6 +51,8 @@ fn main() -> std::process::ExitCode {
         Command::Eval(args) => cmd::eval::run(args),
         Command::Score(args) => cmd::score::run(args),
         Command::AskTell(args) => cmd::ask_tell::run(args),
+        Command::Evolve(args) => cmd::evolve::run(args),
+        Command::Trials(args) => cmd::trials::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

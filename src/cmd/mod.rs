@@ -2,8 +2,10 @@
 
 pub mod ask_tell;
 pub mod eval;
+pub mod evolve;
 pub mod generate;
 pub mod inspect;
 pub mod logits;
 pub mod merge;
 pub mod score;
+pub mod trials;

@@ -6,3 +6,20 @@
 //! with a plain mergekit recipe that reproduces it.
 //!
 //! This is the only crate that knows all the others.
+
+pub mod error;
+pub mod export;
+pub mod fitness;
+pub mod genome;
+pub mod journal;
+pub mod live;
+pub mod plots;
+pub mod recipe;
+pub mod search;
+pub mod trials;
+
+pub use error::EvolveError;
+pub use genome::{Gene, GenomeSpace};
+pub use journal::{Journal, TrialOutcome, TrialRecord, TrialStatus};
+pub use recipe::EvolveRecipe;
+pub use search::{run, SearchOptions, SearchReport};

@@ -72,7 +72,7 @@ impl<'a> Executor<'a> {
 
     /// A buffer of `len` values with unspecified contents, for a kernel that writes all of them
     /// (a reused buffer then needs no zero-filling).
-    fn take_for_output(&self, len: usize) -> Vec<f32> {
+    pub(crate) fn take_for_output(&self, len: usize) -> Vec<f32> {
         let mut buffer = self.pool.map_or_else(Vec::new, |p| p.take(len));
         buffer.truncate(len);
         buffer.resize(len, 0.0);

@@ -1,9 +1,12 @@
 //! The in-memory merger: the same plan and kernels as the file merger, but each merged tensor is
 //! handed to the caller (e.g. written into a live model for one candidate of the search).
 
+use rayon::prelude::*;
+
+use crate::buffers::BufferPool;
 use crate::config::MergeConfig;
 use crate::execute::{Executor, TensorOutput};
-use crate::plan::{model_refs, MergePlan};
+use crate::plan::{model_refs, MergePlan, PlannedTensor};
 use crate::source::TensorSource;
 use crate::MergeError;
 
@@ -16,10 +19,23 @@ pub struct MergedTensor {
 }
 
 /// Merges a recipe over sources already opened or loaded (see [`TensorSource`]).
+///
+/// A search keeps one merger for the whole run and gives it each candidate's recipe with
+/// [`InMemoryMerger::set_config`]: the sources stay as they are, f32 buffers come from a pool and
+/// go back to it, so a candidate allocates no tensor-sized memory in steady state.
 pub struct InMemoryMerger<'a> {
     plan: MergePlan,
     sources: Vec<&'a dyn TensorSource>,
     seed: u64,
+    pool: BufferPool,
+    /// Working memory (f32 values) merged at once by [`InMemoryMerger::merge_into`].
+    batch_bytes: usize,
+}
+
+/// What [`InMemoryMerger::merge_into`] hands the sink: one merged tensor of the plan.
+pub struct MergedView<'v> {
+    pub tensor: &'v PlannedTensor,
+    pub values: &'v [f32],
 }
 
 impl<'a> InMemoryMerger<'a> {
@@ -33,18 +49,51 @@ impl<'a> InMemoryMerger<'a> {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let plan = MergePlan::new(config, &sources)?;
-        Ok(InMemoryMerger { plan, sources, seed })
+        Self::from_sources(config, sources, seed)
     }
 
     /// Same as [`InMemoryMerger::new`] with sources in [`model_refs`] order.
     pub fn from_sources(config: &MergeConfig, sources: Vec<&'a dyn TensorSource>, seed: u64) -> Result<Self, MergeError> {
         let plan = MergePlan::new(config, &sources)?;
-        Ok(InMemoryMerger { plan, sources, seed })
+        Ok(InMemoryMerger { plan, sources, seed, pool: BufferPool::new(DEFAULT_BATCH_BYTES * 2), batch_bytes: DEFAULT_BATCH_BYTES })
+    }
+
+    /// Bound on the f32 working memory of one [`InMemoryMerger::merge_into`] batch (default 1 GiB).
+    pub fn with_batch_bytes(mut self, bytes: usize) -> Self {
+        self.batch_bytes = bytes.max(1);
+        self.pool = BufferPool::new(self.batch_bytes.saturating_mul(2));
+        self
+    }
+
+    /// Re-plan for another recipe over the same sources (the next candidate of a search): the
+    /// recipe must reference the same models in the same order.
+    pub fn set_config(&mut self, config: &MergeConfig) -> Result<(), MergeError> {
+        let refs = model_refs(config);
+        if refs != self.plan.model_refs {
+            return Err(MergeError::config(
+                "models",
+                format!("the new recipe references {refs:?}, the merger holds {:?}", self.plan.model_refs),
+            ));
+        }
+        self.plan = MergePlan::new(config, &self.sources)?;
+        Ok(())
+    }
+
+    /// Seed of DARE masks for the following merges.
+    pub fn set_seed(&mut self, seed: u64) {
+        self.seed = seed;
     }
 
     pub fn plan(&self) -> &MergePlan {
         &self.plan
+    }
+
+    pub fn sources(&self) -> &[&'a dyn TensorSource] {
+        &self.sources
+    }
+
+    fn executor(&self) -> Executor<'_> {
+        Executor { plan: &self.plan, sources: &self.sources, seed: self.seed, pool: Some(&self.pool) }
     }
 
     /// Merge one planned tensor (by position in `plan().tensors`).
@@ -65,6 +114,67 @@ impl<'a> InMemoryMerger<'a> {
         Ok(MergedTensor { name: tensor.name.clone(), shape: tensor.shape.clone(), values })
     }
 
+    /// Merge every tensor of the plan that a merge computes (copies of tensors outside the language
+    /// model, such as a frozen vision tower, are skipped unless `copies` is set) and hand each to
+    /// `sink` in plan order. Tensors are merged in parallel in batches of at most the batch memory;
+    /// the sink runs on the calling thread (it typically writes into a live model).
+    pub fn merge_into<E>(&self, copies: bool, mut sink: impl FnMut(MergedView<'_>) -> Result<(), E>) -> Result<(), E>
+    where
+        E: From<MergeError>,
+    {
+        let executor = self.executor();
+        let wanted: Vec<&PlannedTensor> = self
+            .plan
+            .tensors
+            .iter()
+            .filter(|t| copies || !matches!(t.job, crate::plan::TensorJob::Copy { .. }))
+            .collect();
+        let mut start = 0;
+        while start < wanted.len() {
+            // A batch: consecutive tensors whose working memory fits (at least one).
+            let mut end = start;
+            let mut bytes = 0usize;
+            while end < wanted.len() {
+                let need = Executor::working_bytes(wanted[end]).max(wanted[end].numel() * 4);
+                if end > start && bytes + need > self.batch_bytes {
+                    break;
+                }
+                bytes += need;
+                end += 1;
+            }
+            let outputs: Vec<Result<Vec<f32>, MergeError>> = wanted[start..end]
+                .par_iter()
+                .map(|tensor| match executor.run(tensor)? {
+                    TensorOutput::Values(v) => Ok(v),
+                    TensorOutput::Raw(dtype, bytes) => {
+                        let mut v = executor.take_for_output(bytes.len() / dtype.size_of());
+                        evomerge_checkpoint::decode_to_f32(dtype, bytes, &mut v);
+                        Ok(v)
+                    }
+                })
+                .collect();
+            let mut result = Ok(());
+            for (tensor, output) in wanted[start..end].iter().zip(outputs) {
+                match output {
+                    Ok(values) => {
+                        if result.is_ok() {
+                            result = sink(MergedView { tensor, values: &values });
+                        }
+                        executor.give(values);
+                    }
+                    Err(e) => {
+                        if result.is_ok() {
+                            result = Err(E::from(e));
+                        }
+                    }
+                }
+            }
+            result?;
+            start = end;
+        }
+        Ok(())
+    }
+
     /// Merge every tensor in plan order, handing each to `sink` as soon as it is ready (peak memory:
     /// one tensor's inputs and output).
     pub fn for_each<E>(&self, mut sink: impl FnMut(MergedTensor) -> Result<(), E>) -> Result<(), E>
@@ -82,3 +192,6 @@ impl<'a> InMemoryMerger<'a> {
         (0..self.plan.tensors.len()).map(|i| self.merge_one(i)).collect()
     }
 }
+
+/// Default working memory of one in-memory merge batch.
+const DEFAULT_BATCH_BYTES: usize = 1 << 30;

@@ -180,3 +180,113 @@ impl TensorSource for MemorySource {
         Ok(())
     }
 }
+
+/// A model's tensors read once into memory in their stored dtype and kept there, for a search that
+/// merges thousands of candidates from the same sources: bf16 stays bf16 (half the memory of an f32
+/// copy), f32 is copied out with one `memcpy`. Reads never touch the file again.
+#[derive(Debug)]
+pub struct ResidentSource {
+    label: String,
+    config: Option<Value>,
+    files_dir: Option<std::path::PathBuf>,
+    tensors: BTreeMap<String, ResidentTensor>,
+}
+
+#[derive(Debug)]
+struct ResidentTensor {
+    shape: Vec<usize>,
+    dtype: Dtype,
+    data: ResidentData,
+}
+
+#[derive(Debug)]
+enum ResidentData {
+    F32(Vec<f32>),
+    /// Stored bytes of any other dtype, decoded on read.
+    Bytes(Vec<u8>),
+}
+
+impl ResidentSource {
+    /// Read every tensor of `checkpoint` into memory.
+    pub fn load(checkpoint: &Checkpoint) -> Result<Self, MergeError> {
+        let mut tensors = BTreeMap::new();
+        for name in checkpoint.tensor_names() {
+            let view = checkpoint.tensor(name)?;
+            let data = if view.dtype == Dtype::F32 {
+                ResidentData::F32(view.to_f32())
+            } else {
+                ResidentData::Bytes(view.data.to_vec())
+            };
+            tensors.insert(name.to_string(), ResidentTensor { shape: view.shape.to_vec(), dtype: view.dtype, data });
+            checkpoint.release(name);
+        }
+        Ok(ResidentSource {
+            label: checkpoint.label().to_string(),
+            config: Some(checkpoint.config().clone()),
+            files_dir: Some(checkpoint.dir().to_path_buf()),
+            tensors,
+        })
+    }
+
+    /// Bytes held in memory.
+    pub fn resident_bytes(&self) -> usize {
+        self.tensors
+            .values()
+            .map(|t| match &t.data {
+                ResidentData::F32(v) => v.len() * 4,
+                ResidentData::Bytes(b) => b.len(),
+            })
+            .sum()
+    }
+}
+
+impl TensorSource for ResidentSource {
+    fn label(&self) -> String {
+        self.label.clone()
+    }
+    fn config(&self) -> Option<&Value> {
+        self.config.as_ref()
+    }
+    fn files_dir(&self) -> Option<&Path> {
+        self.files_dir.as_deref()
+    }
+    fn tensor_names(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
+    }
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.tensors.get(name).map(|t| t.shape.clone())
+    }
+    fn dtype(&self, name: &str) -> Option<Dtype> {
+        self.tensors.get(name).map(|t| t.dtype)
+    }
+    fn read_f32(&self, name: &str, out: &mut Vec<f32>) -> Result<(), MergeError> {
+        let tensor = self.tensors.get(name).ok_or_else(|| MergeError::MissingTensor {
+            tensor: name.to_string(),
+            model: self.label.clone(),
+        })?;
+        out.clear();
+        match &tensor.data {
+            ResidentData::F32(values) => out.extend_from_slice(values),
+            ResidentData::Bytes(bytes) if tensor.dtype == Dtype::BF16 => {
+                let bf16 = |c: &[u8]| evomerge_checkpoint::bf16_bits_to_f32(u16::from_le_bytes([c[0], c[1]]));
+                if bytes.len() / 2 < PARALLEL_DECODE {
+                    out.extend(bytes.chunks_exact(2).map(bf16));
+                } else {
+                    out.par_extend(bytes.par_chunks_exact(2).with_min_len(DECODE_CHUNK).map(bf16));
+                }
+            }
+            ResidentData::Bytes(bytes) => {
+                out.resize(tensor.shape.iter().product(), 0.0);
+                evomerge_checkpoint::decode_to_f32(tensor.dtype, bytes, out);
+            }
+        }
+        Ok(())
+    }
+    fn raw(&self, name: &str) -> Option<(Dtype, &[u8])> {
+        let tensor = self.tensors.get(name)?;
+        match &tensor.data {
+            ResidentData::F32(values) => Some((Dtype::F32, bytemuck::cast_slice(values))),
+            ResidentData::Bytes(bytes) => Some((tensor.dtype, bytes)),
+        }
+    }
+}

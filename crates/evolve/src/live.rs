@@ -1,0 +1,106 @@
+//! The live model of a search: one Mistral (or one LLaVA whose language model is merged) loaded
+//! once, into whose existing weight storage every candidate's merged tensors are written. Nothing
+//! is reloaded between candidates; a LLaVA's vision tower and projector are never touched.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use evomerge_merge::layout::Layout;
+use evomerge_merge::MergedView;
+use evomerge_mistral::generation::GenerationConfig;
+use evomerge_mistral::prompt::TextTokenizer;
+use evomerge_mistral::Mistral;
+use evomerge_vision::LlavaModel;
+
+use crate::error::{EvolveError, Result};
+
+pub enum LiveModel {
+    Text(Box<Mistral>),
+    Vlm(Box<LlavaModel>),
+}
+
+pub struct Live {
+    pub model: LiveModel,
+    pub tokenizer: TextTokenizer,
+    pub generation: GenerationConfig,
+    pub dir: PathBuf,
+    /// Layout of the merged tensors' names (the output model's).
+    layout: Layout,
+}
+
+impl Live {
+    /// Load the output model of the merge from `dir` (a LLaVA when `layout` is a VLM layout).
+    pub fn load(dir: &Path, layout: Layout, device: &Device, dtype: DType) -> Result<Self> {
+        let model_err = |what: &str, e: String| EvolveError::Model(format!("{what} {}: {e}", dir.display()));
+        let model = if layout.is_vlm() {
+            let opts = evomerge_vision::LoadOptions { device: device.clone(), dtype: Some(dtype), ..Default::default() };
+            let m = LlavaModel::load(&dir.to_string_lossy(), &opts).map_err(|e| model_err("loading the LLaVA model in", e.to_string()))?;
+            LiveModel::Vlm(Box::new(m))
+        } else {
+            let opts = evomerge_mistral::LoadOptions { device: device.clone(), dtype: Some(dtype), ..Default::default() };
+            let m = Mistral::from_dir(dir, &opts).map_err(|e| model_err("loading the model in", e.to_string()))?;
+            LiveModel::Text(Box::new(m))
+        };
+        let tokenizer =
+            TextTokenizer::from_model_dir(dir).map_err(|e| model_err("loading the tokenizer in", e.to_string()))?;
+        let generation = GenerationConfig::from_model_dir(dir)
+            .map_err(|e| model_err("reading the generation config in", e.to_string()))?;
+        Ok(Live { model, tokenizer, generation, dir: dir.to_path_buf(), layout })
+    }
+
+    pub fn llm(&self) -> &Mistral {
+        match &self.model {
+            LiveModel::Text(m) => m,
+            LiveModel::Vlm(v) => v.llm(),
+        }
+    }
+
+    pub fn llm_mut(&mut self) -> &mut Mistral {
+        match &mut self.model {
+            LiveModel::Text(m) => m,
+            LiveModel::Vlm(v) => v.llm_mut(),
+        }
+    }
+
+    pub fn is_vlm(&self) -> bool {
+        matches!(self.model, LiveModel::Vlm(_))
+    }
+
+    /// Write one merged tensor into the model's storage (output-layout name).
+    pub fn write(&mut self, merged: MergedView<'_>) -> Result<()> {
+        let name = &merged.tensor.name;
+        let canonical = self.layout.canonical(name).ok_or_else(|| {
+            EvolveError::Model(format!("merged tensor `{name}` is not part of the language model"))
+        })?;
+        self.llm_mut()
+            .set_tensor_f32(&canonical, merged.values)
+            .map_err(|e| EvolveError::Model(format!("writing `{name}` into the live model: {e}")))
+    }
+}
+
+/// Parse `cpu`, `cuda`, `cuda:N`.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    let open = |n: usize| {
+        Device::new_cuda(n).map_err(|e| {
+            EvolveError::Model(format!("opening CUDA device {n} ({e}); is this build made with --features cuda?"))
+        })
+    };
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => open(0),
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(n) => open(n),
+            None => Err(EvolveError::recipe("device", format!("unknown device `{other}`; use cpu, cuda or cuda:N"))),
+        },
+    }
+}
+
+/// The candle dtype of a recipe dtype name.
+pub fn candle_dtype(name: &str) -> Result<DType> {
+    match crate::recipe::parse_dtype(name) {
+        Some(evomerge_checkpoint::Dtype::F32) => Ok(DType::F32),
+        Some(evomerge_checkpoint::Dtype::F16) => Ok(DType::F16),
+        Some(evomerge_checkpoint::Dtype::BF16) => Ok(DType::BF16),
+        _ => Err(EvolveError::recipe("genome.dtype", format!("`{name}` is not float32, float16 or bfloat16"))),
+    }
+}

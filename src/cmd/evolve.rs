@@ -1,0 +1,47 @@
+//! `evomerge evolve`: run or resume an evolutionary search over merge recipes.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use evomerge_evolve::{run as run_search, SearchOptions};
+
+#[derive(Parser)]
+pub struct Args {
+    /// The evolve recipe (YAML: genome, task, optimizer, device).
+    pub recipe: PathBuf,
+    /// Output directory: journal, best/, trials.csv, plots/. The same command resumes a search here.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Overrides the recipe's optimizer.seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Overrides the recipe's optimizer.max_trials (may be raised to continue a finished search).
+    #[arg(long)]
+    pub max_trials: Option<u64>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let options = SearchOptions { out: args.out.clone(), seed: args.seed, max_trials: args.max_trials, progress: !args.quiet };
+    let report = run_search(&args.recipe, &options)
+        .with_context(|| format!("evolving {} into {}", args.recipe.display(), args.out.display()))?;
+    match &report.best {
+        Some(best) => println!(
+            "{} trials ({} evaluated now) in {:.1} s; best: trial {} fitness {:.6}; model in {}",
+            report.trials,
+            report.evaluated,
+            report.seconds,
+            best.trial,
+            best.fitness.unwrap_or(f64::NAN),
+            report.out.join("best").display()
+        ),
+        None => println!("{} trials, none finished with a fitness", report.trials),
+    }
+    if let Some(reason) = &report.stopped {
+        println!("CMA-ES stopped early: {reason}");
+    }
+    Ok(())
+}
