@@ -11,8 +11,8 @@ pub struct Args {
     /// The evolve recipe (YAML: genome, task, optimizer, device).
     pub recipe: PathBuf,
     /// Output directory: journal, best/, trials.csv, plots/. The same command resumes a search here.
-    #[arg(long)]
-    pub out: PathBuf,
+    #[arg(long, required_unless_present = "evaluate_initial")]
+    pub out: Option<PathBuf>,
     /// Overrides the recipe's optimizer.seed.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -22,12 +22,23 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Score the recipe's initial genome (every gene at its `init`) and print the fitness; no search,
+    /// no output directory.
+    #[arg(long, conflicts_with = "out")]
+    pub evaluate_initial: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let options = SearchOptions { out: args.out.clone(), seed: args.seed, max_trials: args.max_trials, progress: !args.quiet };
+    let out = args.out.clone().unwrap_or_default();
+    let options = SearchOptions { out: out.clone(), seed: args.seed, max_trials: args.max_trials, progress: !args.quiet };
+    if args.evaluate_initial {
+        let outcome = evomerge_evolve::search::evaluate_initial(&args.recipe, &options)
+            .with_context(|| format!("scoring the initial genome of {}", args.recipe.display()))?;
+        println!("{}", outcome.fitness);
+        return Ok(());
+    }
     let report = run_search(&args.recipe, &options)
-        .with_context(|| format!("evolving {} into {}", args.recipe.display(), args.out.display()))?;
+        .with_context(|| format!("evolving {} into {}", args.recipe.display(), out.display()))?;
     match &report.best {
         Some(best) => println!(
             "{} trials ({} evaluated now) in {:.1} s; best: trial {} fitness {:.6}; model in {}",

@@ -133,11 +133,20 @@ pub fn open_models(recipe: &EvolveRecipe) -> Result<OpenedModels> {
     Ok(OpenedModels { refs, checkpoints, num_layers, output, layouts })
 }
 
-/// Run (or resume) the search of `recipe_path` into `options.out`.
-pub fn run(recipe_path: &Path, options: &SearchOptions) -> Result<SearchReport> {
-    let started = Instant::now();
-    let recipe = effective_recipe(recipe_path, options)?;
-    // Everything that can be refused is refused before a model is read.
+/// A recipe checked against its models and data, nothing read yet.
+struct Prepared {
+    recipe: EvolveRecipe,
+    opened: OpenedModels,
+    space: GenomeSpace,
+    initial: MergeConfig,
+    task: Task,
+    scorer: Option<Scorer>,
+    device: candle_core::Device,
+    dtype: candle_core::DType,
+}
+
+/// Everything that can be refused is refused here, before a model is read.
+fn prepare(recipe: EvolveRecipe) -> Result<Prepared> {
     let opened = open_models(&recipe)?;
     let space = GenomeSpace::new(&recipe, opened.num_layers)?;
     let initial = space.to_merge_config(&space.x0())?;
@@ -151,23 +160,52 @@ pub fn run(recipe_path: &Path, options: &SearchOptions) -> Result<SearchReport> 
     let scorer = if recipe.task.metric.generates() { Some(Scorer::new(recipe.task.metric)?) } else { None };
     let device = parse_device(&recipe.device)?;
     let dtype = candle_dtype(&recipe.genome.dtype)?;
+    Ok(Prepared { recipe, opened, space, initial, task, scorer, device, dtype })
+}
 
-    let journal = export::prepare_out_dir(&options.out, &recipe)?;
-    journal.set_study_value("genes", &serde_json::to_string(&space.genes.iter().map(|g| &g.name).collect::<Vec<_>>()).unwrap_or_default())?;
-
+/// Read the sources into memory (once per run).
+fn load_sources(opened: &mut OpenedModels) -> Result<Vec<ResidentSource>> {
     tracing::info!("reading {} source models into memory", opened.checkpoints.len());
-    let resident: Vec<ResidentSource> =
-        opened.checkpoints.iter().map(ResidentSource::load).collect::<std::result::Result<_, _>>()?;
-    drop(opened.checkpoints);
-    let sources: Vec<&dyn TensorSource> = resident.iter().map(|r| r as &dyn TensorSource).collect();
-    let seed = recipe.optimizer.seed;
-    let mut merger = InMemoryMerger::from_sources(&initial, sources, seed)?;
-    let out_dir = resident[opened.output]
+    let resident = opened.checkpoints.iter().map(ResidentSource::load).collect::<std::result::Result<Vec<_>, _>>()?;
+    opened.checkpoints.clear();
+    Ok(resident)
+}
+
+/// The live model: the output model's directory, loaded once.
+fn load_live(p: &Prepared, resident: &[ResidentSource]) -> Result<Live> {
+    let dir = resident[p.opened.output]
         .files_dir()
         .ok_or_else(|| EvolveError::Model("the output model has no directory".into()))?
         .to_path_buf();
-    let mut live = Live::load(&out_dir, opened.layouts[opened.output], &device, dtype)?;
+    Live::load(&dir, p.opened.layouts[p.opened.output], &p.device, p.dtype)
+}
+
+/// Score the recipe's initial genome (every gene at its `init`) without a journal: the baseline a
+/// search should beat.
+pub fn evaluate_initial(recipe_path: &Path, options: &SearchOptions) -> Result<TrialOutcome> {
+    let mut p = prepare(effective_recipe(recipe_path, options)?)?;
+    let resident = load_sources(&mut p.opened)?;
+    let sources: Vec<&dyn TensorSource> = resident.iter().map(|r| r as &dyn TensorSource).collect();
+    let mut merger = InMemoryMerger::from_sources(&p.initial, sources, p.recipe.optimizer.seed)?;
+    let mut live = load_live(&p, &resident)?;
+    evaluate(&p.space, &p.space.x0(), &mut merger, &mut live, &p.task, p.scorer.as_ref(), &mut Loglik::new())
+}
+
+/// Run (or resume) the search of `recipe_path` into `options.out`.
+pub fn run(recipe_path: &Path, options: &SearchOptions) -> Result<SearchReport> {
+    let started = Instant::now();
+    let mut p = prepare(effective_recipe(recipe_path, options)?)?;
+    let journal = export::prepare_out_dir(&options.out, &p.recipe)?;
+    let genes: Vec<&String> = p.space.genes.iter().map(|g| &g.name).collect();
+    journal.set_study_value("genes", &serde_json::to_string(&genes).map_err(|e| EvolveError::Fitness(e.to_string()))?)?;
+
+    let resident = load_sources(&mut p.opened)?;
+    let sources: Vec<&dyn TensorSource> = resident.iter().map(|r| r as &dyn TensorSource).collect();
+    let seed = p.recipe.optimizer.seed;
+    let mut merger = InMemoryMerger::from_sources(&p.initial, sources, seed)?;
+    let mut live = load_live(&p, &resident)?;
     let mut loglik = Loglik::new();
+    let (recipe, space, task, scorer) = (&p.recipe, &p.space, &p.task, p.scorer.as_ref());
 
     let mut cma = CmaConfig::new(space.x0(), recipe.optimizer.sigma0).with_bounds(space.lower(), space.upper()).with_seed(seed);
     if recipe.optimizer.population > 0 {
@@ -211,7 +249,7 @@ pub fn run(recipe_path: &Path, options: &SearchOptions) -> Result<SearchReport> 
                     let params = space.params(x);
                     journal.start_trial(trial, generation, c as u64, x, &params, &worker)?;
                     let t0 = Instant::now();
-                    let result = evaluate(&space, x, &mut merger, &mut live, &task, scorer.as_ref(), &mut loglik);
+                    let result = evaluate(space, x, &mut merger, &mut live, task, scorer, &mut loglik);
                     let seconds = t0.elapsed().as_secs_f64();
                     match &result {
                         Ok(outcome) => journal.finish_trial(trial, Ok(outcome), seconds)?,
@@ -240,18 +278,18 @@ pub fn run(recipe_path: &Path, options: &SearchOptions) -> Result<SearchReport> 
             told.push(record.fitness);
             trial += 1;
             if improved && record.status == TrialStatus::Complete {
-                export::export_best(&options.out, &space, &record, &mut merger, seed)?;
+                export::export_best(&options.out, space, &record, &mut merger, seed)?;
             }
         }
         es.tell(&cma_fitness(&told))?;
         generation += 1;
-        export::write_reports(&options.out, &journal, &space, best.as_ref(), &recipe)?;
+        export::write_reports(&options.out, &journal, space, best.as_ref(), recipe)?;
     }
     bar.finish_and_clear();
     if let Some(b) = &best {
-        export::ensure_best(&options.out, &space, b, &mut merger, seed)?;
+        export::ensure_best(&options.out, space, b, &mut merger, seed)?;
     }
-    export::write_reports(&options.out, &journal, &space, best.as_ref(), &recipe)?;
+    export::write_reports(&options.out, &journal, space, best.as_ref(), recipe)?;
     let finished = journal.trials()?.iter().filter(|t| t.status != TrialStatus::Running).count() as u64;
     Ok(SearchReport { out: options.out.clone(), trials: finished, evaluated, best, seconds: started.elapsed().as_secs_f64(), stopped })
 }

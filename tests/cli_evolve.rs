@@ -1,0 +1,225 @@
+//! `evomerge evolve` and `evomerge trials` end to end on the tiny merge fixtures: a search improves
+//! on its initial genome, a search killed mid-trial resumes to exactly the records of an
+//! uninterrupted one, `best/recipe.yml` rebuilds `best/` bit for bit, and bad recipes are refused
+//! before any model loads, leaving nothing behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn evomerge(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_evomerge"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HOME", std::env::temp_dir().join("evomerge-cli-evolve-empty-hf-home"))
+        .output()
+        .expect("running evomerge")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The loglik recipe over the merge fixtures, written into `dir` with `edit` applied; the task file
+/// is copied next to it `repeat` times over (more items make a trial slower).
+fn recipe(dir: &Path, repeat: usize, edit: impl Fn(String) -> String) -> PathBuf {
+    let models = fixtures().join("merge/models");
+    let task = std::fs::read_to_string(fixtures().join("evolve/task.jsonl")).unwrap();
+    std::fs::write(dir.join("task.jsonl"), task.repeat(repeat)).unwrap();
+    let text = format!(
+        "genome:
+  merge_method: dare_ties
+  base_model: {m}/base
+  models: [{m}/ft1, {m}/ft2]
+  parameters: [density, weight]
+  dtype: float32
+task:
+  kind: custom
+  data: task.jsonl
+  metric: loglik
+  generation: {{batch_size: 8}}
+optimizer: {{max_trials: 24, seed: 3}}
+",
+        m = models.display()
+    );
+    let path = dir.join("recipe.yml");
+    std::fs::write(&path, edit(text)).unwrap();
+    path
+}
+
+/// Trial records without the fields that depend on timing or the process (seconds, worker).
+fn records(dir: &Path) -> Vec<serde_json::Value> {
+    let out = evomerge(&["trials", dir.to_str().unwrap(), "--format", "jsonl"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let o = v.as_object_mut().unwrap();
+            o.remove("seconds");
+            o.remove("worker");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn loglik_search_improves_on_the_initial_genome_and_writes_its_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = recipe(tmp.path(), 1, |t| t);
+    let out_dir = tmp.path().join("run");
+    let out = evomerge(&["evolve", path.to_str().unwrap(), "--out", out_dir.to_str().unwrap(), "--quiet"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The initial genome (every gene 0.5) scored the same way: a 1-trial search whose only
+    // candidate is the mean is not what CMA-ES asks, so score it through `--evaluate-initial`.
+    let init = evomerge(&["evolve", path.to_str().unwrap(), "--evaluate-initial"]);
+    assert!(init.status.success(), "{}", stderr(&init));
+    let initial: f64 = String::from_utf8(init.stdout).unwrap().trim().parse().unwrap();
+
+    let trials = records(&out_dir);
+    assert_eq!(trials.len(), 24);
+    let best = trials.iter().filter_map(|t| t["fitness"].as_f64()).fold(f64::NEG_INFINITY, f64::max);
+    assert!(best > initial + 0.01, "best {best} should beat the initial genome's {initial}");
+    for t in &trials {
+        assert_eq!(t["status"], "complete");
+        let params = t["params"].as_object().unwrap();
+        assert_eq!(params.len(), 4);
+        assert!(params.contains_key("ft1.density") && params.contains_key("ft2.weight"));
+    }
+    for file in ["best/model.safetensors", "best/config.json", "best/tokenizer.json", "best/recipe.yml", "best/genome.json", "trials.csv", "plots/fitness.svg", "plots/recipe.svg"] {
+        assert!(out_dir.join(file).is_file(), "{file} missing");
+    }
+    let genome: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("best/genome.json")).unwrap()).unwrap();
+    assert_eq!(genome["fitness"].as_f64().unwrap(), best);
+
+    // best/recipe.yml through `evomerge merge` rebuilds best/ bit for bit.
+    let rebuilt = tmp.path().join("rebuilt");
+    let seed = genome["merge_seed"].as_u64().unwrap().to_string();
+    let recipe_yml = out_dir.join("best/recipe.yml");
+    let merged = evomerge(&["merge", recipe_yml.to_str().unwrap(), "--out", rebuilt.to_str().unwrap(), "--seed", &seed]);
+    assert!(merged.status.success(), "{}", stderr(&merged));
+    for file in ["model.safetensors", "config.json"] {
+        assert_eq!(
+            std::fs::read(rebuilt.join(file)).unwrap(),
+            std::fs::read(out_dir.join("best").join(file)).unwrap(),
+            "{file} differs"
+        );
+    }
+
+    // Running the finished search again evaluates nothing and changes nothing.
+    let again = evomerge(&["evolve", path.to_str().unwrap(), "--out", out_dir.to_str().unwrap(), "--quiet"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("(0 evaluated now)"), "{}", String::from_utf8_lossy(&again.stdout));
+    assert_eq!(records(&out_dir), trials);
+}
+
+#[test]
+fn a_search_killed_mid_trial_resumes_to_the_uninterrupted_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 20 copies of the task: each trial takes long enough to be killed inside it.
+    let path = recipe(tmp.path(), 20, |t| t.replace("max_trials: 24", "max_trials: 16"));
+    let straight = tmp.path().join("straight");
+    let out = evomerge(&["evolve", path.to_str().unwrap(), "--out", straight.to_str().unwrap(), "--quiet"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let expected = records(&straight);
+    assert_eq!(expected.len(), 16);
+
+    let resumed = tmp.path().join("resumed");
+    let mut killed_mid_trial = false;
+    for attempt in 0..5 {
+        let _ = std::fs::remove_dir_all(&resumed);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_evomerge"))
+            .args(["evolve", path.to_str().unwrap(), "--out", resumed.to_str().unwrap(), "--quiet"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait until a few trials are done and another one is running, then SIGKILL.
+        let started = Instant::now();
+        loop {
+            if started.elapsed() > Duration::from_secs(120) || child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if resumed.join("journal.sqlite").exists() {
+                let now = records(&resumed);
+                let complete = now.iter().filter(|r| r["status"] == "complete").count();
+                if complete >= 3 + attempt && now.iter().any(|r| r["status"] == "running") {
+                    child.kill().unwrap();
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let _ = child.wait();
+        let after_kill = records(&resumed);
+        if after_kill.iter().any(|r| r["status"] == "running") && after_kill.len() < 16 {
+            killed_mid_trial = true;
+            break;
+        }
+    }
+    assert!(killed_mid_trial, "could not kill the search during a trial");
+
+    let out = evomerge(&["evolve", path.to_str().unwrap(), "--out", resumed.to_str().unwrap(), "--quiet"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(records(&resumed), expected, "a resumed search must record what an uninterrupted one does");
+    assert_eq!(
+        std::fs::read(resumed.join("best/model.safetensors")).unwrap(),
+        std::fs::read(straight.join("best/model.safetensors")).unwrap()
+    );
+}
+
+/// A bad recipe: non-zero exit, the key named, and no output directory created.
+fn refused(recipe_text_edit: impl Fn(String) -> String, key: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = recipe(tmp.path(), 1, recipe_text_edit);
+    let out_dir = tmp.path().join("run");
+    let out = evomerge(&["evolve", path.to_str().unwrap(), "--out", out_dir.to_str().unwrap(), "--quiet"]);
+    assert!(!out.status.success(), "should be refused");
+    let err = stderr(&out);
+    assert!(err.contains(key), "the message should name `{key}`: {err}");
+    assert!(!out_dir.exists(), "a refused recipe must leave nothing behind");
+}
+
+#[test]
+fn bad_recipes_are_refused_before_any_model_loads() {
+    refused(|t| t.replace("  dtype: float32", "  dtype: float32\n  layer_granularity: 3"), "genome.layer_granularity");
+    refused(|t| t.replace("  parameters:", "  paramters: [density]\n  parameters:"), "paramters");
+    refused(|t| t.replace("  parameters: [density, weight]", "  parameters: [density, weight]\n  bounds: {density: [0.0, 1.5]}"), "genome.bounds.density");
+    refused(|t| t.replace("data: task.jsonl", "data: missing.jsonl"), "task.data");
+    let other = fixtures().join("mistral/mistral_classic");
+    refused(|t| t.replace("/ft2]", &format!("/ft2, {}]", other.display())), "genome.models[2]");
+}
+
+#[test]
+fn an_output_directory_of_another_recipe_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = recipe(tmp.path(), 1, |t| t.replace("max_trials: 24", "max_trials: 2"));
+    let out_dir = tmp.path().join("run");
+    let out = evomerge(&["evolve", path.to_str().unwrap(), "--out", out_dir.to_str().unwrap(), "--quiet"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let before = records(&out_dir);
+    // Another seed is another search.
+    let out = evomerge(&["evolve", path.to_str().unwrap(), "--out", out_dir.to_str().unwrap(), "--seed", "9", "--quiet"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("another recipe"), "{}", stderr(&out));
+    // More trials is the same search, continued.
+    let out = evomerge(&["evolve", path.to_str().unwrap(), "--out", out_dir.to_str().unwrap(), "--max-trials", "4", "--quiet"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let after = records(&out_dir);
+    assert_eq!(after.len(), 4);
+    assert_eq!(after[..2], before[..]);
+    // A non-empty directory that is not a search is not written into.
+    let stranger = tmp.path().join("stranger");
+    std::fs::create_dir(&stranger).unwrap();
+    std::fs::write(stranger.join("notes.txt"), "mine").unwrap();
+    let out = evomerge(&["evolve", path.to_str().unwrap(), "--out", stranger.to_str().unwrap(), "--quiet"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not empty"), "{}", stderr(&out));
+}
