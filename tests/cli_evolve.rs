@@ -62,6 +62,7 @@ fn records(dir: &Path) -> Vec<serde_json::Value> {
             let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
             let o = v.as_object_mut().unwrap();
             o.remove("seconds");
+            o.remove("merge_seconds");
             o.remove("worker");
             v
         })

@@ -257,7 +257,7 @@ fn finish(scores: Vec<f64>, generated_tokens: u64, truncated: u64) -> Result<Tri
         return Err(EvolveError::Fitness(format!("item {i} scored {} (non-finite logits?)", scores[i])));
     }
     let fitness = scores.iter().sum::<f64>() / scores.len().max(1) as f64;
-    Ok(TrialOutcome { fitness, item_scores: scores, generated_tokens, truncated })
+    Ok(TrialOutcome { fitness, item_scores: scores, generated_tokens, truncated, merge_seconds: 0.0 })
 }
 
 /// Teacher-forced log-likelihood: for each item, the mean log-probability of the reference's tokens

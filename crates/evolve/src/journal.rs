@@ -56,6 +56,8 @@ pub struct TrialRecord {
     pub fitness: Option<f64>,
     pub status: TrialStatus,
     pub seconds: Option<f64>,
+    /// Of `seconds`, those spent merging the candidate into the live model.
+    pub merge_seconds: Option<f64>,
     pub generated_tokens: Option<u64>,
     /// Answers that ran into `max_new_tokens`.
     pub truncated: Option<u64>,
@@ -76,6 +78,8 @@ pub struct TrialOutcome {
     pub item_scores: Vec<f64>,
     pub generated_tokens: u64,
     pub truncated: u64,
+    /// Of the trial's seconds, those spent merging the candidate into the live model.
+    pub merge_seconds: f64,
 }
 
 pub struct Journal {
@@ -123,6 +127,7 @@ impl Journal {
                    item_scores TEXT,
                    items INTEGER,
                    seconds REAL,
+                   merge_seconds REAL,
                    generated_tokens INTEGER,
                    truncated INTEGER,
                    error TEXT,
@@ -238,7 +243,8 @@ impl Journal {
                 let scores = serde_json::to_string(&o.item_scores).map_err(|e| EvolveError::Fitness(e.to_string()))?;
                 self.conn.execute(
                     "UPDATE trials SET status = 'complete', fitness = ?2, item_scores = ?3, items = ?4, seconds = ?5,
-                     generated_tokens = ?6, truncated = ?7, finished_at = ?8 WHERE trial = ?1 AND status = 'running'",
+                     generated_tokens = ?6, truncated = ?7, finished_at = ?8, merge_seconds = ?9
+                     WHERE trial = ?1 AND status = 'running'",
                     params![
                         trial as i64,
                         o.fitness,
@@ -247,7 +253,8 @@ impl Journal {
                         seconds,
                         o.generated_tokens as i64,
                         o.truncated as i64,
-                        now()
+                        now(),
+                        o.merge_seconds
                     ],
                 )
             }
@@ -269,7 +276,7 @@ impl Journal {
 }
 
 const SELECT: &str = "SELECT trial, generation, candidate, genome, params, status, fitness, item_scores, items, seconds,
-    generated_tokens, truncated, error, worker FROM trials";
+    generated_tokens, truncated, error, worker, merge_seconds FROM trials";
 
 fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<TrialRecord> {
     let bad = |i: usize, e: String| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into());
@@ -292,6 +299,7 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<TrialRecord> {
         truncated: r.get::<_, Option<i64>>(11)?.map(|v| v as u64),
         error: r.get(12)?,
         worker: r.get(13)?,
+        merge_seconds: r.get(14)?,
     })
 }
 
@@ -320,7 +328,8 @@ mod tests {
         j.start_trial(0, 0, 0, &genome, &params, "w").unwrap();
         // A killed run's `running` row may be restarted ...
         j.start_trial(0, 0, 0, &genome, &params, "w").unwrap();
-        let outcome = TrialOutcome { fitness: -0.125, item_scores: vec![0.5, -0.75], generated_tokens: 7, truncated: 1 };
+        let outcome =
+            TrialOutcome { fitness: -0.125, item_scores: vec![0.5, -0.75], generated_tokens: 7, truncated: 1, merge_seconds: 0.25 };
         j.finish_trial(0, Ok(&outcome), 1.5).unwrap();
         // ... a finished one may not.
         assert!(j.start_trial(0, 0, 0, &genome, &params, "w").is_err());

@@ -305,16 +305,19 @@ pub fn evaluate(
     loglik: &mut Loglik,
 ) -> Result<TrialOutcome> {
     let config: MergeConfig = space.to_merge_config(x)?;
+    let merge_started = Instant::now();
     merger.set_config(&config)?;
     merger.merge_into(false, |view| live.write(view))?;
-    match (task.spec.metric, scorer) {
+    let merge_seconds = merge_started.elapsed().as_secs_f64();
+    let outcome = match (task.spec.metric, scorer) {
         (Metric::Loglik, _) => loglik.evaluate(live, task),
         (_, Some(scorer)) => {
             let _ = (generation_fitness, scorer);
             Err(EvolveError::Fitness("generation metrics: wiring pending".into()))
         }
         (_, None) => Err(EvolveError::Fitness("no scorer for a generation metric".into())),
-    }
+    }?;
+    Ok(TrialOutcome { merge_seconds, ..outcome })
 }
 
 /// CMA-ES minimises: tell the negated fitness; a failed candidate is told a value worse than every

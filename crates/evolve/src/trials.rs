@@ -24,7 +24,7 @@ pub fn write_csv(records: &[TrialRecord], out: &mut dyn Write) -> std::io::Resul
         }
     }
     let mut header: Vec<String> =
-        ["trial", "generation", "candidate", "status", "fitness", "seconds", "generated_tokens", "truncated", "items", "error"]
+        ["trial", "generation", "candidate", "status", "fitness", "seconds", "merge_seconds", "generated_tokens", "truncated", "items", "error"]
             .iter()
             .map(|s| s.to_string())
             .collect();
@@ -40,6 +40,7 @@ pub fn write_csv(records: &[TrialRecord], out: &mut dyn Write) -> std::io::Resul
             status.to_string(),
             opt(r.fitness.map(|v| v.to_string())),
             opt(r.seconds.map(|v| format!("{v:.3}"))),
+            opt(r.merge_seconds.map(|v| format!("{v:.4}"))),
             opt(r.generated_tokens.map(|v| v.to_string())),
             opt(r.truncated.map(|v| v.to_string())),
             opt(r.items.map(|v| v.to_string())),
@@ -75,6 +76,7 @@ mod tests {
             fitness: None,
             status: TrialStatus::Failed,
             seconds: Some(1.0),
+            merge_seconds: None,
             generated_tokens: None,
             truncated: None,
             items: None,
