@@ -180,3 +180,55 @@ fn write_error_mid_merge_leaves_no_output_or_temp_dir() {
     );
     assert_failed_cleanly(&out, tmp.path(), &[], &["no space left on device"]);
 }
+
+/// A plain Mistral directory holding the tiny LLaVA fixture's language model, every value
+/// shifted by `shift` (a different "model" with the same shapes).
+fn plain_llm_from_llava(llava: &Checkpoint, out: &Path, shift: f32) -> PathBuf {
+    let tensors: Vec<_> = llava
+        .tensor_names()
+        .into_iter()
+        .filter_map(|n| {
+            let canonical = n.strip_prefix("language_model.")?;
+            let v = llava.tensor(n).unwrap();
+            let values: Vec<f32> = v.to_f32().iter().enumerate().map(|(i, x)| x + shift * ((i % 5) as f32 - 2.0)).collect();
+            Some((canonical.to_string(), Dtype::F32, v.shape.to_vec(), evomerge_checkpoint::f32_to_bytes(Dtype::F32, &values)))
+        })
+        .collect();
+    let mut config = llava.config()["text_config"].clone();
+    config["architectures"] = serde_json::json!(["MistralForCausalLM"]);
+    write_checkpoint(out, &tensors, &config, None, WriteOptions::default()).unwrap()
+}
+
+#[test]
+fn plain_base_with_a_llava_model_writes_a_llava_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let llava_dir = fixtures().join("../vision/llava").canonicalize().unwrap();
+    let llava = Checkpoint::open_dir(&llava_dir).unwrap();
+    let base = plain_llm_from_llava(&llava, &tmp.path().join("base"), 0.01);
+    let ft = plain_llm_from_llava(&llava, &tmp.path().join("ft"), -0.02);
+    let recipe = tmp.path().join("vlm.yml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "merge_method: ties\nbase_model: {}\nmodels:\n  - model: {}\n  - model: {}\nparameters: {{weight: 0.5, density: 0.6}}\n",
+            base.display(),
+            llava_dir.display(),
+            ft.display()
+        ),
+    )
+    .unwrap();
+    let out_dir = tmp.path().join("merged");
+    let out = merge(&[recipe.to_str().unwrap(), "--out", out_dir.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("the output is a VLM"), "the CLI says which model the output is: {}", stderr(&out));
+    let merged = Checkpoint::open_dir(&out_dir).unwrap();
+    assert_eq!(merged.config()["model_type"], "llava");
+    assert_eq!(merged.config()["architectures"], serde_json::json!(["LlavaForConditionalGeneration"]));
+    assert_eq!(merged.tensor_names(), llava.tensor_names());
+    for name in llava.tensor_names().into_iter().filter(|n| !n.starts_with("language_model.")) {
+        assert!(merged.tensor(name).unwrap().data == llava.tensor(name).unwrap().data, "{name} copied bit for bit");
+    }
+    for file in ["processor_config.json", "tokenizer.json", "tokenizer_config.json"] {
+        assert!(out_dir.join(file).is_file(), "{file} comes with the VLM");
+    }
+}

@@ -51,6 +51,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         report.bytes_read as f64 / 1e9,
         report.bytes_read as f64 / 1e9 / report.seconds.max(1e-9),
     );
+    if let Some(vlm) = &report.output_vlm {
+        eprintln!("the output is a VLM: vision tower, projector, config and processor files from {vlm}");
+    }
     Ok(())
 }
 

@@ -28,6 +28,13 @@ pub const AUXILIARY_FILES: &[&str] = &[
     "processor_config.json",
 ];
 
+/// The processor's share of the auxiliary files: image preprocessing settings and the chat
+/// template (in a VLM the processor's template places the image). A merged VLM takes these from
+/// the VLM even when its tokenizer comes from another model.
+pub fn is_processor_file(name: &str) -> bool {
+    matches!(name, "preprocessor_config.json" | "processor_config.json") || name.starts_with("chat_template")
+}
+
 /// A hub id split into its parts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HubId {

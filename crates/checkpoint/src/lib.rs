@@ -20,6 +20,6 @@ mod writer;
 pub use dtype::{bf16_bits_to_f32, decode_to_f32, encode_from_f32, f32_to_bf16_bits, f32_to_bytes, Dtype};
 pub use error::CheckpointError;
 pub use header::MAX_HEADER_BYTES;
-pub use hub::{HubId, AUXILIARY_FILES};
+pub use hub::{is_processor_file, HubId, AUXILIARY_FILES};
 pub use reader::{layer_index, Checkpoint, TensorInfo, TensorView, CONFIG_FILE, INDEX_FILE, SINGLE_FILE};
 pub use writer::{write_checkpoint, CheckpointWriter, TensorPlan, WriteOptions, DEFAULT_MAX_SHARD_BYTES};

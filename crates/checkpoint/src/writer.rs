@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::dtype::{encode_from_f32, Dtype};
 use crate::error::CheckpointError;
-use crate::hub::AUXILIARY_FILES;
+use crate::hub::{is_processor_file, AUXILIARY_FILES};
 use crate::reader::{CONFIG_FILE, INDEX_FILE, SINGLE_FILE};
 
 /// Default maximum shard size: 5 GB, as `transformers`' `save_pretrained` uses.
@@ -309,7 +309,20 @@ impl CheckpointWriter {
     /// sharded) and `config.json`, copies tokenizer/processor files from `files_from`, syncs
     /// everything and renames the directory to the output name (replacing an old one only now,
     /// with `force`). Returns the output directory.
-    pub fn finish(mut self, config: &Value, files_from: Option<&Path>) -> Result<PathBuf, CheckpointError> {
+    pub fn finish(self, config: &Value, files_from: Option<&Path>) -> Result<PathBuf, CheckpointError> {
+        self.finish_with_processor(config, files_from, files_from)
+    }
+
+    /// [`finish`](Self::finish), with the processor files ([`is_processor_file`]: preprocessor and
+    /// processor settings, chat templates) copied from `processor_files_from` and the other
+    /// auxiliary files (tokenizer, generation settings) from `files_from`. A merged VLM whose
+    /// tokenizer comes from another model needs the two apart.
+    pub fn finish_with_processor(
+        mut self,
+        config: &Value,
+        files_from: Option<&Path>,
+        processor_files_from: Option<&Path>,
+    ) -> Result<PathBuf, CheckpointError> {
         let missing: Vec<&str> =
             self.tensors.iter().filter(|t| !t.written.load(Ordering::Acquire)).map(|t| t.plan.name.as_str()).collect();
         if let Some(first) = missing.first() {
@@ -326,7 +339,10 @@ impl CheckpointWriter {
         }
         write_json(&self.temp_dir.join(CONFIG_FILE), config)?;
         if let Some(source) = files_from {
-            copy_auxiliary_files(source, &self.temp_dir)?;
+            copy_auxiliary_files(source, &self.temp_dir, |n| !is_processor_file(n))?;
+        }
+        if let Some(source) = processor_files_from {
+            copy_auxiliary_files(source, &self.temp_dir, is_processor_file)?;
         }
         sync_dir(&self.temp_dir)?;
         self.move_into_place()?;
@@ -445,13 +461,15 @@ fn write_json(path: &Path, value: &Value) -> Result<(), CheckpointError> {
     file.write_all(text.as_bytes()).and_then(|_| file.sync_all()).map_err(|e| CheckpointError::io(path, e))
 }
 
-/// Copies the tokenizer, chat-template, generation and processor files that exist in `source`.
-fn copy_auxiliary_files(source: &Path, dest: &Path) -> Result<(), CheckpointError> {
+/// Copies the tokenizer, chat-template, generation and processor files that exist in `source`
+/// and pass `keep`.
+fn copy_auxiliary_files(source: &Path, dest: &Path, keep: impl Fn(&str) -> bool) -> Result<(), CheckpointError> {
     let entries = std::fs::read_dir(source).map_err(|e| CheckpointError::io(source, e))?;
     let mut names: Vec<String> = entries
         .flatten()
         .filter_map(|e| e.file_name().into_string().ok())
         .filter(|n| AUXILIARY_FILES.contains(&n.as_str()) || n.starts_with("chat_template"))
+        .filter(|n| keep(n))
         .collect();
     names.sort();
     for name in names {

@@ -189,6 +189,43 @@ fn config_and_tokenizer_files_are_written() {
 }
 
 #[test]
+fn processor_files_can_come_from_another_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (llm, vlm) = (tmp.path().join("llm"), tmp.path().join("vlm"));
+    for (dir, files) in [
+        (&llm, &["tokenizer.json", "generation_config.json", "chat_template.jinja"][..]),
+        (&vlm, &["tokenizer.json", "processor_config.json", "preprocessor_config.json", "chat_template.json"][..]),
+    ] {
+        std::fs::create_dir(dir).unwrap();
+        for f in files {
+            std::fs::write(dir.join(f), dir.file_name().unwrap().to_str().unwrap()).unwrap();
+        }
+    }
+    let plan = vec![TensorPlan::new("w", Dtype::F32, vec![2])];
+    let writer = CheckpointWriter::create(&tmp.path().join("out"), plan, WriteOptions::default()).unwrap();
+    writer.write_tensor("w", &[0u8; 8]).unwrap();
+    let out = writer.finish_with_processor(&tiny_config(), Some(&llm), Some(&vlm)).unwrap();
+    // The LLM's chat template is left out: a VLM's template is the processor's.
+    let from = |f: &str| std::fs::read_to_string(out.join(f)).unwrap();
+    assert_eq!(
+        entries(&out),
+        [
+            "chat_template.json",
+            "config.json",
+            "generation_config.json",
+            "model.safetensors",
+            "preprocessor_config.json",
+            "processor_config.json",
+            "tokenizer.json"
+        ]
+    );
+    assert_eq!(from("tokenizer.json"), "llm");
+    assert_eq!(from("generation_config.json"), "llm");
+    assert_eq!(from("processor_config.json"), "vlm");
+    assert_eq!(from("chat_template.json"), "vlm");
+}
+
+#[test]
 fn checkpoint_is_send_and_sync_and_writer_is_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Checkpoint>();

@@ -126,7 +126,7 @@ impl<'a> Executor<'a> {
                     .collect();
                 // Every method writes every output value.
                 let mut out = self.take_for_output(tensor.numel());
-                let ctx = TensorContext { name: &tensor.name, layer: tensor.layer, seed: self.seed, shape: &tensor.shape };
+                let ctx = TensorContext { name: &tensor.canonical, layer: tensor.layer, seed: self.seed, shape: &tensor.shape };
                 let merged = merge_tensor(self.plan.method, &ctx, shared, base_values.as_deref(), &model_tensors, &mut out);
                 drop(model_tensors);
                 for buffer in input_values.into_iter().chain(base_values) {

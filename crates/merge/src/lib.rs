@@ -11,7 +11,8 @@
 //! tensors to the caller, for the evolutionary search that merges many candidates in memory.
 //!
 //! LLaVA checkpoints (llava-hf, newer transformers and original layouts) merge their language model
-//! with plain Mistral/Llama checkpoints; see [`layout::Layout`].
+//! with plain Mistral/Llama checkpoints; see [`layout::Layout`]. A recipe that merges a VLM writes
+//! a VLM, even with a plain `base_model` (rule in [`plan`]).
 
 mod buffers;
 pub mod config;

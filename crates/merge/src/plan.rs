@@ -2,6 +2,16 @@
 //! inputs, resolved parameters, layer index and vocabulary handling. Planning reads only names and
 //! shapes, so every recipe error (missing tensor, mismatched shapes, missing parameter) is found
 //! before any output is written.
+//!
+//! The output model: the merged model takes one model's layout (stored names), `config.json`,
+//! tensors outside the language model (copied bit for bit) and processor files. When the recipe
+//! merges a VLM (any LLaVA layout, [`Layout::is_vlm`]), the output is a VLM, so that a VLM ⊕ LLM
+//! recipe whose `base_model` is a plain LLM (task vectors against Mistral-7B, as EvoVLM-JP) keeps
+//! its vision tower and projector. The rule: the `base_model` if it is a VLM; else the first VLM
+//! among the merged models in recipe order (`models` as listed, or each slice's `sources` then
+//! its `base_model`, slice by slice); else the `base_model`; else the first source. The tokenizer
+//! source only lends its tokenizer and never decides the output. The choice is
+//! [`MergePlan::output_model`], and is logged.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -82,6 +92,9 @@ pub enum TensorJob {
 pub struct PlannedTensor {
     /// Output tensor name (in the output model's layout).
     pub name: String,
+    /// Canonical (plain Mistral/Llama) name, the same whatever the output layout; random kernels
+    /// key on it, so a VLM output's merged LLM equals a plain output's. Copied tensors: `name`.
+    pub canonical: String,
     pub shape: Vec<usize>,
     pub dtype: Dtype,
     /// Output layer index, for layer tensors.
@@ -103,8 +116,17 @@ pub struct MergePlan {
     pub tensors: Vec<PlannedTensor>,
     /// `config.json` of the output (the output model's, with layer count, vocab size and dtype updated).
     pub config: Value,
-    /// Model whose tokenizer/processor files go with the output.
+    /// Model (index into `model_refs`) whose layout, config and non-LLM tensors the output has; a
+    /// VLM whenever the recipe merges one (rule in the module doc).
+    pub output_model: usize,
+    /// Layout of the output (that of `output_model`).
+    pub output_layout: Layout,
+    /// Model whose tokenizer and generation files go with the output: `tokenizer_source` (`base`:
+    /// the base model), else the output model.
     pub files_from: usize,
+    /// Model whose processor files (preprocessor/processor settings, chat templates) go with the
+    /// output: the output model when it is a VLM, else `files_from`.
+    pub processor_files_from: usize,
 }
 
 impl std::fmt::Debug for dyn MergeMethod {
@@ -182,8 +204,19 @@ impl MergePlan {
         let global_base = config.base_model.as_deref().map(index_of);
 
         let slices = normalise_slices(config, &infos, global_base, method, &index_of)?;
-        let out_model = global_base.unwrap_or(slices[0].sources[0].0);
+        let out_model = choose_output_model(&infos, global_base, &slices);
         let out_info = &infos[out_model];
+        if out_info.layout.is_vlm() {
+            let vlms = slices.iter().flat_map(|s| s.sources.iter().map(|x| x.0).chain(s.base)).chain(global_base);
+            let others: BTreeSet<&str> =
+                vlms.filter(|&i| i != out_model && infos[i].layout.is_vlm()).map(|i| refs[i].as_str()).collect();
+            tracing::info!(
+                model = %refs[out_model],
+                layout = ?out_info.layout,
+                other_vlms = ?others,
+                "the output is this VLM: its layout, config, vision tower, projector and processor files are kept"
+            );
+        }
         let out_dtype = config.out_dtype.as_deref().or(config.dtype.as_deref()).and_then(parse_dtype);
 
         let tokenizer_model = match config.tokenizer_source.as_deref() {
@@ -231,6 +264,7 @@ impl MergePlan {
             let dtype = out_info.source.dtype(name).unwrap_or(Dtype::F32);
             planner.tensors.push(PlannedTensor {
                 name: name.clone(),
+                canonical: name.clone(),
                 shape,
                 dtype,
                 layer: None,
@@ -245,8 +279,25 @@ impl MergePlan {
             .map(|t| t.shape[0]);
         let tensors = planner.tensors;
         let mut out_config = out_info.source.config().cloned().unwrap_or_else(|| Value::Object(Default::default()));
-        update_config(&mut out_config, out_layer, vocab_rows, out_dtype);
-        Ok(MergePlan { method, model_refs: refs, tensors, config: out_config, files_from: tokenizer_model.unwrap_or(out_model) })
+        update_config(&mut out_config, out_info.layout, out_layer, vocab_rows, out_dtype);
+        // `tokenizer_source: base` names the base, which is no longer always the output model.
+        let files_from = match config.tokenizer_source.as_deref() {
+            Some("base") => global_base.unwrap_or(out_model),
+            _ => tokenizer_model.unwrap_or(out_model),
+        };
+        if out_info.layout.is_vlm() {
+            warn_vlm_vocabulary(out_info, &out_config, vocab_rows, files_from == out_model);
+        }
+        Ok(MergePlan {
+            method,
+            model_refs: refs,
+            tensors,
+            config: out_config,
+            output_model: out_model,
+            output_layout: out_info.layout,
+            files_from,
+            processor_files_from: if out_info.layout.is_vlm() { out_model } else { files_from },
+        })
     }
 
     /// Bytes of tensor data the merge reads (stored dtypes), for throughput figures.
@@ -265,6 +316,38 @@ impl MergePlan {
                 }
             })
             .sum()
+    }
+}
+
+/// The output model (rule in the module doc).
+fn choose_output_model(infos: &[ModelInfo], global_base: Option<usize>, slices: &[SliceSpec]) -> usize {
+    let is_vlm = |i: &usize| infos[*i].layout.is_vlm();
+    if let Some(base) = global_base.filter(is_vlm) {
+        return base;
+    }
+    let mut merged = slices.iter().flat_map(|s| s.sources.iter().map(|x| x.0).chain(s.base));
+    merged.find(is_vlm).or(global_base).unwrap_or(slices[0].sources[0].0)
+}
+
+/// The vocabulary follows `tokenizer_source`, else the base, which for a VLM output may be a plain
+/// LLM without the VLM's added tokens (`<image>`, padding). That is left as it is (the user may
+/// want it), but said, as the output then does not match the VLM's tokenizer or image token.
+fn warn_vlm_vocabulary(out: &ModelInfo, config: &Value, rows: Option<usize>, tokenizer_from_vlm: bool) {
+    let Some(rows) = rows else { return };
+    let vlm_rows =
+        out.canonical.get("model.embed_tokens.weight").and_then(|n| out.source.shape(n)).and_then(|s| s.first().copied());
+    if let Some(vlm_rows) = vlm_rows.filter(|&v| tokenizer_from_vlm && v != rows) {
+        tracing::warn!(
+            vlm = %out.label,
+            "the merged vocabulary has {rows} rows (it follows tokenizer_source, else the base model) but the VLM's, whose tokenizer files are used, has {vlm_rows}; set tokenizer_source to the VLM to keep its vocabulary"
+        );
+    }
+    let image_token = ["image_token_index", "image_token_id"].iter().find_map(|k| config.get(*k)).and_then(Value::as_u64);
+    if let Some(id) = image_token.filter(|&id| id >= rows as u64) {
+        tracing::warn!(
+            vlm = %out.label,
+            "the VLM's image token id {id} is outside the merged vocabulary of {rows} rows; set tokenizer_source to the VLM to keep its vocabulary"
+        );
     }
 }
 
@@ -492,6 +575,7 @@ impl Planner<'_, '_> {
             .unwrap_or(Dtype::F32);
         self.tensors.push(PlannedTensor {
             name: self.out_info.layout.stored(out_canonical),
+            canonical: out_canonical.to_string(),
             shape,
             dtype,
             layer,
@@ -501,17 +585,41 @@ impl Planner<'_, '_> {
     }
 }
 
-/// Output config: layer count, vocabulary size and dtype of the merged model.
-fn update_config(config: &mut Value, layers: usize, vocab_rows: Option<usize>, dtype: Option<Dtype>) {
+/// Output config: layer count, vocabulary size and dtype of the merged model, whose layout is
+/// `layout`.
+fn update_config(config: &mut Value, layout: Layout, layers: usize, vocab_rows: Option<usize>, dtype: Option<Dtype>) {
     let Some(obj) = config.as_object_mut() else { return };
-    // LLaVA-style configs keep the language model's hyper-parameters in `text_config`.
-    let in_text = obj.get("text_config").is_some_and(Value::is_object);
-    let target = if in_text { obj.get_mut("text_config").and_then(Value::as_object_mut) } else { Some(&mut *obj) };
-    if let Some(target) = target {
-        target.insert("num_hidden_layers".into(), Value::from(layers));
-        if let Some(rows) = vocab_rows {
-            target.insert("vocab_size".into(), Value::from(rows));
+    // llava-hf and newer transformers LLaVA configs keep the language model's hyper-parameters in
+    // `text_config`; one left out (all defaults) is created, since top-level keys would be ignored.
+    // Original LLaVA configs are flat, like plain LLMs'.
+    let nested = matches!(layout, Layout::LlavaHf | Layout::LlavaNested);
+    if nested && !obj.get("text_config").is_some_and(Value::is_object) {
+        obj.insert("text_config".into(), Value::Object(Default::default()));
+    }
+    if let Some(rows) = vocab_rows {
+        // Older LlavaConfigs repeat the text vocabulary size at the top.
+        if obj.get("text_config").is_some_and(Value::is_object) && obj.contains_key("vocab_size") {
+            obj.insert("vocab_size".into(), Value::from(rows));
         }
+    }
+    let text = match obj.get_mut("text_config").and_then(Value::as_object_mut) {
+        Some(text) => {
+            set_llm_shape(text, layers, vocab_rows);
+            // The merged LLM takes the output dtype; `vision_config`'s is left, as the vision
+            // tower is copied as stored.
+            if let Some(dtype) = dtype {
+                for k in ["dtype", "torch_dtype"] {
+                    if text.contains_key(k) {
+                        text.insert(k.to_string(), Value::from(dtype.torch_name()));
+                    }
+                }
+            }
+            true
+        }
+        None => false,
+    };
+    if !text {
+        set_llm_shape(obj, layers, vocab_rows);
     }
     if let Some(dtype) = dtype {
         let keys: BTreeSet<&str> = ["dtype", "torch_dtype"].into_iter().filter(|k| obj.contains_key(*k)).collect();
@@ -521,5 +629,42 @@ fn update_config(config: &mut Value, layers: usize, vocab_rows: Option<usize>, d
         for k in keys {
             obj.insert(k.to_string(), Value::from(dtype.torch_name()));
         }
+    }
+}
+
+fn set_llm_shape(target: &mut serde_json::Map<String, Value>, layers: usize, vocab_rows: Option<usize>) {
+    target.insert("num_hidden_layers".into(), Value::from(layers));
+    if let Some(rows) = vocab_rows {
+        target.insert("vocab_size".into(), Value::from(rows));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn config_update_follows_the_output_layout() {
+        let mut nested = json!({
+            "model_type": "llava", "vocab_size": 10, "torch_dtype": "float16",
+            "text_config": {"torch_dtype": "float16", "vocab_size": 10, "num_hidden_layers": 2},
+            "vision_config": {"torch_dtype": "float16"}
+        });
+        update_config(&mut nested, Layout::LlavaHf, 3, Some(12), Some(Dtype::BF16));
+        assert_eq!(
+            nested,
+            json!({
+                "model_type": "llava", "vocab_size": 12, "torch_dtype": "bfloat16",
+                "text_config": {"torch_dtype": "bfloat16", "vocab_size": 12, "num_hidden_layers": 3},
+                "vision_config": {"torch_dtype": "float16"}
+            })
+        );
+        let mut flat = json!({"model_type": "llava_mistral", "num_hidden_layers": 2, "vocab_size": 10});
+        update_config(&mut flat, Layout::Liuhaotian, 3, Some(12), None);
+        assert_eq!(flat, json!({"model_type": "llava_mistral", "num_hidden_layers": 3, "vocab_size": 12}));
+        let mut bare = json!({"model_type": "llava"});
+        update_config(&mut bare, Layout::LlavaNested, 3, None, None);
+        assert_eq!(bare, json!({"model_type": "llava", "text_config": {"num_hidden_layers": 3}}));
     }
 }

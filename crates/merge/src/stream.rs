@@ -55,6 +55,9 @@ pub struct MergeReport {
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub seconds: f64,
+    /// The recipe's reference of the VLM the output is (its vision tower, projector, config and
+    /// processor files were kept), `None` for a plain LLM output.
+    pub output_vlm: Option<String>,
 }
 
 /// Where a model reference in a recipe points: an existing path (as given, else relative to the
@@ -171,13 +174,15 @@ pub fn write_plan(
     progress.finish_and_clear();
     result?; // dropping `writer` on error removes its temporary directory
     let files_from = sources[plan.files_from].files_dir();
-    let out_dir = writer.finish(&plan.config, files_from)?;
+    let processor_files_from = sources[plan.processor_files_from].files_dir();
+    let out_dir = writer.finish_with_processor(&plan.config, files_from, processor_files_from)?;
     Ok(MergeReport {
         out_dir,
         tensors: plan.tensors.len(),
         bytes_read: plan.bytes_read(sources),
         bytes_written,
         seconds: started.elapsed().as_secs_f64(),
+        output_vlm: plan.output_layout.is_vlm().then(|| plan.model_refs[plan.output_model].clone()),
     })
 }
 

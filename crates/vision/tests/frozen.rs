@@ -1,6 +1,7 @@
 //! "Frozen really means frozen": merging a tiny VLM's language model with a tiny plain LLM (crates/merge)
 //! writes a complete VLM whose vision tower, projector and image newline are bit-identical to the source
-//! VLM, and which this crate loads and runs.
+//! VLM, and which this crate loads and runs; also when the VLM is one of the `models` and the base is
+//! a plain LLM (task vectors against the LLM, as EvoVLM-JP's recipe).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,8 +15,8 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/vision")
 }
 
-/// A plain Mistral checkpoint with the VLM's LLM shapes but different values.
-fn write_plain_llm(vlm: &Path, out: &Path) {
+/// A plain Mistral checkpoint with the VLM's LLM shapes but different values (`v * scale + shift`).
+fn write_plain_llm(vlm: &Path, out: &Path, scale: f64, shift: f64) {
     std::fs::create_dir_all(out).unwrap();
     let tensors =
         candle_core::safetensors::load(vlm.join("model.safetensors"), &Device::Cpu).unwrap();
@@ -24,7 +25,7 @@ fn write_plain_llm(vlm: &Path, out: &Path) {
         .filter_map(|(k, v)| {
             let name = WeightLayout::HfLegacy.to_llm_name(&k)?;
             // a different model: every value scaled and shifted
-            Some((name, ((v * 0.8).unwrap() + 0.05).unwrap()))
+            Some((name, ((v * scale).unwrap() + shift).unwrap()))
         })
         .collect();
     candle_core::safetensors::save(&llm, out.join("model.safetensors")).unwrap();
@@ -39,14 +40,36 @@ fn write_plain_llm(vlm: &Path, out: &Path) {
     .unwrap();
 }
 
-fn merge(vlm: &Path, dir: &Path, method: &str) -> PathBuf {
+/// Where the VLM sits in the recipe.
+#[derive(Clone, Copy)]
+enum VlmRole {
+    /// `base_model`, merged with one plain LLM.
+    Base,
+    /// One of the `models`, next to a plain LLM, with another plain LLM as `base_model` (the
+    /// output is still the VLM).
+    Model,
+}
+
+fn merge(vlm: &Path, dir: &Path, method: &str, role: VlmRole) -> PathBuf {
     let llm = dir.join("plain-llm");
-    write_plain_llm(vlm, &llm);
-    let recipe = format!(
-        "merge_method: {method}\nbase_model: {vlm}\nmodels:\n  - model: {llm}\n    parameters:\n      weight: 0.7\n      density: 0.6\ndtype: float32\n",
-        vlm = vlm.display(),
-        llm = llm.display()
-    );
+    write_plain_llm(vlm, &llm, 0.8, 0.05);
+    let recipe = match role {
+        VlmRole::Base => format!(
+            "merge_method: {method}\nbase_model: {vlm}\nmodels:\n  - model: {llm}\n    parameters:\n      weight: 0.7\n      density: 0.6\ndtype: float32\n",
+            vlm = vlm.display(),
+            llm = llm.display()
+        ),
+        VlmRole::Model => {
+            let base = dir.join("plain-base");
+            write_plain_llm(vlm, &base, 0.9, -0.02);
+            format!(
+                "merge_method: {method}\nbase_model: {base}\nmodels:\n  - model: {vlm}\n  - model: {llm}\nparameters:\n  weight: 0.5\n  density: 0.6\ndtype: float32\n",
+                base = base.display(),
+                vlm = vlm.display(),
+                llm = llm.display()
+            )
+        }
+    };
     let config = MergeConfig::from_yaml(&recipe).expect("recipe parses");
     let out = dir.join("merged-vlm");
     let options = MergeOptions {
@@ -58,9 +81,9 @@ fn merge(vlm: &Path, dir: &Path, method: &str) -> PathBuf {
     out
 }
 
-fn check_frozen(vlm_dir: &Path, method: &str) {
+fn check_frozen(vlm_dir: &Path, method: &str, role: VlmRole) {
     let tmp = tempfile::tempdir().unwrap();
-    let out = merge(vlm_dir, tmp.path(), method);
+    let out = merge(vlm_dir, tmp.path(), method, role);
     let src = Checkpoint::open_dir(vlm_dir).unwrap();
     let merged = Checkpoint::open_dir(&out).unwrap();
     let layout = WeightLayout::detect(&src).unwrap();
@@ -152,10 +175,20 @@ fn check_frozen(vlm_dir: &Path, method: &str) {
 
 #[test]
 fn merging_llava_with_an_llm_keeps_the_vision_part_bit_identical() {
-    check_frozen(&fixtures().join("llava"), "task_arithmetic");
+    check_frozen(&fixtures().join("llava"), "task_arithmetic", VlmRole::Base);
 }
 
 #[test]
 fn merging_llava_next_with_dare_ties_keeps_the_vision_part_bit_identical() {
-    check_frozen(&fixtures().join("llava_next"), "dare_ties");
+    check_frozen(&fixtures().join("llava_next"), "dare_ties", VlmRole::Base);
+}
+
+#[test]
+fn llava_among_the_models_with_a_plain_base_merges_to_a_runnable_llava() {
+    check_frozen(&fixtures().join("llava"), "ties", VlmRole::Model);
+}
+
+#[test]
+fn llava_next_among_the_models_with_a_plain_base_merges_to_a_runnable_llava_next() {
+    check_frozen(&fixtures().join("llava_next"), "dare_ties", VlmRole::Model);
 }

@@ -17,7 +17,9 @@ use crate::MergeError;
 /// Where the tensor being merged sits; kernels that draw random numbers key them on it.
 #[derive(Debug, Clone, Copy)]
 pub struct TensorContext<'a> {
-    /// Output tensor name (mergekit/HF naming, e.g. `model.layers.3.mlp.up_proj.weight`).
+    /// Canonical output tensor name (plain Mistral/Llama naming, e.g.
+    /// `model.layers.3.mlp.up_proj.weight`, whatever the output layout: a VLM's merged language
+    /// model gets the same DARE masks as a plain model's).
     pub name: &'a str,
     /// Output layer index, `None` for embeddings, final norm, lm_head.
     pub layer: Option<usize>,
