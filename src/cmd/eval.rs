@@ -239,7 +239,8 @@ fn run_math(benchmark: Benchmark, args: MathArgs) -> anyhow::Result<()> {
         bail!("{} has no items to evaluate", benchmark.name());
     }
     let detector = detector(common)?;
-    let mut config = MgsmRunConfig::paper(benchmark.name(), out_dir(common, benchmark));
+    let out = out_dir(common, benchmark);
+    let mut config = MgsmRunConfig::paper(benchmark.name());
     config.template = read_template(common.template.as_deref(), MGSM_JA_PROMPT)?;
     config.mode = mode;
     config.data_files = file_list(&loaded);
@@ -252,7 +253,7 @@ fn run_math(benchmark: Benchmark, args: MathArgs) -> anyhow::Result<()> {
     let mut generator =
         generators::TextGenerator::load(&common.model, &common.device, common.dtype.as_deref())?;
     let bar = progress_bar(benchmark.name());
-    let summary = run_mgsm(
+    let output = run_mgsm(
         &mut generator,
         &questions,
         &skipped_rows(&loaded),
@@ -263,6 +264,8 @@ fn run_math(benchmark: Benchmark, args: MathArgs) -> anyhow::Result<()> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    output.write(&out)?;
+    let summary = &output.summary;
     println!(
         "{}: {} items, mode {}",
         summary.benchmark, summary.items, summary.extraction_mode
@@ -283,7 +286,7 @@ fn run_math(benchmark: Benchmark, args: MathArgs) -> anyhow::Result<()> {
             summary.skipped_rows.len()
         );
     }
-    println!("  wrote {}", config.out_dir.display());
+    println!("  wrote {}", out.display());
     Ok(())
 }
 
@@ -336,7 +339,8 @@ fn run_vqa_benchmark(benchmark: Benchmark, args: VqaArgs) -> anyhow::Result<()> 
     if questions.is_empty() {
         bail!("{} has no items to evaluate", benchmark.name());
     }
-    let mut config = VqaRunConfig::paper(benchmark.name(), out_dir(common, benchmark));
+    let out = out_dir(common, benchmark);
+    let mut config = VqaRunConfig::paper(benchmark.name());
     config.template = read_template(common.template.as_deref(), JA_VQA_PROMPT)?;
     config.data_files = file_list(&loaded);
     if let Some(b) = common.batch {
@@ -352,7 +356,7 @@ fn run_vqa_benchmark(benchmark: Benchmark, args: VqaArgs) -> anyhow::Result<()> 
         &args.image_mode,
     )?;
     let bar = progress_bar(benchmark.name());
-    let summary = run_vqa(
+    let output = run_vqa(
         &mut generator as &mut dyn Generator,
         &questions,
         &skipped_rows(&loaded),
@@ -364,6 +368,8 @@ fn run_vqa_benchmark(benchmark: Benchmark, args: VqaArgs) -> anyhow::Result<()> 
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    output.write(&out)?;
+    let summary = &output.summary;
     println!(
         "{}: {} items, tokenizer {}",
         summary.benchmark, summary.items, summary.tokenizer
@@ -389,6 +395,6 @@ fn run_vqa_benchmark(benchmark: Benchmark, args: VqaArgs) -> anyhow::Result<()> 
             summary.skipped_rows.len()
         );
     }
-    println!("  wrote {}", config.out_dir.display());
+    println!("  wrote {}", out.display());
     Ok(())
 }
