@@ -5,9 +5,7 @@
 //!
 //! Each run writes `predictions.jsonl` and `summary.json` into `--out` and shows a progress bar on a
 //! terminal. The model adapters (text Mistral, LLaVA) implementing the evaluators' `Generator` trait live
-//! in `eval/generators.rs`.
-
-mod generators;
+//! in `evomerge_evolve::generators`, where the search uses them too.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -22,6 +20,7 @@ use evomerge_eval::runner::{
     run_mgsm, run_vqa, JapaneseProbability, MathQuestion, MgsmRunConfig, PaperRouge, SkippedRow,
     VqaQuestion, VqaRunConfig, JA_VQA_PROMPT,
 };
+use evomerge_evolve::generators::{TextModel, VlmModel};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(clap::Args)]
@@ -250,8 +249,12 @@ fn run_math(benchmark: Benchmark, args: MathArgs) -> anyhow::Result<()> {
     if let Some(n) = common.max_new_tokens {
         config.settings.max_new_tokens = n;
     }
-    let mut generator =
-        generators::TextGenerator::load(&common.model, &common.device, common.dtype.as_deref())?;
+    let model = TextModel::load(
+        &common.model,
+        &super::device_arg(&common.device)?,
+        super::dtype_arg(common.dtype.as_deref())?,
+    )?;
+    let mut generator = model.generator();
     let bar = progress_bar(benchmark.name());
     let output = run_mgsm(
         &mut generator,
@@ -349,12 +352,13 @@ fn run_vqa_benchmark(benchmark: Benchmark, args: VqaArgs) -> anyhow::Result<()> 
     if let Some(n) = common.max_new_tokens {
         config.settings.max_new_tokens = n;
     }
-    let mut generator = generators::VlmGenerator::load(
+    let mut model = VlmModel::load(
         &common.model,
-        &common.device,
-        common.dtype.as_deref(),
-        &args.image_mode,
+        &super::device_arg(&common.device)?,
+        super::dtype_arg(common.dtype.as_deref())?,
+        evomerge_vision::cli::parse_mode(&args.image_mode)?,
     )?;
+    let mut generator = model.generator();
     let bar = progress_bar(benchmark.name());
     let output = run_vqa(
         &mut generator as &mut dyn Generator,

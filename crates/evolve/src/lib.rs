@@ -6,3 +6,5 @@
 //! with a plain mergekit recipe that reproduces it.
 //!
 //! This is the only crate that knows all the others.
+
+pub mod generators;
