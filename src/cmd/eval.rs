@@ -5,9 +5,7 @@
 //!
 //! Each run writes `predictions.jsonl` and `summary.json` into `--out` and shows a progress bar on a
 //! terminal. The model adapters (text Mistral, LLaVA) implementing the evaluators' `Generator` trait live
-//! in `eval/generators.rs`.
-
-mod generators;
+//! in `evomerge_evolve::generators`, where the search uses them too.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -22,6 +20,7 @@ use evomerge_eval::runner::{
     run_mgsm, run_vqa, JapaneseProbability, MathQuestion, MgsmRunConfig, PaperRouge, SkippedRow,
     VqaQuestion, VqaRunConfig, JA_VQA_PROMPT,
 };
+use evomerge_evolve::generators::{TextModel, VlmModel};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(clap::Args)]
@@ -239,7 +238,8 @@ fn run_math(benchmark: Benchmark, args: MathArgs) -> anyhow::Result<()> {
         bail!("{} has no items to evaluate", benchmark.name());
     }
     let detector = detector(common)?;
-    let mut config = MgsmRunConfig::paper(benchmark.name(), out_dir(common, benchmark));
+    let out = out_dir(common, benchmark);
+    let mut config = MgsmRunConfig::paper(benchmark.name());
     config.template = read_template(common.template.as_deref(), MGSM_JA_PROMPT)?;
     config.mode = mode;
     config.data_files = file_list(&loaded);
@@ -249,10 +249,14 @@ fn run_math(benchmark: Benchmark, args: MathArgs) -> anyhow::Result<()> {
     if let Some(n) = common.max_new_tokens {
         config.settings.max_new_tokens = n;
     }
-    let mut generator =
-        generators::TextGenerator::load(&common.model, &common.device, common.dtype.as_deref())?;
+    let model = TextModel::load(
+        &common.model,
+        &super::device_arg(&common.device)?,
+        super::dtype_arg(common.dtype.as_deref())?,
+    )?;
+    let mut generator = model.generator();
     let bar = progress_bar(benchmark.name());
-    let summary = run_mgsm(
+    let output = run_mgsm(
         &mut generator,
         &questions,
         &skipped_rows(&loaded),
@@ -263,6 +267,8 @@ fn run_math(benchmark: Benchmark, args: MathArgs) -> anyhow::Result<()> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    output.write(&out)?;
+    let summary = &output.summary;
     println!(
         "{}: {} items, mode {}",
         summary.benchmark, summary.items, summary.extraction_mode
@@ -283,7 +289,7 @@ fn run_math(benchmark: Benchmark, args: MathArgs) -> anyhow::Result<()> {
             summary.skipped_rows.len()
         );
     }
-    println!("  wrote {}", config.out_dir.display());
+    println!("  wrote {}", out.display());
     Ok(())
 }
 
@@ -336,7 +342,8 @@ fn run_vqa_benchmark(benchmark: Benchmark, args: VqaArgs) -> anyhow::Result<()> 
     if questions.is_empty() {
         bail!("{} has no items to evaluate", benchmark.name());
     }
-    let mut config = VqaRunConfig::paper(benchmark.name(), out_dir(common, benchmark));
+    let out = out_dir(common, benchmark);
+    let mut config = VqaRunConfig::paper(benchmark.name());
     config.template = read_template(common.template.as_deref(), JA_VQA_PROMPT)?;
     config.data_files = file_list(&loaded);
     if let Some(b) = common.batch {
@@ -345,14 +352,15 @@ fn run_vqa_benchmark(benchmark: Benchmark, args: VqaArgs) -> anyhow::Result<()> 
     if let Some(n) = common.max_new_tokens {
         config.settings.max_new_tokens = n;
     }
-    let mut generator = generators::VlmGenerator::load(
+    let mut model = VlmModel::load(
         &common.model,
-        &common.device,
-        common.dtype.as_deref(),
-        &args.image_mode,
+        &super::device_arg(&common.device)?,
+        super::dtype_arg(common.dtype.as_deref())?,
+        evomerge_vision::cli::parse_mode(&args.image_mode)?,
     )?;
+    let mut generator = model.generator();
     let bar = progress_bar(benchmark.name());
-    let summary = run_vqa(
+    let output = run_vqa(
         &mut generator as &mut dyn Generator,
         &questions,
         &skipped_rows(&loaded),
@@ -364,6 +372,8 @@ fn run_vqa_benchmark(benchmark: Benchmark, args: VqaArgs) -> anyhow::Result<()> 
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    output.write(&out)?;
+    let summary = &output.summary;
     println!(
         "{}: {} items, tokenizer {}",
         summary.benchmark, summary.items, summary.tokenizer
@@ -389,6 +399,6 @@ fn run_vqa_benchmark(benchmark: Benchmark, args: VqaArgs) -> anyhow::Result<()> 
             summary.skipped_rows.len()
         );
     }
-    println!("  wrote {}", config.out_dir.display());
+    println!("  wrote {}", out.display());
     Ok(())
 }

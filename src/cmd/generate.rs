@@ -8,7 +8,6 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Device};
 use evomerge_mistral::generation::{self, Completion, FinishReason, GenerationConfig, PromptInput};
 use evomerge_mistral::prompt::{PromptTemplate, TextTokenizer};
 use evomerge_mistral::{LoadOptions, Mistral};
@@ -79,7 +78,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (None, None) => bail!("give --prompt TEXT or --prompts FILE.jsonl"),
     };
 
-    let dir = model_dir(&args.model)?;
+    let dir = evomerge_evolve::generators::model_dir(&args.model)?;
     let tokenizer = TextTokenizer::from_model_dir(&dir)
         .with_context(|| format!("loading the tokenizer of {}", dir.display()))?;
     let mut config = GenerationConfig::from_model_dir(&dir)
@@ -95,7 +94,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     {
         return run_with_images(&args, &dir, &jobs, images, &config, &tokenizer);
     }
-    let opts = LoadOptions { device: parse_device(&args.device)?, dtype: parse_dtype(args.dtype.as_deref())?, ..Default::default() };
+    let opts = LoadOptions {
+        device: super::device_arg(&args.device)?,
+        dtype: super::dtype_arg(args.dtype.as_deref())?,
+        ..Default::default()
+    };
     let model = Mistral::from_dir(&dir, &opts).with_context(|| format!("loading the model in {}", dir.display()))?;
 
     let prompts = jobs
@@ -218,39 +221,6 @@ fn read_jobs(path: &Path) -> anyhow::Result<Vec<Job>> {
     Ok(jobs)
 }
 
-/// A local directory as is; otherwise a hub id resolved (cache first) by the checkpoint crate.
-fn model_dir(spec: &str) -> anyhow::Result<PathBuf> {
-    let path = Path::new(spec);
-    if path.is_dir() {
-        return Ok(path.to_path_buf());
-    }
-    let ckpt = evomerge_checkpoint::Checkpoint::open(spec)
-        .with_context(|| format!("cannot open model {spec:?} (a directory or a hub id)"))?;
-    Ok(ckpt.dir().to_path_buf())
-}
-
-fn parse_device(spec: &str) -> anyhow::Result<Device> {
-    match spec {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Device::new_cuda(0).context("cannot open CUDA device 0 (was evomerge built with --features cuda?)"),
-        other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
-            Some(n) => Device::new_cuda(n)
-                .with_context(|| format!("cannot open CUDA device {n} (was evomerge built with --features cuda?)")),
-            None => bail!("--device {other:?}: use cpu, cuda or cuda:N"),
-        },
-    }
-}
-
-fn parse_dtype(spec: Option<&str>) -> anyhow::Result<Option<DType>> {
-    Ok(match spec.map(str::to_ascii_lowercase).as_deref() {
-        None => None,
-        Some("f32" | "float32") => Some(DType::F32),
-        Some("f16" | "float16" | "fp16") => Some(DType::F16),
-        Some("bf16" | "bfloat16") => Some(DType::BF16),
-        Some(other) => bail!("--dtype {other:?} is not one of f32, f16, bf16"),
-    })
-}
-
 // ----- vision-language models (`--image`) -------------------------------------------------------------
 
 /// Generation with a LLaVA model: each prompt's image replaces its `<image>`; output as for text prompts.
@@ -263,8 +233,8 @@ fn run_with_images(
     tokenizer: &TextTokenizer,
 ) -> anyhow::Result<()> {
     let opts = evomerge_vision::LoadOptions {
-        device: parse_device(&args.device)?,
-        dtype: parse_dtype(args.dtype.as_deref())?,
+        device: super::device_arg(&args.device)?,
+        dtype: super::dtype_arg(args.dtype.as_deref())?,
         mode: evomerge_vision::cli::parse_mode(&args.image_mode)?,
         ..Default::default()
     };

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use evomerge_mistral::{evomistral, LayerPath, LoadOptions, Mistral, ScaleConvention, ScaleLookup};
 
 #[derive(clap::Args)]
@@ -45,21 +45,12 @@ pub struct Args {
     pub image_mode: String,
 }
 
-fn parse_dtype(name: &str) -> anyhow::Result<DType> {
-    Ok(match name.to_ascii_lowercase().as_str() {
-        "f32" | "float32" => DType::F32,
-        "f16" | "float16" | "fp16" => DType::F16,
-        "bf16" | "bfloat16" => DType::BF16,
-        other => bail!("--dtype `{other}` is not one of f32, f16, bf16"),
-    })
-}
-
 pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(image) = &args.image {
         return run_with_image(&args, image);
     }
     let opts = LoadOptions {
-        dtype: args.dtype.as_deref().map(parse_dtype).transpose()?,
+        dtype: super::dtype_arg(args.dtype.as_deref())?,
         ..LoadOptions::default()
     };
     let lookup = match args.evomistral_scales.as_str() {
@@ -115,7 +106,7 @@ fn run_with_image(args: &Args, image: &std::path::Path) -> anyhow::Result<()> {
         bail!("--image cannot be combined with --pool or --path");
     }
     let opts = evomerge_vision::LoadOptions {
-        dtype: args.dtype.as_deref().map(parse_dtype).transpose()?,
+        dtype: super::dtype_arg(args.dtype.as_deref())?,
         mode: evomerge_vision::cli::parse_mode(&args.image_mode)?,
         ..Default::default()
     };

@@ -1,10 +1,13 @@
-//! Evaluation runners: prompts → [`Generator`] → scores, with a per-item predictions file and a summary.
-//!
-//! Every run writes, atomically (temporary file + rename), into its output directory:
+//! Evaluation runners: prompts → [`Generator`] → scores, returned in memory as a [`RunOutput`]: one
+//! record per evaluated item and a summary. Runners never touch the file system; a caller that wants
+//! files (the CLI) passes the output to [`write_outputs`], which writes atomically (temporary file +
+//! rename) into a directory:
 //! * `predictions.jsonl`: one line per evaluated item (dataset index, question, reference, completion,
 //!   extracted/derived scores, new tokens, whether the item hit `max_new_tokens`);
 //! * `summary.json`: the scores, item counts, skipped dataset rows, the generation budget and how many
 //!   answers hit it, the language detector and tokenizer used, the generator, the prompt template.
+//!
+//! A search scores many candidates this way with no files at all.
 //!
 //! Runners take plain question structs (not the datasets crate's types) and report progress through a
 //! callback, so the caller decides how to display it.
@@ -25,7 +28,7 @@ mod vqa;
 
 pub use vqa::{
     render_vqa_prompt, run_vqa, vqa_generation_settings, PaperRouge, VqaItemScores, VqaMetric,
-    VqaQuestion, VqaRecord, VqaRunConfig, VqaScores, VqaSummary, JA_VQA_PROMPT,
+    VqaOutput, VqaQuestion, VqaRecord, VqaRunConfig, VqaScores, VqaSummary, JA_VQA_PROMPT,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -102,25 +105,40 @@ pub struct MgsmRunConfig {
     pub mode: ExtractionMode,
     /// Prompts per `Generator::generate` call.
     pub batch_size: usize,
-    pub out_dir: PathBuf,
     /// Data files the items came from (recorded).
     pub data_files: Vec<String>,
 }
 
 impl MgsmRunConfig {
-    /// The paper's settings for `benchmark`, writing into `out_dir`.
-    pub fn paper(benchmark: impl Into<String>, out_dir: impl Into<PathBuf>) -> Self {
+    /// The paper's settings for `benchmark`.
+    pub fn paper(benchmark: impl Into<String>) -> Self {
         Self {
             benchmark: benchmark.into(),
             template: mgsm::MGSM_JA_PROMPT.to_string(),
             settings: mgsm::generation_settings(),
             mode: ExtractionMode::Paper,
             batch_size: 8,
-            out_dir: out_dir.into(),
             data_files: Vec::new(),
         }
     }
 }
+
+/// What a run returns: one record per evaluated item, in question order, and the summary.
+#[derive(Debug, Clone)]
+pub struct RunOutput<R, S> {
+    pub records: Vec<R>,
+    pub summary: S,
+}
+
+impl<R: Serialize, S: Serialize> RunOutput<R, S> {
+    /// Writes `predictions.jsonl` and `summary.json` into `dir`; see [`write_outputs`].
+    pub fn write(&self, dir: &Path) -> Result<(), RunnerError> {
+        write_outputs(dir, &self.records, &self.summary)
+    }
+}
+
+/// The output of [`run_mgsm`].
+pub type MgsmOutput = RunOutput<MgsmRecord, MgsmSummary>;
 
 /// One line of an MGSM `predictions.jsonl`.
 #[derive(Debug, Clone, Serialize)]
@@ -161,7 +179,7 @@ pub struct MgsmSummary {
 }
 
 /// Runs MGSM-JA (or the GSM8K-JA search set): renders prompts, generates in batches, extracts answers,
-/// computes `acc` and, with a detector, `acc_ja`; writes `predictions.jsonl` and `summary.json`.
+/// computes `acc` and, with a detector, `acc_ja`. Writes nothing; see [`RunOutput::write`].
 pub fn run_mgsm(
     generator: &mut dyn Generator,
     questions: &[MathQuestion],
@@ -169,7 +187,7 @@ pub fn run_mgsm(
     detector: Option<&dyn JapaneseProbability>,
     config: &MgsmRunConfig,
     progress: Progress<'_>,
-) -> Result<MgsmSummary, RunnerError> {
+) -> Result<MgsmOutput, RunnerError> {
     check_run_config(&config.settings, config.batch_size, &config.template)?;
     let started = Instant::now();
     let prompts: Vec<Prompt> = questions
@@ -233,13 +251,13 @@ pub fn run_mgsm(
         data_files: config.data_files.clone(),
         elapsed_seconds: started.elapsed().as_secs_f64(),
     };
-    write_outputs(&config.out_dir, &records, &summary)?;
-    Ok(summary)
+    Ok(RunOutput { records, summary })
 }
 
 /// Checks what every runner needs before generating: valid settings, a batch of at least one, and a
-/// template with an `{input}` placeholder.
-fn check_run_config(
+/// template with an `{input}` placeholder. Public so that a caller can reject a bad configuration
+/// before it loads a model.
+pub fn check_run_config(
     settings: &GenerationSettings,
     batch_size: usize,
     template: &str,
@@ -289,8 +307,9 @@ pub(crate) fn generate_batched(
     Ok(out)
 }
 
-/// Writes `predictions.jsonl` and `summary.json` into `dir` (created if needed), each atomically.
-pub(crate) fn write_outputs<R: Serialize, S: Serialize>(
+/// Writes `predictions.jsonl` (one JSON line per record) and `summary.json` (pretty JSON) into `dir`
+/// (created if needed), each atomically.
+pub fn write_outputs<R: Serialize, S: Serialize>(
     dir: &Path,
     records: &[R],
     summary: &S,

@@ -84,10 +84,10 @@ fn vqa_runner_scores_match_the_python_reference() {
         })
         .collect();
     let dir = tempfile::tempdir().unwrap();
-    let mut config = VqaRunConfig::paper("rouge-corpus", dir.path());
+    let mut config = VqaRunConfig::paper("rouge-corpus");
     config.batch_size = 16;
     let metric = PaperRouge::new(tokenizer());
-    let summary = run_vqa(
+    let output = run_vqa(
         &mut Replay(predictions.clone()),
         &questions,
         &[],
@@ -97,6 +97,8 @@ fn vqa_runner_scores_match_the_python_reference() {
         &mut |_, _| {},
     )
     .unwrap();
+    output.write(dir.path()).unwrap();
+    let summary = &output.summary;
     // The runner strips predictions (as the reference's VQA wrapper does); surrounding whitespace never
     // changes the word segmentation, so the aggregates equal the reference's.
     for name in ["rouge1", "rouge2", "rougeL"] {

@@ -111,10 +111,10 @@ fn mgsm_run_scores_writes_files_and_counts_the_budget() {
         reason: "missing answer_number".into(),
     }];
     let dir = tempfile::tempdir().unwrap();
-    let mut config = MgsmRunConfig::paper("mgsm-ja", dir.path());
+    let mut config = MgsmRunConfig::paper("mgsm-ja");
     config.batch_size = 2;
     let mut progress = Vec::new();
-    let summary = run_mgsm(
+    let output = run_mgsm(
         &mut gen,
         &questions,
         &skipped,
@@ -123,6 +123,39 @@ fn mgsm_run_scores_writes_files_and_counts_the_budget() {
         &mut |done, total| progress.push((done, total)),
     )
     .unwrap();
+    // The run itself writes nothing: files are the caller's choice.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    let summary = &output.summary;
+
+    // The records come back in question order, as scored.
+    let records = &output.records;
+    assert_eq!(
+        records.iter().map(|r| r.index).collect::<Vec<_>>(),
+        vec![0, 1, 3, 4, 5]
+    );
+    assert_eq!(
+        records.iter().map(|r| r.correct).collect::<Vec<_>>(),
+        vec![true, true, false, false, false]
+    );
+    assert_eq!(
+        records.iter().map(|r| r.correct_ja).collect::<Vec<_>>(),
+        vec![
+            Some(true),
+            Some(false),
+            Some(false),
+            Some(false),
+            Some(false)
+        ]
+    );
+    assert_eq!(records[0].pred, Some(8.0));
+    assert_eq!(records[2].pred, Some(0.0));
+    assert_eq!(records[3].pred, None);
+    assert_eq!(records[4].pred, Some(5.0));
+    assert_eq!(records[1].completion, "The answer is 480.");
+    assert_eq!(records[1].ja_probability, Some(0.1));
+    assert!(records[2].hit_max_new_tokens);
+
+    output.write(dir.path()).unwrap();
 
     // Paper mode: A correct (ja), B correct (English → not ja), C wrong ("1,000" → 0), D no number,
     // E wrong (minus dropped).
@@ -164,10 +197,11 @@ fn mgsm_run_scores_writes_files_and_counts_the_budget() {
     assert_eq!(summary_json["prompt_template"], MGSM_JA_PROMPT);
 
     // Strict mode reads "1,000" and "-5" as written.
-    let strict_dir = tempfile::tempdir().unwrap();
-    let mut strict = MgsmRunConfig::paper("mgsm-ja", strict_dir.path());
+    let mut strict = MgsmRunConfig::paper("mgsm-ja");
     strict.mode = ExtractionMode::Strict;
-    let summary = run_mgsm(&mut gen, &questions, &[], None, &strict, &mut |_, _| {}).unwrap();
+    let summary = run_mgsm(&mut gen, &questions, &[], None, &strict, &mut |_, _| {})
+        .unwrap()
+        .summary;
     assert_eq!(summary.correct, 4);
     assert_eq!(summary.correct_ja, None);
     assert!(!summary.metrics.contains_key("acc_ja"));
@@ -193,13 +227,12 @@ fn mgsm_prompts_are_the_reference_template() {
         }
     }
     let mut cap = Capture(vec![]);
-    let dir = tempfile::tempdir().unwrap();
     run_mgsm(
         &mut cap,
         &[q(0, "りんごは何個？", 1.0)],
         &[],
         None,
-        &MgsmRunConfig::paper("mgsm-ja", dir.path()),
+        &MgsmRunConfig::paper("mgsm-ja"),
         &mut |_, _| {},
     )
     .unwrap();
@@ -221,13 +254,12 @@ fn a_generator_that_drops_answers_is_an_error_not_a_zero() {
             Ok(vec![])
         }
     }
-    let dir = tempfile::tempdir().unwrap();
     let err = run_mgsm(
         &mut Short,
         &[q(0, "x", 1.0)],
         &[],
         None,
-        &MgsmRunConfig::paper("mgsm-ja", dir.path()),
+        &MgsmRunConfig::paper("mgsm-ja"),
         &mut |_, _| {},
     )
     .unwrap_err();
@@ -236,7 +268,6 @@ fn a_generator_that_drops_answers_is_an_error_not_a_zero() {
             .contains("returned 0 completions for 1 prompts"),
         "{err}"
     );
-    assert!(!dir.path().join("summary.json").exists());
 }
 
 /// Exact match ×100 per item; aggregates are plain means (enough to check the plumbing).
@@ -312,8 +343,8 @@ fn vqa_run_passes_images_strips_predictions_and_applies_the_ja_rule() {
     ];
     // Item 1: reference is English (by the test detector) → not emptied, stays correct.
     let dir = tempfile::tempdir().unwrap();
-    let config = VqaRunConfig::paper("ja-vg-vqa-500", dir.path());
-    let summary = run_vqa(
+    let config = VqaRunConfig::paper("ja-vg-vqa-500");
+    let output = run_vqa(
         &mut gen,
         &questions,
         &[],
@@ -323,6 +354,25 @@ fn vqa_run_passes_images_strips_predictions_and_applies_the_ja_rule() {
         &mut |_, _| {},
     )
     .unwrap();
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    let predictions: Vec<&str> = output
+        .records
+        .iter()
+        .map(|r| r.prediction.as_str())
+        .collect();
+    assert_eq!(predictions, vec!["赤色です。", "a blue square", "yes"]);
+    assert_eq!(
+        output
+            .records
+            .iter()
+            .map(|r| r.counted_empty_for_ja)
+            .collect::<Vec<_>>(),
+        vec![Some(false); 3]
+    );
+    assert_eq!(output.records[1].scores.rouge_l, 100.0);
+    assert!(output.records[1].hit_max_new_tokens);
+    output.write(dir.path()).unwrap();
+    let summary = &output.summary;
     assert_eq!(gen.seen_images, 3);
     assert_eq!(summary.metrics["rougeL"], 100.0);
     assert_eq!(summary.metrics["rougeL_ja"], 100.0);
@@ -345,7 +395,6 @@ fn vqa_run_passes_images_strips_predictions_and_applies_the_ja_rule() {
         answer: "red".into(),
         image: vec![1],
     }];
-    let dir2 = tempfile::tempdir().unwrap();
     let mut q2_ref_ja = q2.clone();
     q2_ref_ja[0].answer = "red です".into();
     gen2.answers = vec![("何色", "red です", false)];
@@ -355,10 +404,11 @@ fn vqa_run_passes_images_strips_predictions_and_applies_the_ja_rule() {
         &[],
         &ExactMatch,
         Some(&KanaDetector),
-        &VqaRunConfig::paper("x", dir2.path()),
+        &VqaRunConfig::paper("x"),
         &mut |_, _| {},
     )
-    .unwrap();
+    .unwrap()
+    .summary;
     assert_eq!(s.metrics["rougeL_ja"], 100.0);
     gen2.answers = vec![("何色", "red", false)];
     q2_ref_ja[0].answer = "あか".into();
@@ -368,11 +418,14 @@ fn vqa_run_passes_images_strips_predictions_and_applies_the_ja_rule() {
         &[],
         &ExactMatch,
         Some(&KanaDetector),
-        &VqaRunConfig::paper("x", dir2.path()),
+        &VqaRunConfig::paper("x"),
         &mut |_, _| {},
     )
     .unwrap();
-    assert_eq!(s.metrics["rougeL_ja"], 0.0);
+    assert_eq!(s.summary.metrics["rougeL_ja"], 0.0);
+    assert_eq!(s.records[0].scores.rouge_l_ja, Some(0.0));
+    let dir2 = tempfile::tempdir().unwrap();
+    s.write(dir2.path()).unwrap();
     let line: serde_json::Value = serde_json::from_str(
         std::fs::read_to_string(dir2.path().join("predictions.jsonl"))
             .unwrap()

@@ -2,10 +2,11 @@
 //! eval crate's `Generator` seam and its scorers (the paper's MGSM rule, Japanese ROUGE-L); the
 //! `loglik` metric is teacher-forced and generates nothing.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Tensor, D};
+
+use crate::generators::FeatureCache;
 use evomerge_datasets::{Benchmark, DataSource, OnBadRow};
 use evomerge_eval::generator::{GenerationSettings, Generator, ImageInput, Prompt};
 use evomerge_eval::ja::JaTokenizer;
@@ -263,42 +264,24 @@ fn finish(scores: Vec<f64>, generated_tokens: u64, truncated: u64) -> Result<Tri
 /// Teacher-forced log-likelihood: for each item, the mean log-probability of the reference's tokens
 /// given the prompt; the fitness is the mean over items. Text items are run in right-padded batches
 /// (causal attention never looks at the padding that follows a sequence).
-pub struct Loglik {
-    /// Image features per image (the vision tower is frozen during a search).
-    features: HashMap<ImageKey, Tensor>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum ImageKey {
-    Path(PathBuf),
-    Bytes(u64, usize),
-}
-
-impl Default for Loglik {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+pub struct Loglik;
 
 impl Loglik {
-    pub fn new() -> Self {
-        Loglik { features: HashMap::new() }
-    }
-
-    pub fn evaluate(&mut self, live: &Live, task: &Task) -> Result<TrialOutcome> {
+    /// Score `task` on `live`; image features come from (and go into) `features`.
+    pub fn evaluate(live: &Live, task: &Task, features: &mut FeatureCache) -> Result<TrialOutcome> {
         let mut scores = Vec::with_capacity(task.items.len());
         let batch = task.spec.generation.batch_size.max(1);
         let text_items: Vec<(usize, &TaskItem)> = task.items.iter().enumerate().filter(|(_, i)| i.image.is_none()).collect();
         let mut by_index = vec![f64::NAN; task.items.len()];
         for chunk in text_items.chunks(batch) {
-            let got = self.text_batch(live, chunk.iter().map(|(_, i)| *i).collect::<Vec<_>>().as_slice())?;
+            let got = Self::text_batch(live, chunk.iter().map(|(_, i)| *i).collect::<Vec<_>>().as_slice())?;
             for ((index, _), s) in chunk.iter().zip(got) {
                 by_index[*index] = s;
             }
         }
         for (index, item) in task.items.iter().enumerate() {
             if item.image.is_some() {
-                by_index[index] = self.image_item(live, item)?;
+                by_index[index] = Self::image_item(live, item, features)?;
             }
         }
         scores.extend(by_index);
@@ -314,7 +297,7 @@ impl Loglik {
         Ok(ids)
     }
 
-    fn text_batch(&self, live: &Live, items: &[&TaskItem]) -> Result<Vec<f64>> {
+    fn text_batch(live: &Live, items: &[&TaskItem]) -> Result<Vec<f64>> {
         let llm = live.llm();
         let err = |e: candle_core::Error| EvolveError::Fitness(format!("log-likelihood forward pass: {e}"));
         let mut seqs = Vec::with_capacity(items.len());
@@ -350,33 +333,20 @@ impl Loglik {
         let err = |e: candle_core::Error| EvolveError::Fitness(format!("log-likelihood: {e}"));
         let logits = live.llm().logits(hidden).map_err(|e| EvolveError::Fitness(e.to_string()))?;
         let logits = logits.squeeze(0).map_err(err)?.to_dtype(DType::F32).map_err(err)?;
-        let logp = candle_nn_free_log_softmax(&logits).map_err(err)?;
+        let logp = log_softmax_last(&logits).map_err(err)?;
         let rows: Vec<Vec<f32>> = logp.to_vec2().map_err(err)?;
         let total: f64 = rows.iter().zip(targets).map(|(row, &t)| f64::from(row.get(t as usize).copied().unwrap_or(f32::NAN))).sum();
         Ok(total / targets.len() as f64)
     }
 
-    fn image_item(&mut self, live: &Live, item: &TaskItem) -> Result<f64> {
+    fn image_item(live: &Live, item: &TaskItem, features: &mut FeatureCache) -> Result<f64> {
         let LiveModel::Vlm(vlm) = &live.model else {
             return Err(EvolveError::Fitness("an item with an image needs a vision-language model (a LLaVA among the sources)".into()));
         };
         let image = item.image.as_ref().ok_or_else(|| EvolveError::Fitness("item has no image".into()))?;
-        let key = match image {
-            ImageInput::Path(p) => ImageKey::Path(p.clone()),
-            ImageInput::Encoded(bytes) => ImageKey::Bytes(hash_bytes(bytes), bytes.len()),
-        };
         let vision_err = |e: evomerge_vision::VisionError| EvolveError::Fitness(e.to_string());
-        if !self.features.contains_key(&key) {
-            let rgb = match image {
-                ImageInput::Path(p) => vlm.read_image(p).map_err(vision_err)?,
-                ImageInput::Encoded(bytes) => {
-                    evomerge_vision::decode_image(bytes, "task image", evomerge_vision::AlphaMode::default()).map_err(vision_err)?
-                }
-            };
-            let features = vlm.image_features(&vlm.preprocess(&rgb)).map_err(vision_err)?;
-            self.features.insert(key.clone(), features);
-        }
-        let features = &self.features[&key];
+        let features = features.features(vlm, image, "task image").map_err(|e| EvolveError::Fitness(e.to_string()))?;
+        let features = &features;
         let prompt = ImagePrompt::from_text_tokenizer(&live.tokenizer, &item.prompt).map_err(vision_err)?;
         let (prompt_embeds, _) = vlm.prompt_embeds(&prompt, features).map_err(vision_err)?;
         let reference = Self::reference_ids(live, item)?;
@@ -396,15 +366,9 @@ impl Loglik {
 }
 
 /// log-softmax over the last dimension (max-shifted, in f32).
-fn candle_nn_free_log_softmax(x: &Tensor) -> candle_core::Result<Tensor> {
+fn log_softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?;
     let shifted = x.broadcast_sub(&max)?;
     let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
     shifted.broadcast_sub(&lse)
-}
-
-fn hash_bytes(bytes: &[u8]) -> u64 {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(bytes);
-    u64::from_le_bytes([digest[0], digest[1], digest[2], digest[3], digest[4], digest[5], digest[6], digest[7]])
 }

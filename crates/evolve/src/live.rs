@@ -12,7 +12,10 @@ use evomerge_mistral::prompt::TextTokenizer;
 use evomerge_mistral::Mistral;
 use evomerge_vision::LlavaModel;
 
+use evomerge_eval::generator::Generator;
+
 use crate::error::{EvolveError, Result};
+use crate::generators::{FeatureCache, TextGenerator, VlmGenerator};
 
 pub enum LiveModel {
     Text(Box<Mistral>),
@@ -66,6 +69,16 @@ impl Live {
         matches!(self.model, LiveModel::Vlm(_))
     }
 
+    /// A generator over the live model as it is now (image features come from `features`, which
+    /// stays valid across candidates: the vision tower is never written).
+    pub fn generator<'a>(&'a self, features: &'a mut FeatureCache) -> Box<dyn Generator + 'a> {
+        let description = format!("live model of the search ({})", self.dir.display());
+        match &self.model {
+            LiveModel::Text(m) => Box::new(TextGenerator::new(m, &self.tokenizer, &self.generation, description)),
+            LiveModel::Vlm(v) => Box::new(VlmGenerator::new(v, &self.tokenizer, &self.generation, features, description)),
+        }
+    }
+
     /// Write one merged tensor into the model's storage (output-layout name).
     pub fn write(&mut self, merged: MergedView<'_>) -> Result<()> {
         let name = &merged.tensor.name;
@@ -78,21 +91,9 @@ impl Live {
     }
 }
 
-/// Parse `cpu`, `cuda`, `cuda:N`.
+/// Parse `cpu`, `cuda`, `cuda:N` (the recipe's `device`).
 pub fn parse_device(spec: &str) -> Result<Device> {
-    let open = |n: usize| {
-        Device::new_cuda(n).map_err(|e| {
-            EvolveError::Model(format!("opening CUDA device {n} ({e}); is this build made with --features cuda?"))
-        })
-    };
-    match spec {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => open(0),
-        other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
-            Some(n) => open(n),
-            None => Err(EvolveError::recipe("device", format!("unknown device `{other}`; use cpu, cuda or cuda:N"))),
-        },
-    }
+    crate::generators::parse_device(spec).map_err(|e| EvolveError::recipe("device", e.to_string()))
 }
 
 /// The candle dtype of a recipe dtype name.

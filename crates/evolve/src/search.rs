@@ -17,6 +17,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::error::{EvolveError, Result};
 use crate::export;
 use crate::fitness::{generation_fitness, Loglik, Scorer, Task};
+use crate::generators::FeatureCache;
 use crate::genome::GenomeSpace;
 use crate::journal::{TrialOutcome, TrialRecord, TrialStatus};
 use crate::live::{candle_dtype, parse_device, Live};
@@ -188,7 +189,7 @@ pub fn evaluate_initial(recipe_path: &Path, options: &SearchOptions) -> Result<T
     let sources: Vec<&dyn TensorSource> = resident.iter().map(|r| r as &dyn TensorSource).collect();
     let mut merger = InMemoryMerger::from_sources(&p.initial, sources, p.recipe.optimizer.seed)?;
     let mut live = load_live(&p, &resident)?;
-    evaluate(&p.space, &p.space.x0(), &mut merger, &mut live, &p.task, p.scorer.as_ref(), &mut Loglik::new())
+    evaluate(&p.space, &p.space.x0(), &mut merger, &mut live, &p.task, p.scorer.as_ref(), &mut FeatureCache::new())
 }
 
 /// Run (or resume) the search of `recipe_path` into `options.out`.
@@ -204,7 +205,7 @@ pub fn run(recipe_path: &Path, options: &SearchOptions) -> Result<SearchReport> 
     let seed = p.recipe.optimizer.seed;
     let mut merger = InMemoryMerger::from_sources(&p.initial, sources, seed)?;
     let mut live = load_live(&p, &resident)?;
-    let mut loglik = Loglik::new();
+    let mut features = FeatureCache::new();
     let (recipe, space, task, scorer) = (&p.recipe, &p.space, &p.task, p.scorer.as_ref());
 
     let mut cma = CmaConfig::new(space.x0(), recipe.optimizer.sigma0).with_bounds(space.lower(), space.upper()).with_seed(seed);
@@ -249,7 +250,7 @@ pub fn run(recipe_path: &Path, options: &SearchOptions) -> Result<SearchReport> 
                     let params = space.params(x);
                     journal.start_trial(trial, generation, c as u64, x, &params, &worker)?;
                     let t0 = Instant::now();
-                    let result = evaluate(space, x, &mut merger, &mut live, task, scorer, &mut loglik);
+                    let result = evaluate(space, x, &mut merger, &mut live, task, scorer, &mut features);
                     let seconds = t0.elapsed().as_secs_f64();
                     match &result {
                         Ok(outcome) => journal.finish_trial(trial, Ok(outcome), seconds)?,
@@ -302,7 +303,7 @@ pub fn evaluate(
     live: &mut Live,
     task: &Task,
     scorer: Option<&Scorer>,
-    loglik: &mut Loglik,
+    features: &mut FeatureCache,
 ) -> Result<TrialOutcome> {
     let config: MergeConfig = space.to_merge_config(x)?;
     let merge_started = Instant::now();
@@ -310,11 +311,8 @@ pub fn evaluate(
     merger.merge_into(false, |view| live.write(view))?;
     let merge_seconds = merge_started.elapsed().as_secs_f64();
     let outcome = match (task.spec.metric, scorer) {
-        (Metric::Loglik, _) => loglik.evaluate(live, task),
-        (_, Some(scorer)) => {
-            let _ = (generation_fitness, scorer);
-            Err(EvolveError::Fitness("generation metrics: wiring pending".into()))
-        }
+        (Metric::Loglik, _) => Loglik::evaluate(live, task, features),
+        (_, Some(scorer)) => generation_fitness(live.generator(features).as_mut(), task, scorer),
         (_, None) => Err(EvolveError::Fitness("no scorer for a generation metric".into())),
     }?;
     Ok(TrialOutcome { merge_seconds, ..outcome })

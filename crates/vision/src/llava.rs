@@ -213,6 +213,15 @@ impl LlavaModel {
         self.encoder.encode(pixels, &self.mode)
     }
 
+    /// Preprocessing, vision tower and projector in one: the projected features `[features, hidden]`
+    /// that replace the image's `<image>` token. They depend only on the frozen half of the model and the
+    /// image mode, never on the language model, so a caller that changes the language model (a merge
+    /// search) can compute them once per image and pass them to
+    /// [`LlavaModel::prompt_input_from_features`] / [`LlavaModel::generate_with_features`].
+    pub fn features_of(&self, image: &RgbImage) -> Result<Tensor> {
+        self.image_features(&self.preprocess(image))
+    }
+
     /// The prompt's input embeddings `[len, hidden]` with `features` in place of the image, and the token
     /// ids the sequence stands for (the image as repeated `<image>` ids, as transformers' input_ids have it).
     pub fn prompt_embeds(
@@ -276,9 +285,18 @@ impl LlavaModel {
 
     /// A generation prompt for one (image, question) pair.
     pub fn prompt_input(&self, prompt: &ImagePrompt, image: &RgbImage) -> Result<PromptInput> {
-        let pixels = self.preprocess(image);
-        let features = self.image_features(&pixels)?;
-        let (embeds, context_ids) = self.prompt_embeds(prompt, &features)?;
+        self.prompt_input_from_features(prompt, &self.features_of(image)?)
+    }
+
+    /// A generation prompt for one question about an image whose features were computed earlier with
+    /// [`LlavaModel::features_of`]. The text around the image is embedded now, with the language model
+    /// as it is at this moment.
+    pub fn prompt_input_from_features(
+        &self,
+        prompt: &ImagePrompt,
+        features: &Tensor,
+    ) -> Result<PromptInput> {
+        let (embeds, context_ids) = self.prompt_embeds(prompt, features)?;
         Ok(PromptInput::Embeds {
             embeds,
             context_ids,
@@ -299,6 +317,26 @@ impl LlavaModel {
             let prompts = chunk
                 .iter()
                 .map(|(p, img)| self.prompt_input(p, img))
+                .collect::<Result<Vec<_>>>()?;
+            out.extend(generate(&LlmStep(&self.llm), &prompts, config, decoder)?);
+        }
+        Ok(out)
+    }
+
+    /// [`LlavaModel::generate`] for (prompt, image features) pairs, the features from
+    /// [`LlavaModel::features_of`]: the vision tower does not run. Same batching, same completions.
+    pub fn generate_with_features(
+        &self,
+        items: &[(ImagePrompt, Tensor)],
+        config: &GenerationConfig,
+        decoder: Option<&dyn TokenDecoder>,
+        batch_size: usize,
+    ) -> std::result::Result<Vec<Completion>, GenerateError> {
+        let mut out = Vec::with_capacity(items.len());
+        for chunk in items.chunks(batch_size.max(1)) {
+            let prompts = chunk
+                .iter()
+                .map(|(p, features)| self.prompt_input_from_features(p, features))
                 .collect::<Result<Vec<_>>>()?;
             out.extend(generate(&LlmStep(&self.llm), &prompts, config, decoder)?);
         }

@@ -78,3 +78,36 @@ fn llava_generation_matches_transformers() {
         .unwrap();
     assert_eq!(out[0].tokens, expected_ids("llava.generated"));
 }
+
+#[test]
+fn precomputed_features_give_the_same_completions() {
+    let model = LlavaModel::load(
+        fixtures().join("llava_next").to_str().unwrap(),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let prompt =
+        ImagePrompt::from_ids(&expected_ids("prompt_ids"), model.image_token_id().unwrap())
+            .unwrap();
+    let wide = model
+        .read_image(&fixtures().join("images/test.png"))
+        .unwrap();
+    let tall = model
+        .read_image(&fixtures().join("images/tall.png"))
+        .unwrap();
+    let wide_features = model.features_of(&wide).unwrap();
+    let tall_features = model.features_of(&tall).unwrap();
+    // Same left-padded batches as `batched_llava_next_generation_matches_transformers`, tower skipped.
+    let items = vec![
+        (prompt.clone(), wide_features.clone()),
+        (prompt.clone(), tall_features),
+        (prompt, wide_features),
+    ];
+    let out = model
+        .generate_with_features(&items, &greedy8(), None, 2)
+        .unwrap();
+    assert_eq!(out.len(), 3);
+    assert_eq!(out[0].tokens, expected_ids("llava_next.generated"));
+    assert_eq!(out[1].tokens, expected_ids("llava_next.tall.generated"));
+    assert_eq!(out[2].tokens, expected_ids("llava_next.generated"));
+}

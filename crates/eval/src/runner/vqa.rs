@@ -2,15 +2,13 @@
 //! settings, ROUGE-L against the reference answers, and `rougeL_ja`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use serde::Serialize;
 
 use super::{
-    check_run_config, generate_batched, image_prompt, ja_probability_of, write_outputs,
-    JapaneseProbability,
-    Progress, RunnerError, SkippedRow,
+    check_run_config, generate_batched, image_prompt, ja_probability_of, JapaneseProbability,
+    Progress, RunOutput, RunnerError, SkippedRow,
 };
 use crate::generator::{GenerationSettings, Generator};
 use crate::ja::Tokenize;
@@ -89,18 +87,17 @@ pub struct VqaRunConfig {
     pub template: String,
     pub settings: GenerationSettings,
     pub batch_size: usize,
-    pub out_dir: PathBuf,
     pub data_files: Vec<String>,
 }
 
 impl VqaRunConfig {
-    pub fn paper(benchmark: impl Into<String>, out_dir: impl Into<PathBuf>) -> Self {
+    /// The paper's settings for `benchmark`.
+    pub fn paper(benchmark: impl Into<String>) -> Self {
         Self {
             benchmark: benchmark.into(),
             template: JA_VQA_PROMPT.to_string(),
             settings: vqa_generation_settings(),
             batch_size: 4,
-            out_dir: out_dir.into(),
             data_files: Vec::new(),
         }
     }
@@ -138,11 +135,15 @@ pub struct VqaSummary {
     pub elapsed_seconds: f64,
 }
 
+/// The output of [`run_vqa`].
+pub type VqaOutput = RunOutput<VqaRecord, VqaSummary>;
+
 /// The reference's `_ja` threshold: `>= 0.5` here (MGSM's `acc_ja` uses `> 0.5`).
 const JA_THRESHOLD: f64 = 0.5;
 
 /// Runs a VQA benchmark: prompts with images, generation, predictions stripped of surrounding
 /// whitespace (the reference's `.strip()`), ROUGE via `metric`, and with a detector the `_ja` scores.
+/// Writes nothing; see [`RunOutput::write`].
 pub fn run_vqa(
     generator: &mut dyn Generator,
     questions: &[VqaQuestion],
@@ -151,7 +152,7 @@ pub fn run_vqa(
     detector: Option<&dyn JapaneseProbability>,
     config: &VqaRunConfig,
     progress: Progress<'_>,
-) -> Result<VqaSummary, RunnerError> {
+) -> Result<VqaOutput, RunnerError> {
     check_run_config(&config.settings, config.batch_size, &config.template)?;
     let started = Instant::now();
     let prompts: Vec<_> = questions
@@ -227,8 +228,7 @@ pub fn run_vqa(
         data_files: config.data_files.clone(),
         elapsed_seconds: started.elapsed().as_secs_f64(),
     };
-    write_outputs(&config.out_dir, &records, &summary)?;
-    Ok(summary)
+    Ok(RunOutput { records, summary })
 }
 
 /// The paper's scorer: `rouge_ja` (ROUGE-1/2/L over the given tokenizer's words) with the bootstrap
