@@ -224,3 +224,94 @@ fn an_output_directory_of_another_recipe_is_refused() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("not empty"), "{}", stderr(&out));
 }
+
+/// A plain Mistral directory holding the tiny LLaVA fixture's language model with every value
+/// shifted by a deterministic pattern of size `scale` (a stand-in "base" or "fine-tune").
+fn plain_from_llava(dir: &Path, name: &str, scale: f32, salt: u32) -> PathBuf {
+    use evomerge_checkpoint::{write_checkpoint, Checkpoint, Dtype, WriteOptions};
+    let llava = Checkpoint::open_dir(&fixtures().join("vision/llava")).unwrap();
+    let mut tensors = Vec::new();
+    for n in llava.tensor_names() {
+        let Some(plain) = n.strip_prefix("language_model.") else { continue };
+        let v = llava.tensor(n).unwrap();
+        let values: Vec<f32> = v
+            .to_f32()
+            .iter()
+            .enumerate()
+            .map(|(i, x)| x + scale * (((i as u32).wrapping_mul(2654435761).wrapping_add(salt) >> 16) as f32 / 65536.0 - 0.5))
+            .collect();
+        let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+        tensors.push((plain.to_string(), Dtype::F32, v.shape.to_vec(), bytes));
+    }
+    let mut config = llava.config()["text_config"].clone();
+    config["architectures"] = serde_json::json!(["MistralForCausalLM"]);
+    let out = dir.join(name);
+    write_checkpoint(&out, &tensors, &config, Some(llava.dir()), WriteOptions::default()).unwrap();
+    out
+}
+
+#[test]
+fn a_vlm_recipe_searches_the_llava_language_model_and_writes_a_llava_best() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = plain_from_llava(tmp.path(), "base", 0.05, 1);
+    let ja = plain_from_llava(tmp.path(), "ja", 0.05, 2);
+    let llava = fixtures().join("vision/llava");
+    let images = fixtures().join("vision/images");
+    let mut task = String::new();
+    for (i, image) in ["rgb.jpg", "gray.png", "size_56x56.png", "test.png"].iter().enumerate() {
+        let line = serde_json::json!({"prompt": format!("q{i}"), "reference": "a b", "image": images.join(image)});
+        task.push_str(&format!("{line}\n"));
+    }
+    std::fs::write(tmp.path().join("task.jsonl"), task).unwrap();
+    let recipe = tmp.path().join("recipe.yml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "genome:\n  merge_method: ties\n  base_model: {}\n  models: [{}, {}]\n  parameters: [weight]\n  fixed: {{density: 0.7}}\n  dtype: float32\n\
+             task:\n  kind: custom\n  data: task.jsonl\n  metric: loglik\noptimizer: {{max_trials: 6, seed: 1}}\n",
+            base.display(),
+            llava.display(),
+            ja.display()
+        ),
+    )
+    .unwrap();
+    let out_dir = tmp.path().join("run");
+    let out = evomerge(&["evolve", recipe.to_str().unwrap(), "--out", out_dir.to_str().unwrap(), "--quiet"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let trials = records(&out_dir);
+    assert_eq!(trials.len(), 6);
+    assert!(trials.iter().all(|t| t["status"] == "complete" && t["fitness"].as_f64().is_some_and(f64::is_finite)));
+    // Different weights give different fitness: the candidates really run on the merged model.
+    let first = trials[0]["fitness"].as_f64().unwrap();
+    assert!(trials.iter().any(|t| t["fitness"].as_f64().unwrap() != first));
+
+    let best = out_dir.join("best");
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(best.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["model_type"], "llava");
+    for file in ["processor_config.json", "tokenizer.json"] {
+        assert!(best.join(file).is_file(), "best/ lacks {file}");
+    }
+    let merged = evomerge_checkpoint::Checkpoint::open_dir(&best).unwrap();
+    let source = evomerge_checkpoint::Checkpoint::open_dir(&llava).unwrap();
+    for name in source.tensor_names().into_iter().filter(|n| !n.starts_with("language_model.")) {
+        assert_eq!(merged.tensor(name).unwrap().data, source.tensor(name).unwrap().data, "{name} must be copied unchanged");
+    }
+    // The exported LLaVA answers about an image.
+    let gen = evomerge(&[
+        "generate",
+        "--model",
+        best.to_str().unwrap(),
+        "--image",
+        images.join("rgb.jpg").to_str().unwrap(),
+        "--prompt",
+        "<image>\nq0",
+        "--max-new-tokens",
+        "2",
+    ]);
+    assert!(gen.status.success(), "{}", stderr(&gen));
+    // And its recipe rebuilds it bit for bit.
+    let rebuilt = tmp.path().join("rebuilt");
+    let out = evomerge(&["merge", best.join("recipe.yml").to_str().unwrap(), "--out", rebuilt.to_str().unwrap(), "--seed", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(rebuilt.join("model.safetensors")).unwrap(), std::fs::read(best.join("model.safetensors")).unwrap());
+}

@@ -1,6 +1,222 @@
-//! Placeholder replaced by the plotting module.
+//! The search's plots, drawn with plotters' SVG backend: fitness per trial with the best-so-far line
+//! and generation bands, and the best recipe as a heat map (models × layer groups, one panel per
+//! merge parameter). Files are replaced atomically.
+
 use std::path::Path;
-pub struct TrialPoint { pub trial: u64, pub generation: u64, pub fitness: Option<f64> }
-pub struct RecipeGrid { pub models: Vec<String>, pub groups: Vec<String>, pub parameters: Vec<(String, Vec<Vec<f64>>)>, pub bounds: Vec<(f64, f64)> }
-pub fn fitness_svg(_p: &[TrialPoint], _m: &str, _path: &Path) -> Result<(), String> { Ok(()) }
-pub fn recipe_svg(_g: &RecipeGrid, _path: &Path) -> Result<(), String> { Ok(()) }
+
+use plotters::prelude::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlotError {
+    #[error("nothing to plot: {0}")]
+    Empty(&'static str),
+    #[error("drawing {path}: {message}")]
+    Draw { path: String, message: String },
+    #[error("writing {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+}
+
+/// One finished trial.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrialPoint {
+    pub trial: u64,
+    pub generation: u64,
+    /// `None`: the trial failed.
+    pub fitness: Option<f64>,
+}
+
+/// Values of the best genome: `parameters[p].1[model][group]`; NaN where a model has no gene.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecipeGrid {
+    pub models: Vec<String>,
+    pub groups: Vec<String>,
+    pub parameters: Vec<(String, Vec<Vec<f64>>)>,
+    /// The search bounds of each parameter (the colour scale).
+    pub bounds: Vec<(f64, f64)>,
+}
+
+fn draw_err(path: &Path) -> impl Fn(String) -> PlotError + '_ {
+    move |message| PlotError::Draw { path: path.display().to_string(), message }
+}
+
+/// Render into a string with `draw`, then write it to `path` atomically.
+fn render(path: &Path, size: (u32, u32), draw: impl FnOnce(&DrawingArea<SVGBackend<'_>, plotters::coord::Shift>) -> Result<(), String>) -> Result<(), PlotError> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| draw_err(path)(e.to_string()))?;
+        draw(&root).map_err(draw_err(path))?;
+        root.present().map_err(|e| draw_err(path)(e.to_string()))?;
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
+    std::fs::write(&tmp, svg.as_bytes())
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|source| {
+            let _ = std::fs::remove_file(&tmp);
+            PlotError::Io { path: path.display().to_string(), source }
+        })
+}
+
+/// `fitness.svg`: one point per trial (failed trials as red crosses on the lower edge), the
+/// best-so-far step line, and alternating bands per generation.
+pub fn fitness_svg(points: &[TrialPoint], metric: &str, path: &Path) -> Result<(), PlotError> {
+    if points.is_empty() {
+        return Err(PlotError::Empty("no finished trial"));
+    }
+    let values: Vec<f64> = points.iter().filter_map(|p| p.fitness).filter(|f| f.is_finite()).collect();
+    let (mut lo, mut hi) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(*v), b.max(*v)));
+    if !lo.is_finite() {
+        (lo, hi) = (0.0, 1.0);
+    }
+    let pad = ((hi - lo) * 0.08).max(1e-9);
+    let (lo, hi) = (lo - pad, hi + pad);
+    let last = points.iter().map(|p| p.trial).max().unwrap_or(0) as f64 + 1.0;
+    render(path, (900, 500), |root| {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let mut chart = ChartBuilder::on(root)
+            .caption(format!("fitness per trial ({metric}; higher is better)"), ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(-0.5f64..last - 0.5, lo..hi)
+            .map_err(|x| e(&x))?;
+        chart
+            .configure_mesh()
+            .x_desc("trial")
+            .y_desc(metric)
+            .x_label_formatter(&|x| format!("{}", x.round() as i64))
+            .disable_mesh()
+            .draw()
+            .map_err(|x| e(&x))?;
+        // Generation bands.
+        let mut start = 0usize;
+        while start < points.len() {
+            let g = points[start].generation;
+            let end = points[start..].iter().position(|p| p.generation != g).map_or(points.len(), |k| start + k);
+            if g % 2 == 1 {
+                let (a, b) = (points[start].trial as f64 - 0.5, points[end - 1].trial as f64 + 0.5);
+                chart.draw_series(std::iter::once(Rectangle::new([(a, lo), (b, hi)], RGBColor(235, 240, 250).filled()))).map_err(|x| e(&x))?;
+            }
+            start = end;
+        }
+        chart
+            .draw_series(points.iter().filter_map(|p| p.fitness.filter(|f| f.is_finite()).map(|f| Circle::new((p.trial as f64, f), 3, BLUE.filled()))))
+            .map_err(|x| e(&x))?
+            .label("trial")
+            .legend(|(x, y)| Circle::new((x + 8, y), 3, BLUE.filled()));
+        let failed: Vec<_> = points.iter().filter(|p| p.fitness.is_none_or(|f| !f.is_finite())).collect();
+        if !failed.is_empty() {
+            chart
+                .draw_series(failed.iter().map(|p| Cross::new((p.trial as f64, lo + pad * 0.5), 4, RED.stroke_width(2))))
+                .map_err(|x| e(&x))?
+                .label("failed")
+                .legend(|(x, y)| Cross::new((x + 8, y), 4, RED.stroke_width(2)));
+        }
+        let mut best = f64::NEG_INFINITY;
+        let mut line = Vec::new();
+        for p in points {
+            if let Some(f) = p.fitness.filter(|f| f.is_finite()) {
+                if f > best {
+                    if best.is_finite() {
+                        line.push((p.trial as f64, best));
+                    }
+                    best = f;
+                }
+            }
+            if best.is_finite() {
+                line.push((p.trial as f64, best));
+            }
+        }
+        chart
+            .draw_series(LineSeries::new(line, GREEN.stroke_width(2)))
+            .map_err(|x| e(&x))?
+            .label("best so far")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], GREEN.stroke_width(2)));
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::LowerRight).draw().map_err(|x| e(&x))?;
+        Ok(())
+    })
+}
+
+/// `recipe.svg`: per merge parameter, a heat map of models × layer groups with the values written
+/// in the cells (white: low end of the parameter's bounds, dark blue: high end).
+pub fn recipe_svg(grid: &RecipeGrid, path: &Path) -> Result<(), PlotError> {
+    if grid.parameters.is_empty() || grid.models.is_empty() || grid.groups.is_empty() {
+        return Err(PlotError::Empty("no genes"));
+    }
+    let cell_w = (640 / grid.groups.len().max(1)).clamp(40, 120) as i32;
+    let cell_h = 36i32;
+    let label_w = 12 + 8 * grid.models.iter().map(|m| m.chars().count()).max().unwrap_or(4) as i32;
+    let panel_h = 50 + cell_h * grid.models.len() as i32 + 30;
+    let width = (label_w + cell_w * grid.groups.len() as i32 + 40).max(360) as u32;
+    let height = (panel_h * grid.parameters.len() as i32 + 20) as u32;
+    render(path, (width, height), |root| {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let text = |size: u32| ("sans-serif", size).into_font().color(&BLACK);
+        for (p, (name, values)) in grid.parameters.iter().enumerate() {
+            let (lo, hi) = grid.bounds.get(p).copied().unwrap_or((0.0, 1.0));
+            let top = 10 + panel_h * p as i32;
+            root.draw(&Text::new(format!("{name} (colour scale {lo} to {hi})"), (10, top), text(16))).map_err(|x| e(&x))?;
+            for (g, group) in grid.groups.iter().enumerate() {
+                let x = label_w + cell_w * g as i32;
+                root.draw(&Text::new(group.clone(), (x + 4, top + 24), text(12))).map_err(|x| e(&x))?;
+            }
+            for (m, model) in grid.models.iter().enumerate() {
+                let y = top + 40 + cell_h * m as i32;
+                root.draw(&Text::new(model.clone(), (6, y + cell_h / 2 - 6), text(13))).map_err(|x| e(&x))?;
+                for g in 0..grid.groups.len() {
+                    let x = label_w + cell_w * g as i32;
+                    let v = values.get(m).and_then(|row| row.get(g)).copied().unwrap_or(f64::NAN);
+                    let (fill, label) = if v.is_finite() {
+                        let t = ((v - lo) / (hi - lo)).clamp(0.0, 1.0);
+                        let c = |a: f64, b: f64| (a + (b - a) * t).round() as u8;
+                        (RGBColor(c(247.0, 8.0), c(251.0, 48.0), c(255.0, 107.0)), format!("{v:.3}"))
+                    } else {
+                        (RGBColor(230, 230, 230), "-".to_string())
+                    };
+                    root.draw(&Rectangle::new([(x, y), (x + cell_w - 2, y + cell_h - 2)], fill.filled())).map_err(|x| e(&x))?;
+                    let ink = if v.is_finite() && (v - lo) / (hi - lo) > 0.55 { WHITE } else { BLACK };
+                    root.draw(&Text::new(label, (x + 6, y + cell_h / 2 - 7), ("sans-serif", 13).into_font().color(&ink))).map_err(|x| e(&x))?;
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_plots_are_svg_with_their_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let points: Vec<TrialPoint> = (0..12)
+            .map(|t| TrialPoint { trial: t, generation: t / 4, fitness: (t != 5).then_some((t as f64).sin()) })
+            .collect();
+        let fitness = dir.path().join("fitness.svg");
+        fitness_svg(&points, "loglik", &fitness).unwrap();
+        let text = std::fs::read_to_string(&fitness).unwrap();
+        assert!(text.starts_with("<svg"), "{}", &text[..40.min(text.len())]);
+        assert!(text.contains("best so far") && text.contains("failed") && text.contains("trial"));
+
+        let grid = RecipeGrid {
+            models: vec!["shisa".into(), "abel".into()],
+            groups: vec!["0-15".into(), "16-31".into()],
+            parameters: vec![("density".into(), vec![vec![0.9, 0.8], vec![0.2, f64::NAN]]), ("weight".into(), vec![vec![0.5, 0.4], vec![0.3, 0.1]])],
+            bounds: vec![(0.01, 1.0), (0.0, 1.0)],
+        };
+        let recipe = dir.path().join("recipe.svg");
+        recipe_svg(&grid, &recipe).unwrap();
+        let text = std::fs::read_to_string(&recipe).unwrap();
+        assert!(text.starts_with("<svg") && text.contains("shisa") && text.contains("16-31") && text.contains("0.900"));
+    }
+
+    #[test]
+    fn empty_input_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(fitness_svg(&[], "x", &dir.path().join("f.svg")), Err(PlotError::Empty(_))));
+        let grid = RecipeGrid { models: vec![], groups: vec![], parameters: vec![], bounds: vec![] };
+        assert!(matches!(recipe_svg(&grid, &dir.path().join("r.svg")), Err(PlotError::Empty(_))));
+    }
+}

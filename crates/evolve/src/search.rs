@@ -94,11 +94,16 @@ pub fn open_models(recipe: &EvolveRecipe) -> Result<OpenedModels> {
         refs.push(resolved);
         checkpoints.push(ckpt);
     }
+    // The language model's architecture: a VLM's `text_config`, or the suffix of an original
+    // LLaVA's `llava_<llm>` model type.
     let describe = |c: &Checkpoint| {
-        let model_type = c
-            .text_config_value("model_type")
-            .and_then(|v| v.as_str().map(str::to_string))
-            .or_else(|| c.model_type().map(str::to_string))
+        let config = c.config();
+        let model_type = config
+            .get("text_config")
+            .and_then(|t| t.get("model_type"))
+            .or_else(|| config.get("model_type"))
+            .and_then(|v| v.as_str())
+            .map(|t| t.strip_prefix("llava_").unwrap_or(t).to_string())
             .unwrap_or_else(|| "unknown".into());
         (model_type, c.num_layers(), c.hidden_size())
     };
