@@ -315,3 +315,25 @@ fn a_vlm_recipe_searches_the_llava_language_model_and_writes_a_llava_best() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(std::fs::read(rebuilt.join("model.safetensors")).unwrap(), std::fs::read(best.join("model.safetensors")).unwrap());
 }
+
+#[test]
+fn final_eval_scores_best_and_sources_on_the_test_tasks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let test = tmp.path().join("test.jsonl");
+    std::fs::write(&test, std::fs::read_to_string(fixtures().join("evolve/task.jsonl")).unwrap()).unwrap();
+    let path = recipe(tmp.path(), 1, |t| {
+        t.replace("max_trials: 24", "max_trials: 3")
+            + "final_eval:\n  - {kind: custom, data: test.jsonl, metric: exact, generation: {max_new_tokens: 3}}\n"
+    });
+    let out_dir = tmp.path().join("run");
+    let out = evomerge(&["evolve", path.to_str().unwrap(), "--out", out_dir.to_str().unwrap(), "--quiet"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap()).unwrap();
+    let scores = summary["tasks"][0]["scores"].as_array().unwrap();
+    let names: Vec<&str> = scores.iter().map(|s| s["model"].as_str().unwrap()).collect();
+    assert_eq!(names, ["evolved", "ft1", "ft2"]);
+    // The references are ft1's own greedy continuations: ft1 reproduces every one of them.
+    assert_eq!(scores[1]["score"].as_f64().unwrap(), 1.0);
+    assert!(std::fs::read_to_string(out_dir.join("report.md")).unwrap().contains("| ft1 | 1.0000 |"));
+}

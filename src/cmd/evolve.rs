@@ -26,6 +26,11 @@ pub struct Args {
     /// no output directory.
     #[arg(long, conflicts_with = "out")]
     pub evaluate_initial: bool,
+    /// After the search (or at once, on a finished directory), score best/ and the source models on
+    /// the test tasks (the recipe's `final_eval`, else the paper's test sets for its task kind) into
+    /// DIR/report.md and DIR/summary.json. Recipes with a `final_eval` section do this anyway.
+    #[arg(long)]
+    pub final_eval: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -53,6 +58,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(reason) = &report.stopped {
         println!("CMA-ES stopped early: {reason}");
+    }
+    let recipe = evomerge_evolve::search::effective_recipe(&args.recipe, &options)?;
+    if args.final_eval || recipe.final_eval.is_some() {
+        let summary = evomerge_evolve::report::final_eval(&recipe, &out)
+            .with_context(|| format!("final evaluation of {}", out.display()))?;
+        for task in &summary.tasks {
+            for m in &task.scores {
+                println!("{} {}: {} {:.4}", task.kind, task.metric, m.model, m.score);
+            }
+        }
+        println!("report: {}", out.join("report.md").display());
     }
     Ok(())
 }

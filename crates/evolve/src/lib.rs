@@ -16,6 +16,7 @@ pub mod journal;
 pub mod live;
 pub mod plots;
 pub mod recipe;
+pub mod report;
 pub mod search;
 pub mod trials;
 

@@ -22,6 +22,11 @@ pub struct EvolveRecipe {
     pub optimizer: OptimizerSpec,
     #[serde(default = "default_device")]
     pub device: String,
+    /// Test-split evaluations of the best model and the sources once the search is over (`DIR/report.md`,
+    /// `DIR/summary.json`). Absent: none after the search; `--final-eval` then uses the task kind's
+    /// defaults ([`EvolveRecipe::final_eval_tasks`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_eval: Option<Vec<TaskSpec>>,
     /// Where relative paths (models, data, templates) are resolved when they do not exist relative
     /// to the working directory: the recipe file's directory.
     #[serde(skip)]
@@ -264,6 +269,10 @@ impl EvolveRecipe {
         if let Some(opt) = value.get_mut("optimizer").and_then(|o| o.as_object_mut()) {
             opt.remove("max_trials");
         }
+        // What is evaluated after the search does not change the search.
+        if let Some(top) = value.as_object_mut() {
+            top.remove("final_eval");
+        }
         serde_json::to_string(&value).map_err(|e| EvolveError::recipe("(recipe)", e.to_string()))
     }
 
@@ -375,7 +384,41 @@ impl EvolveRecipe {
     }
 
     fn validate_task(&self) -> Result<()> {
-        let t = &self.task;
+        validate_task_spec(&self.task, "task")?;
+        for (i, t) in self.final_eval.iter().flatten().enumerate() {
+            validate_task_spec(t, &format!("final_eval[{i}]"))?;
+        }
+        Ok(())
+    }
+
+    /// The final evaluations: the recipe's `final_eval`, else the paper's test sets for the task
+    /// kind (MGSM-JA for the math kinds; JA-VG-VQA-500 and JA-VLM-Bench-In-the-Wild for VQA), with
+    /// the paper's generation settings.
+    pub fn final_eval_tasks(&self) -> Vec<TaskSpec> {
+        if let Some(tasks) = &self.final_eval {
+            return tasks.clone();
+        }
+        let spec = |kind, metric, generation| TaskSpec { kind, data: None, limit: None, metric, template: None, generation };
+        let mgsm = GenerationSpec {
+            max_new_tokens: 1024,
+            num_beams: 1,
+            repetition_penalty: 1.0,
+            stop: ["Instruction:", "Instruction", "Response:", "Response"].map(String::from).to_vec(),
+            batch_size: self.task.generation.batch_size,
+        };
+        let vqa = GenerationSpec { max_new_tokens: 512, num_beams: 5, repetition_penalty: 1.5, stop: Vec::new(), batch_size: self.task.generation.batch_size };
+        match self.task.kind {
+            TaskKind::MgsmJa | TaskKind::Gsm8kJa => vec![spec(TaskKind::MgsmJa, Metric::Accuracy, mgsm)],
+            TaskKind::JaVgVqa | TaskKind::JaVlmWild => vec![
+                spec(TaskKind::JaVgVqa, Metric::RougeLJa, vqa.clone()),
+                spec(TaskKind::JaVlmWild, Metric::RougeLJa, vqa),
+            ],
+            TaskKind::Custom => Vec::new(),
+        }
+    }
+}
+
+fn validate_task_spec(t: &TaskSpec, at: &str) -> Result<()> {
         let ok = match t.kind {
             TaskKind::MgsmJa | TaskKind::Gsm8kJa => matches!(t.metric, Metric::Accuracy | Metric::AccuracyJa),
             TaskKind::JaVgVqa | TaskKind::JaVlmWild => {
@@ -385,35 +428,36 @@ impl EvolveRecipe {
         };
         if !ok {
             return Err(EvolveError::recipe(
-                "task.metric",
+                format!("{at}.metric"),
                 format!("`{}` does not apply to task kind {:?}", t.metric.name(), t.kind),
             ));
         }
         if t.kind == TaskKind::Custom && t.data.is_none() {
-            return Err(EvolveError::recipe("task.data", "a custom task needs a JSON-lines data file"));
+            return Err(EvolveError::recipe(format!("{at}.data"), "a custom task needs a JSON-lines data file"));
         }
         if t.limit == Some(0) {
-            return Err(EvolveError::recipe("task.limit", "must be at least 1"));
+            return Err(EvolveError::recipe(format!("{at}.limit"), "must be at least 1"));
         }
         let gen = &t.generation;
         if gen.max_new_tokens == 0 {
-            return Err(EvolveError::recipe("task.generation.max_new_tokens", "must be at least 1"));
+            return Err(EvolveError::recipe(format!("{at}.generation.max_new_tokens"), "must be at least 1"));
         }
         if gen.num_beams == 0 {
-            return Err(EvolveError::recipe("task.generation.num_beams", "must be at least 1 (1 = greedy)"));
+            return Err(EvolveError::recipe(format!("{at}.generation.num_beams"), "must be at least 1 (1 = greedy)"));
         }
         if !(gen.repetition_penalty.is_finite() && gen.repetition_penalty > 0.0) {
-            return Err(EvolveError::recipe("task.generation.repetition_penalty", "must be a positive number"));
+            return Err(EvolveError::recipe(format!("{at}.generation.repetition_penalty"), "must be a positive number"));
         }
         if gen.batch_size == 0 {
-            return Err(EvolveError::recipe("task.generation.batch_size", "must be at least 1"));
+            return Err(EvolveError::recipe(format!("{at}.generation.batch_size"), "must be at least 1"));
         }
         if gen.stop.iter().any(String::is_empty) {
-            return Err(EvolveError::recipe("task.generation.stop", "a stop string must not be empty"));
+            return Err(EvolveError::recipe(format!("{at}.generation.stop"), "a stop string must not be empty"));
         }
         Ok(())
-    }
+}
 
+impl EvolveRecipe {
     /// Bounds and start of gene parameter `name`, checked against the method's range.
     pub fn gene_range(&self, name: &str) -> Result<GeneRange> {
         let method = methods::get(&self.genome.merge_method)?;
