@@ -35,10 +35,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let records = journal.trials()?;
-    match args.format {
-        Format::Jsonl => evomerge_evolve::trials::write_jsonl(&records, &mut out)?,
-        Format::Csv => evomerge_evolve::trials::write_csv(&records, &mut out)?,
+    let written = match args.format {
+        Format::Jsonl => evomerge_evolve::trials::write_jsonl(&records, &mut out),
+        Format::Csv => evomerge_evolve::trials::write_csv(&records, &mut out),
     }
-    out.flush()?;
-    Ok(())
+    .and_then(|()| out.flush());
+    match written {
+        // A reader that stops early (`| head`) is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }
