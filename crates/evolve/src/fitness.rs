@@ -142,13 +142,16 @@ fn template_text(recipe: &EvolveRecipe) -> Result<String> {
     })
 }
 
+/// A custom task row; other fields (labels, metadata) are allowed and ignored.
 #[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 struct CustomRow {
     prompt: String,
     reference: String,
     #[serde(default)]
     image: Option<String>,
+    /// For the accuracy metrics; else `reference` must be a number.
+    #[serde(default)]
+    answer_number: Option<f64>,
 }
 
 fn load_custom(path: &Path, template: &str, metric: Metric) -> Result<Vec<TaskItem>> {
@@ -160,7 +163,11 @@ fn load_custom(path: &Path, template: &str, metric: Metric) -> Result<Vec<TaskIt
             continue;
         }
         let row: CustomRow = serde_json::from_str(line).map_err(|e| {
-            EvolveError::Data(format!("{} line {}: {e} (expected {{\"prompt\", \"reference\", \"image\"?}})", path.display(), i + 1))
+            EvolveError::Data(format!(
+                "{} line {}: {e} (expected {{\"prompt\", \"reference\", \"image\"?, \"answer_number\"?}})",
+                path.display(),
+                i + 1
+            ))
         })?;
         let image = match &row.image {
             Some(rel) => {
@@ -172,10 +179,21 @@ fn load_custom(path: &Path, template: &str, metric: Metric) -> Result<Vec<TaskIt
             }
             None => None,
         };
-        let prompt = if image.is_some() { render_vqa_prompt(template, &row.prompt) } else { template.replace("{input}", &row.prompt) };
-        let answer_number = match metric {
-            Metric::Accuracy | Metric::AccuracyJa => Some(row.reference.trim().parse::<f64>().map_err(|_| {
-                EvolveError::Data(format!("{} line {}: accuracy needs a numeric reference, got {:?}", path.display(), i + 1, row.reference))
+        // A prompt that already places its image keeps it there; otherwise the image goes first.
+        let prompt = if image.is_some() && !row.prompt.contains(evomerge_vision::IMAGE_MARKER) {
+            render_vqa_prompt(template, &row.prompt)
+        } else {
+            template.replace("{input}", &row.prompt)
+        };
+        let answer_number = match (metric, row.answer_number) {
+            (_, Some(n)) => Some(n),
+            (Metric::Accuracy | Metric::AccuracyJa, None) => Some(row.reference.trim().parse::<f64>().map_err(|_| {
+                EvolveError::Data(format!(
+                    "{} line {}: accuracy needs an `answer_number` or a numeric reference, got {:?}",
+                    path.display(),
+                    i + 1,
+                    row.reference
+                ))
             })?),
             _ => None,
         };

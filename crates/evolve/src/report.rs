@@ -83,20 +83,10 @@ pub fn final_eval(recipe: &EvolveRecipe, out: &Path) -> Result<Summary> {
     for (spec, task, scorer) in &loaded {
         let mut scores = Vec::new();
         for (label, dir) in &models {
-            let ckpt = Checkpoint::open_dir(dir)?;
-            let names: Vec<String> = ckpt.tensor_names().into_iter().map(str::to_string).collect();
-            let layout = Layout::detect(Some(ckpt.config()), &names);
-            if task.needs_images() && !layout.is_vlm() {
+            let started = Instant::now();
+            let Some(outcome) = score_model_dir(dir, spec.metric, task, scorer.as_ref(), &device, dtype)? else {
                 // A text-only source cannot answer about images; its score is not defined.
                 continue;
-            }
-            let live = Live::load(dir, layout, &device, dtype)?;
-            let started = Instant::now();
-            let mut features = FeatureCache::new();
-            let outcome = match (spec.metric, scorer) {
-                (Metric::Loglik, _) => Loglik::evaluate(&live, task, &mut features)?,
-                (_, Some(s)) => generation_fitness(live.generator(&mut features).as_mut(), task, s)?,
-                (_, None) => return Err(EvolveError::Fitness("no scorer".into())),
             };
             scores.push(ModelScore {
                 model: label.clone(),
@@ -127,6 +117,31 @@ pub fn final_eval(recipe: &EvolveRecipe, out: &Path) -> Result<Summary> {
     write_atomic(&out.join("summary.json"), &json)?;
     write_atomic(&out.join("report.md"), markdown(&summary).as_bytes())?;
     Ok(summary)
+}
+
+/// Score the model in `dir` on `task` (`None`: the task has images and the model is text-only).
+pub fn score_model_dir(
+    dir: &Path,
+    metric: Metric,
+    task: &Task,
+    scorer: Option<&Scorer>,
+    device: &candle_core::Device,
+    dtype: candle_core::DType,
+) -> Result<Option<crate::journal::TrialOutcome>> {
+    let ckpt = Checkpoint::open_dir(dir)?;
+    let names: Vec<String> = ckpt.tensor_names().into_iter().map(str::to_string).collect();
+    let layout = Layout::detect(Some(ckpt.config()), &names);
+    if task.needs_images() && !layout.is_vlm() {
+        return Ok(None);
+    }
+    let live = Live::load(dir, layout, device, dtype)?;
+    let mut features = FeatureCache::new();
+    let outcome = match (metric, scorer) {
+        (Metric::Loglik, _) => Loglik::evaluate(&live, task, &mut features)?,
+        (_, Some(s)) => generation_fitness(live.generator(&mut features).as_mut(), task, s)?,
+        (_, None) => return Err(EvolveError::Fitness(format!("no scorer for {}", metric.name()))),
+    };
+    Ok(Some(outcome))
 }
 
 fn markdown(s: &Summary) -> String {
