@@ -1,0 +1,209 @@
+//! What `evovlm` and `evollm` share: the bundled miniature world (`world/`), a real `evolve` search
+//! over it, the default merges it is compared with, and the test-split table with a paired
+//! bootstrap interval for the evolved model against the best other row.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use evomerge_evolve::fitness::{Scorer, Task};
+use evomerge_evolve::live::{candle_dtype, parse_device};
+use evomerge_evolve::recipe::Metric;
+use evomerge_evolve::report::score_model_dir;
+use evomerge_evolve::{EvolveRecipe, SearchOptions};
+use evomerge_merge::{merge_to_dir, MergeConfig, MergeOptions};
+use serde_json::json;
+
+/// Command-line options of both examples: `--out DIR`, `--seed N`, `--trials N` (search budget),
+/// `--test-limit N` (test items; default all).
+pub struct Options {
+    pub out: PathBuf,
+    pub seed: u64,
+    pub trials: u64,
+    pub test_limit: Option<usize>,
+}
+
+impl Options {
+    pub fn parse(example: &str, default_trials: u64) -> anyhow::Result<Options> {
+        let mut o = Options { out: PathBuf::from(format!("target/{example}")), seed: 0, trials: default_trials, test_limit: None };
+        let mut args = std::env::args().skip(1);
+        while let Some(a) = args.next() {
+            let mut value = || args.next().with_context(|| format!("{a} needs a value"));
+            match a.as_str() {
+                "--out" => o.out = PathBuf::from(value()?),
+                "--seed" => o.seed = value()?.parse().context("--seed takes a number")?,
+                "--trials" => o.trials = value()?.parse().context("--trials takes a number")?,
+                "--test-limit" => o.test_limit = Some(value()?.parse().context("--test-limit takes a number")?),
+                "-h" | "--help" => {
+                    println!("usage: cargo run --release --example {example} -- [--out DIR] [--seed N] [--trials N] [--test-limit N]");
+                    std::process::exit(0);
+                }
+                other => anyhow::bail!("unknown option {other:?} (see --help)"),
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// The bundled world's directory.
+pub fn world() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("world")
+}
+
+/// One experiment: which models, which task, which metric.
+pub struct Experiment {
+    pub name: &'static str,
+    /// (row name in the table, model directory under world/models) of the fine-tunes.
+    pub parents: Vec<(&'static str, &'static str)>,
+    pub search_data: &'static str,
+    pub test_data: &'static str,
+    pub metric: Metric,
+    pub max_new_tokens: usize,
+    pub layer_granularity: usize,
+}
+
+/// A row of the final table.
+pub struct Row {
+    pub name: String,
+    pub items: Vec<f64>,
+}
+
+pub fn run(exp: &Experiment, opts: &Options) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let world = world();
+    anyhow::ensure!(world.join("models/base/config.json").is_file(), "the bundled world is missing under {}", world.display());
+    std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
+    let models = world.join("models");
+    let model_list: Vec<String> = exp.parents.iter().map(|(_, dir)| models.join(dir).display().to_string()).collect();
+    let recipe_text = format!(
+        "# {name}: the real `evolve` search over the bundled miniature world.\n\
+         genome:\n  merge_method: dare_ties\n  base_model: {base}\n  models: [{models}]\n  layer_granularity: {k}\n  parameters: [density, weight]\n  dtype: float32\n\
+         task:\n  kind: custom\n  data: {data}\n  metric: {metric}\n  generation: {{max_new_tokens: {tokens}, batch_size: 64}}\n\
+         optimizer: {{sigma0: 0.1667, max_trials: {trials}, seed: {seed}}}\ndevice: cpu\n",
+        name = exp.name,
+        base = models.join("base").display(),
+        models = model_list.join(", "),
+        k = exp.layer_granularity,
+        data = world.join("data").join(exp.search_data).display(),
+        metric = exp.metric.name(),
+        tokens = exp.max_new_tokens,
+        trials = opts.trials,
+        seed = opts.seed,
+    );
+    let recipe_path = opts.out.join("recipe.yml");
+    std::fs::write(&recipe_path, &recipe_text)?;
+    let search_dir = opts.out.join("search");
+    eprintln!("{}: searching ({} trials) into {}", exp.name, opts.trials, search_dir.display());
+    let report = evomerge_evolve::run(&recipe_path, &SearchOptions { out: search_dir.clone(), seed: None, max_trials: None, progress: true })?;
+    let best = report.best.clone().context("the search finished no trial")?;
+
+    // Rows: each parent (a text parent of a VLM experiment seen through the VLM's tower), and
+    // mergekit-style defaults (density 0.5, weight 1/n).
+    let mut rows: Vec<(String, PathBuf)> = Vec::new();
+    let vlm = exp.parents.iter().find(|(_, d)| is_vlm(&models.join(d)));
+    for (name, dir) in &exp.parents {
+        let path = models.join(dir);
+        match vlm {
+            Some((_, vdir)) if !is_vlm(&path) => {
+                // The Japanese LLM alone has no eyes: put its language model into the VLM.
+                let out = opts.out.join("baselines").join(name);
+                merge_recipe(
+                    &format!("models:\n  - model: {}\n    parameters: {{weight: 0.0}}\n  - model: {}\n    parameters: {{weight: 1.0}}\nmerge_method: linear\ndtype: float32\n",
+                        models.join(vdir).display(), path.display()),
+                    &out,
+                    opts.seed,
+                )?;
+                rows.push((name.to_string(), out));
+            }
+            _ => rows.push((name.to_string(), path)),
+        }
+    }
+    let n = exp.parents.len() as f64;
+    for method in ["ties", "dare_ties"] {
+        let out = opts.out.join("baselines").join(method);
+        let parents: String = model_list.iter().map(|m| format!("  - model: {m}\n    parameters: {{density: 0.5, weight: {}}}\n", 1.0 / n)).collect();
+        merge_recipe(
+            &format!("models:\n{parents}merge_method: {method}\nbase_model: {}\ndtype: float32\n", models.join("base").display()),
+            &out,
+            opts.seed,
+        )?;
+        rows.push((method.to_string(), out));
+    }
+    rows.push(("evolved".into(), search_dir.join("best")));
+
+    // The test split.
+    let mut test_recipe = EvolveRecipe::from_file(&recipe_path)?;
+    test_recipe.task.data = Some(world.join("data").join(exp.test_data).display().to_string());
+    test_recipe.task.limit = opts.test_limit;
+    let task = Task::load(&test_recipe)?;
+    let scorer = Scorer::new(exp.metric)?;
+    let device = parse_device("cpu")?;
+    let dtype = candle_dtype("float32")?;
+    let mut scored = Vec::new();
+    for (name, dir) in rows {
+        eprintln!("scoring {name} on {} test items", task.items.len());
+        let outcome = score_model_dir(&dir, exp.metric, &task, Some(&scorer), &device, dtype)?
+            .with_context(|| format!("{name} cannot answer the test items"))?;
+        scored.push(Row { name, items: outcome.item_scores });
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let evolved = scored.last().context("no rows")?;
+    let best_other = scored[..scored.len() - 1]
+        .iter()
+        .max_by(|a, b| mean(&a.items).total_cmp(&mean(&b.items)))
+        .context("no other rows")?;
+    let (diff, lo, hi) = paired_bootstrap(&evolved.items, &best_other.items, 1000, opts.seed);
+
+    println!("\n{} — test split, {} items, metric {} (search: {} trials, best search fitness {:.4})", exp.name, task.items.len(), exp.metric.name(), report.trials, best.fitness.unwrap_or(f64::NAN));
+    println!("| model | score |\n|---|---|");
+    for r in &scored {
+        println!("| {} | {:.4} |", r.name, mean(&r.items));
+    }
+    println!("evolved - {} = {diff:+.4}, paired bootstrap 95 % interval [{lo:+.4}, {hi:+.4}] (1000 resamples)", best_other.name);
+
+    let scores: serde_json::Map<String, serde_json::Value> = scored.iter().map(|r| (r.name.clone(), json!(mean(&r.items)))).collect();
+    let summary = json!({
+        "example": exp.name,
+        "seed": opts.seed,
+        "metric": exp.metric.name(),
+        "search": {"trials": report.trials, "seconds": report.seconds, "best_fitness": best.fitness},
+        "test": {"items": task.items.len(), "scores": scores,
+                 "evolved_minus_best_other": {"other": best_other.name, "difference": diff, "low": lo, "high": hi}},
+        "evolved_model": search_dir.join("best"),
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    std::fs::write(opts.out.join("summary.json"), serde_json::to_vec_pretty(&summary)?)?;
+    println!("summary: {}", opts.out.join("summary.json").display());
+    Ok(())
+}
+
+fn is_vlm(dir: &Path) -> bool {
+    dir.join("processor_config.json").is_file() || dir.join("preprocessor_config.json").is_file()
+}
+
+fn merge_recipe(text: &str, out: &Path, seed: u64) -> anyhow::Result<()> {
+    let config = MergeConfig::from_yaml(text)?;
+    merge_to_dir(&config, out, &MergeOptions { seed, force: true, progress: false, ..Default::default() })
+        .with_context(|| format!("merging {}", out.display()))?;
+    Ok(())
+}
+
+/// Mean of `a - b` over items and its 95 % percentile interval over `n` paired resamples.
+pub fn paired_bootstrap(a: &[f64], b: &[f64], n: usize, seed: u64) -> (f64, f64, f64) {
+    let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+    let mean = d.iter().sum::<f64>() / d.len().max(1) as f64;
+    let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        // splitmix64: a fixed, portable stream (the same table on every machine).
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut means: Vec<f64> = (0..n)
+        .map(|_| (0..d.len()).map(|_| d[(next() % d.len() as u64) as usize]).sum::<f64>() / d.len() as f64)
+        .collect();
+    means.sort_by(f64::total_cmp);
+    (mean, means[(n as f64 * 0.025) as usize], means[((n as f64 * 0.975) as usize).min(n - 1)])
+}
