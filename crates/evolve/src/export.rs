@@ -154,7 +154,7 @@ pub fn write_reports(out: &Path, journal: &Journal, space: &GenomeSpace, best: O
         let grid = space.grid(&b.genome);
         let mut recipe_grid =
             RecipeGrid { models: Vec::new(), groups: Vec::new(), parameters: Vec::new(), bounds: Vec::new() };
-        for (name, rows, groups, values) in grid {
+        for crate::genome::ParameterGrid { parameter: name, rows, groups, values } in grid {
             if recipe_grid.models.len() < rows.len() {
                 recipe_grid.models = rows.clone();
             }

@@ -192,8 +192,9 @@ impl GenomeSpace {
         Ok(config)
     }
 
-    /// Per (parameter, model label, group) values of `x`, for the recipe heat map.
-    pub fn grid(&self, x: &[f64]) -> Vec<(String, Vec<String>, Vec<String>, Vec<Vec<f64>>)> {
+    /// Values of `x` per parameter as rows (models, or the parameter itself when shared) × layer
+    /// groups, for the recipe heat map.
+    pub fn grid(&self, x: &[f64]) -> Vec<ParameterGrid> {
         let group_names: Vec<String> = if self.groups.is_empty() {
             vec!["all layers".into()]
         } else {
@@ -214,10 +215,19 @@ impl GenomeSpace {
             for (g, v) in genes {
                 values[g.model.unwrap_or(0)][g.group.unwrap_or(0)] = v;
             }
-            out.push((p.to_string(), rows, group_names.clone(), values));
+            out.push(ParameterGrid { parameter: p.to_string(), rows, groups: group_names.clone(), values });
         }
         out
     }
+}
+
+/// One parameter's values of a genome: `values[row][group]` (NaN where a row has no gene).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParameterGrid {
+    pub parameter: String,
+    pub rows: Vec<String>,
+    pub groups: Vec<String>,
+    pub values: Vec<Vec<f64>>,
 }
 
 /// Last path component of each reference, made unique with an index where two coincide.
