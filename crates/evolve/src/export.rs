@@ -3,7 +3,7 @@
 //! Every file is replaced atomically; `best/` is swapped in whole, so a reader (or a crash) never
 //! sees half of one.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use evomerge_merge::{write_plan, InMemoryMerger, MergeOptions};
 use serde::{Deserialize, Serialize};
@@ -168,19 +168,10 @@ pub fn write_reports(out: &Path, journal: &Journal, space: &GenomeSpace, best: O
     Ok(())
 }
 
-/// Write `bytes` to `path` through a temporary file and a rename.
+/// Write `bytes` to `path` through a temporary file and a rename (the eval crate's writer).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp: PathBuf = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(|e| EvolveError::io(format!("writing {}", path.display()), e))
+    evomerge_eval::runner::write_atomic(path, bytes).map_err(|e| EvolveError::Io {
+        context: format!("writing {}", path.display()),
+        source: std::io::Error::other(e.to_string()),
+    })
 }

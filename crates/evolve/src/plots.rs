@@ -48,14 +48,8 @@ fn render(path: &Path, size: (u32, u32), draw: impl FnOnce(&DrawingArea<SVGBacke
         draw(&root).map_err(draw_err(path))?;
         root.present().map_err(|e| draw_err(path)(e.to_string()))?;
     }
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
-    std::fs::write(&tmp, svg.as_bytes())
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|source| {
-            let _ = std::fs::remove_file(&tmp);
-            PlotError::Io { path: path.display().to_string(), source }
-        })
+    crate::export::write_atomic(path, svg.as_bytes())
+        .map_err(|e| PlotError::Io { path: path.display().to_string(), source: std::io::Error::other(e.to_string()) })
 }
 
 /// `fitness.svg`: one point per trial (failed trials as red crosses on the lower edge), the
