@@ -12,15 +12,24 @@ use hf_hub::{Cache, Repo, RepoType};
 
 use crate::{Benchmark, DataSource, DatasetError, FileFormat};
 
-/// The data files of `benchmark` from `source`, in a stable (sorted) order.
+/// The test-split data files of `benchmark` from `source`, in a stable (sorted) order.
 pub fn resolve_files(
     benchmark: Benchmark,
     source: &DataSource,
 ) -> Result<Vec<PathBuf>, DatasetError> {
+    resolve_split_files(benchmark, source, "test")
+}
+
+/// The data files of split `split` (`test`, `train`, `validation`, ...) of `benchmark`.
+pub fn resolve_split_files(
+    benchmark: Benchmark,
+    source: &DataSource,
+    split: &str,
+) -> Result<Vec<PathBuf>, DatasetError> {
     match source {
-        DataSource::Local(path) => local_files(benchmark, path),
+        DataSource::Local(path) => local_split_files(benchmark, path, split),
         DataSource::Hub { revision } => {
-            hub_files(benchmark, revision, &Cache::from_env(), offline())
+            hub_split_files(benchmark, revision, split, &Cache::from_env(), offline())
         }
     }
 }
@@ -32,8 +41,13 @@ fn offline() -> bool {
 }
 
 /// A file is taken as is (its extension decides the parser); a directory is searched (recursively) for
-/// files of the benchmark's format, preferring those with "test" in their path.
+/// files of the benchmark's format of the test split (see [`select_split`]).
 pub fn local_files(benchmark: Benchmark, path: &Path) -> Result<Vec<PathBuf>, DatasetError> {
+    local_split_files(benchmark, path, "test")
+}
+
+/// As [`local_files`], for split `split`.
+pub fn local_split_files(benchmark: Benchmark, path: &Path, split: &str) -> Result<Vec<PathBuf>, DatasetError> {
     let meta = std::fs::metadata(path).map_err(|source| DatasetError::Io {
         path: path.to_path_buf(),
         source,
@@ -46,7 +60,10 @@ pub fn local_files(benchmark: Benchmark, path: &Path) -> Result<Vec<PathBuf>, Da
         path: path.to_path_buf(),
         source,
     })?;
-    let files = prefer_test_split(found, path);
+    let files = select_split(found, path, split).map_err(|message| DatasetError::Format {
+        path: path.to_path_buf(),
+        message,
+    })?;
     if files.is_empty() {
         return Err(DatasetError::Format {
             path: path.to_path_buf(),
@@ -74,25 +91,43 @@ fn collect_files(dir: &Path, format: FileFormat, out: &mut Vec<PathBuf>) -> std:
     Ok(())
 }
 
-fn prefer_test_split(mut files: Vec<PathBuf>, root: &Path) -> Vec<PathBuf> {
+/// Split names recognised in file paths.
+const SPLIT_NAMES: [&str; 4] = ["test", "train", "validation", "dev"];
+
+/// The files of split `split`: those whose path below `root` names it. A folder whose files name no
+/// split at all is one unsplit set and is taken whole; a folder whose files name only other splits
+/// is an error (it used to be read as if it were the test split).
+pub fn select_split(mut files: Vec<PathBuf>, root: &Path, split: &str) -> Result<Vec<PathBuf>, String> {
     files.sort();
-    let is_test = |p: &PathBuf| {
-        p.strip_prefix(root)
-            .unwrap_or(p)
-            .to_string_lossy()
-            .to_ascii_lowercase()
-            .contains("test")
-    };
-    if files.iter().any(is_test) {
-        files.retain(is_test);
+    let split = split.to_ascii_lowercase();
+    let rel = |p: &PathBuf| p.strip_prefix(root).unwrap_or(p).to_string_lossy().to_ascii_lowercase();
+    if files.iter().any(|p| rel(p).contains(&split)) {
+        files.retain(|p| rel(p).contains(&split));
+        return Ok(files);
     }
-    files
+    let others: Vec<&str> = SPLIT_NAMES.iter().copied().filter(|s| files.iter().any(|p| rel(p).contains(s))).collect();
+    if others.is_empty() {
+        Ok(files)
+    } else {
+        Err(format!("no `{split}` split here (the files are of split {})", others.join(", ")))
+    }
 }
 
-/// Hub lookup with an explicit cache (tests pass a temporary one).
+/// Hub lookup of the test split with an explicit cache (tests pass a temporary one).
 pub fn hub_files(
     benchmark: Benchmark,
     revision: &str,
+    cache: &Cache,
+    offline: bool,
+) -> Result<Vec<PathBuf>, DatasetError> {
+    hub_split_files(benchmark, revision, "test", cache, offline)
+}
+
+/// As [`hub_files`], for split `split`.
+pub fn hub_split_files(
+    benchmark: Benchmark,
+    revision: &str,
+    split: &str,
     cache: &Cache,
     offline: bool,
 ) -> Result<Vec<PathBuf>, DatasetError> {
@@ -111,7 +146,7 @@ pub fn hub_files(
     let cache_repo = cache.repo(repo.clone());
 
     let known = benchmark.known_hub_files();
-    if !known.is_empty() {
+    if !known.is_empty() && split == "test" {
         let mut files = Vec::new();
         for name in known {
             match cache_repo.get(name) {
@@ -131,7 +166,11 @@ pub fn hub_files(
     if let Some(snapshot) = cached_snapshot(cache, &repo) {
         let mut found = Vec::new();
         if collect_files(&snapshot, benchmark.format(), &mut found).is_ok() && !found.is_empty() {
-            return Ok(prefer_test_split(found, &snapshot));
+            if let Ok(files) = select_split(found, &snapshot, split) {
+                if !files.is_empty() {
+                    return Ok(files);
+                }
+            }
         }
     }
     if offline {
@@ -142,22 +181,18 @@ pub fn hub_files(
         .info()
         .map_err(|e| hub_err(format!("listing files: {e}")))?;
     let ext = format!(".{}", benchmark.format().extension());
-    let mut names: Vec<String> = info
+    let names: Vec<String> = info
         .siblings
         .into_iter()
         .map(|s| s.rfilename)
         .filter(|n| n.ends_with(&ext))
         .collect();
-    names.sort();
-    if names
-        .iter()
-        .any(|n| n.to_ascii_lowercase().contains("test"))
-    {
-        names.retain(|n| n.to_ascii_lowercase().contains("test"));
-    }
+    let names = select_split(names.into_iter().map(PathBuf::from).collect(), Path::new(""), split)
+        .map_err(&hub_err)?;
     if names.is_empty() {
         return Err(hub_err(format!("the repository has no {ext} file")));
     }
+    let names: Vec<String> = names.iter().map(|p| p.to_string_lossy().into_owned()).collect();
     names
         .iter()
         .map(|name| {
@@ -184,4 +219,22 @@ fn cached_snapshot(cache: &Cache, repo: &Repo) -> Option<PathBuf> {
     let commit = std::fs::read_to_string(base.join("refs").join(repo.revision())).ok()?;
     let dir = base.join("snapshots").join(commit.trim());
     dir.is_dir().then_some(dir)
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+
+    #[test]
+    fn splits_are_chosen_by_name_and_a_missing_one_is_an_error() {
+        let root = Path::new("/d");
+        let files = vec![PathBuf::from("/d/data/train-0.parquet"), PathBuf::from("/d/data/test-0.parquet")];
+        assert_eq!(select_split(files.clone(), root, "train").unwrap(), [PathBuf::from("/d/data/train-0.parquet")]);
+        assert_eq!(select_split(files, root, "test").unwrap(), [PathBuf::from("/d/data/test-0.parquet")]);
+        let train_only = vec![PathBuf::from("/d/data/train-0.parquet")];
+        let e = select_split(train_only, root, "test").unwrap_err();
+        assert!(e.contains("no `test` split") && e.contains("train"), "{e}");
+        let unsplit = vec![PathBuf::from("/d/mgsm_ja.tsv")];
+        assert_eq!(select_split(unsplit.clone(), root, "test").unwrap(), unsplit);
+    }
 }

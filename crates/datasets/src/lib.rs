@@ -251,7 +251,17 @@ pub fn load_math(
     source: &DataSource,
     on_bad_row: OnBadRow,
 ) -> Result<Loaded<MathItem>, DatasetError> {
-    let files = hub::resolve_files(benchmark, source)?;
+    load_math_split(benchmark, source, "test", on_bad_row)
+}
+
+/// As [`load_math`], for split `split` of the data.
+pub fn load_math_split(
+    benchmark: Benchmark,
+    source: &DataSource,
+    split: &str,
+    on_bad_row: OnBadRow,
+) -> Result<Loaded<MathItem>, DatasetError> {
+    let files = hub::resolve_split_files(benchmark, source, split)?;
     let mut all = Loaded {
         items: Vec::new(),
         skipped: Vec::new(),
@@ -287,10 +297,21 @@ pub fn load_vqa(
     source: &DataSource,
     on_bad_row: OnBadRow,
 ) -> Result<Loaded<VqaItem>, DatasetError> {
+    load_vqa_split(benchmark, source, "test", on_bad_row)
+}
+
+/// As [`load_vqa`], for split `split` of the data (`SakanaAI/JA-VG-VQA-500` has a `train` split,
+/// the natural EvoVLM-JP search set).
+pub fn load_vqa_split(
+    benchmark: Benchmark,
+    source: &DataSource,
+    split: &str,
+    on_bad_row: OnBadRow,
+) -> Result<Loaded<VqaItem>, DatasetError> {
     let layout = benchmark.vqa_layout().ok_or_else(|| {
         DatasetError::Usage(format!("{} is not a VQA benchmark", benchmark.name()))
     })?;
-    let files = hub::resolve_files(benchmark, source)?;
+    let files = hub::resolve_split_files(benchmark, source, split)?;
     let mut all = Loaded {
         items: Vec::new(),
         skipped: Vec::new(),

@@ -58,7 +58,8 @@ impl Task {
         let mut items = match spec.kind {
             TaskKind::MgsmJa | TaskKind::Gsm8kJa => {
                 let bench = if spec.kind == TaskKind::MgsmJa { Benchmark::MgsmJa } else { Benchmark::Gsm8kJaSearch };
-                let loaded = evomerge_datasets::load_math(bench, &source, OnBadRow::Fail).map_err(data_err)?;
+                let split = spec.split.as_deref().unwrap_or("test");
+                let loaded = evomerge_datasets::load_math_split(bench, &source, split, OnBadRow::Fail).map_err(data_err)?;
                 files = loaded.files;
                 loaded
                     .items
@@ -73,7 +74,8 @@ impl Task {
             }
             TaskKind::JaVgVqa | TaskKind::JaVlmWild => {
                 let bench = if spec.kind == TaskKind::JaVgVqa { Benchmark::JaVgVqa500 } else { Benchmark::JaVlmWild };
-                let loaded = evomerge_datasets::load_vqa(bench, &source, OnBadRow::Fail).map_err(data_err)?;
+                let split = spec.split.as_deref().unwrap_or("test");
+                let loaded = evomerge_datasets::load_vqa_split(bench, &source, split, OnBadRow::Fail).map_err(data_err)?;
                 files = loaded.files;
                 loaded
                     .items

@@ -68,6 +68,9 @@ pub struct TaskSpec {
     /// A local file or directory, or a hub id (built-in kinds only; default: the kind's hub set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<String>,
+    /// Which split of a built-in data set (`test` by default; `train` for the JA-VG-VQA-500 search set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<String>,
     /// Use only the first `limit` items.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
@@ -398,7 +401,7 @@ impl EvolveRecipe {
         if let Some(tasks) = &self.final_eval {
             return tasks.clone();
         }
-        let spec = |kind, metric, generation| TaskSpec { kind, data: None, limit: None, metric, template: None, generation };
+        let spec = |kind, metric, generation| TaskSpec { kind, data: None, split: None, limit: None, metric, template: None, generation };
         let mgsm = GenerationSpec {
             max_new_tokens: 1024,
             num_beams: 1,
@@ -437,6 +440,9 @@ fn validate_task_spec(t: &TaskSpec, at: &str) -> Result<()> {
         }
         if t.limit == Some(0) {
             return Err(EvolveError::recipe(format!("{at}.limit"), "must be at least 1"));
+        }
+        if t.kind == TaskKind::Custom && t.split.is_some() {
+            return Err(EvolveError::recipe(format!("{at}.split"), "a custom task reads one file; `split` applies to the built-in kinds"));
         }
         let gen = &t.generation;
         if gen.max_new_tokens == 0 {

@@ -32,6 +32,7 @@ fn evovlm_recipe_merges_llava_with_shisa_on_mistral() {
     assert_eq!(r.genome.models, ["llava-hf/llava-v1.6-mistral-7b-hf", "augmxnt/shisa-gamma-7b-v1"]);
     assert_eq!(r.genome.base_model.as_deref(), Some("mistralai/Mistral-7B-v0.1"));
     assert_eq!((r.task.kind, r.task.metric), (TaskKind::JaVgVqa, Metric::RougeLJa));
+    assert_eq!(r.task.split.as_deref(), Some("train"), "the search set is disjoint from the 500 test rows");
     assert_eq!((r.task.generation.num_beams, r.task.generation.repetition_penalty), (5, 1.5));
     assert_eq!(GenomeSpace::new(&r, 32).unwrap().dim(), 4);
 }
