@@ -34,23 +34,57 @@ pub(crate) struct PackedMatrix {
 }
 
 impl PackedMatrix {
-    /// Packs a row-major `[n, k]` matrix.
+    /// Packs a row-major `[n, k]` matrix, on the calling thread (attention packs inside parallel tasks).
     pub fn pack(w: &[f32], n: usize, k: usize) -> PackedMatrix {
+        // Padding lanes of the last panel stay zero for good: `fill` never writes them.
+        let mut m = PackedMatrix {
+            n,
+            k,
+            panels: vec![0f32; n.div_ceil(NR) * k * NR],
+        };
+        m.fill(w, false);
+        m
+    }
+
+    /// Packs a row-major matrix of this one's shape `[n, k]` into the existing panels, so a live model
+    /// takes new weights without allocating. Spread over candle's CPU pool: not for use inside a parallel
+    /// task (the pool does not nest).
+    pub fn repack_from(&mut self, w: &[f32]) {
+        self.fill(w, true)
+    }
+
+    fn fill(&mut self, w: &[f32], parallel: bool) {
+        let (n, k) = (self.n, self.k);
         assert_eq!(
             w.len(),
             n * k,
             "packed matrix: data does not match its shape"
         );
-        let mut panels = vec![0f32; n.div_ceil(NR) * k * NR];
-        for (p, panel) in panels.chunks_mut(k * NR).enumerate() {
+        if k == 0 {
+            return;
+        }
+        let dst = SendPtr(self.panels.as_mut_ptr());
+        let fill_panel = |p: usize| {
+            // SAFETY: task `p` writes only panel `p`, `[p * k * NR, (p + 1) * k * NR)` of the panels.
+            let panel =
+                unsafe { std::slice::from_raw_parts_mut(dst.get().add(p * k * NR), k * NR) };
             for j in 0..NR.min(n - p * NR) {
                 let row = &w[(p * NR + j) * k..(p * NR + j + 1) * k];
                 for (kk, &v) in row.iter().enumerate() {
                     panel[kk * NR + j] = v;
                 }
             }
+        };
+        if parallel {
+            parallel_for(n.div_ceil(NR), fill_panel);
+        } else {
+            (0..n.div_ceil(NR)).for_each(fill_panel);
         }
-        PackedMatrix { n, k, panels }
+    }
+
+    /// The address of the packed panels (the same before and after [`PackedMatrix::repack_from`]).
+    pub fn data_addr(&self) -> usize {
+        self.panels.as_ptr() as usize
     }
 
     /// Packs the `[n, k]` matrix whose transpose `wt` (`[k, n]`, row-major) is given, e.g. attention values
@@ -446,6 +480,18 @@ mod tests {
         for &(n, k) in &[(1, 1), (15, 7), (16, 3), (17, 9), (40, 1)] {
             let w = values(n * k, (n + k) as u64);
             assert_eq!(PackedMatrix::pack(&w, n, k).unpack(), w, "n={n} k={k}");
+        }
+    }
+
+    #[test]
+    fn repacking_in_place_equals_packing_afresh() {
+        for &(n, k) in &[(1, 1), (15, 7), (16, 3), (17, 9), (40, 300)] {
+            let mut m = PackedMatrix::pack(&values(n * k, 1), n, k);
+            let addr = m.data_addr();
+            let w = values(n * k, 2);
+            m.repack_from(&w);
+            assert_eq!(m.data_addr(), addr, "n={n} k={k}: the panels moved");
+            assert_eq!(m.panels, PackedMatrix::pack(&w, n, k).panels, "n={n} k={k}");
         }
     }
 

@@ -11,6 +11,7 @@ use crate::cpu_attention::{self, AttentionDims};
 use crate::cpu_matmul::{self, PackedMatrix};
 use crate::cpu_ops;
 use crate::error::{MistralError, Result};
+use crate::weight::Weight;
 
 /// `x @ w.T` for `x` [.., in] and a `[out, in]` weight, as `nn.Linear` without bias.
 pub(crate) fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
@@ -26,7 +27,7 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 
 /// A bias-free linear layer `x @ w.T` with a `[out, in]` weight. On a CPU with AVX2/FMA an f32 weight is
 /// packed once (see [`crate::cpu_matmul`]) and multiplied by our kernel; everywhere else it is a plain tensor
-/// and candle's matmul.
+/// and candle's matmul. Clones share the weight until one of them is written (copy on write).
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: LinearWeight,
@@ -34,13 +35,13 @@ pub struct Linear {
 
 #[derive(Debug, Clone)]
 enum LinearWeight {
-    Plain(Tensor),
+    Plain(Weight),
     Packed(Arc<PackedMatrix>),
 }
 
 impl Linear {
     /// Wraps `weight` `[out, in]`, packing it when `pack` is set and the weight is f32 on a capable CPU.
-    pub(crate) fn new(weight: Tensor, pack: bool) -> Result<Linear> {
+    pub(crate) fn new(weight: Weight, pack: bool) -> Result<Linear> {
         let packable = pack
             && weight.device().is_cpu()
             && weight.dtype() == DType::F32
@@ -70,10 +71,11 @@ impl Linear {
         matches!(self.weight, LinearWeight::Packed(_))
     }
 
-    /// The weight as a `[out, in]` tensor (unpacked into a new tensor when packed).
+    /// The weight as a `[out, in]` tensor (unpacked into a new tensor when packed). The tensor keeps its
+    /// values when the layer is written later.
     pub fn weight(&self) -> Result<Tensor> {
         match &self.weight {
-            LinearWeight::Plain(w) => Ok(w.clone()),
+            LinearWeight::Plain(w) => Ok(w.share()),
             LinearWeight::Packed(p) => {
                 let (n, k) = p.dims();
                 Ok(Tensor::from_vec(p.unpack(), (n, k), &Device::Cpu)?)
@@ -81,12 +83,60 @@ impl Linear {
         }
     }
 
-    /// Converts to `dtype` on `device`, packing or unpacking as [`Linear::new`] decides.
+    /// Converts to `dtype` on `device`, packing or unpacking as [`Linear::new`] decides. Shares the weight
+    /// (copy on write) when nothing changes.
     pub(crate) fn converted(&self, dtype: DType, device: &Device, pack: bool) -> Result<Linear> {
-        if self.is_packed() && pack && dtype == DType::F32 && device.is_cpu() {
-            return Ok(self.clone());
+        match &self.weight {
+            LinearWeight::Packed(_) if pack && dtype == DType::F32 && device.is_cpu() => {
+                Ok(self.clone())
+            }
+            LinearWeight::Packed(p) => {
+                let (n, k) = p.dims();
+                let t = Tensor::from_vec(p.unpack(), (n, k), &Device::Cpu)?;
+                Linear::new(Weight::owned(t).converted(dtype, device)?, pack)
+            }
+            LinearWeight::Plain(w) => Linear::new(w.converted(dtype, device)?, pack),
         }
-        Linear::new(self.weight()?.to_device(device)?.to_dtype(dtype)?, pack)
+    }
+
+    /// Overwrites the weight with row-major `[out, in]` f32 `data`, in the existing storage (packed: the
+    /// existing panels) unless another model shares it; the caller checks the length.
+    pub(crate) fn write_f32(&mut self, data: &[f32]) -> Result<()> {
+        match &mut self.weight {
+            LinearWeight::Plain(w) => w.write_f32(data),
+            LinearWeight::Packed(p) => {
+                let (n, k) = p.dims();
+                if data.len() != n * k {
+                    return Err(MistralError::BadInput(format!(
+                        "internal: {} values written into a [{n}, {k}] linear layer",
+                        data.len()
+                    )));
+                }
+                match Arc::get_mut(p) {
+                    Some(m) => m.repack_from(data),
+                    // Shared with a clone of the model or a pool built from it: leave theirs alone.
+                    None => *p = Arc::new(PackedMatrix::pack(data, n, k)),
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Overwrites the weight with `value` (`[out, in]`, any float dtype and device), in place as
+    /// [`Linear::write_f32`].
+    pub(crate) fn write(&mut self, value: &Tensor) -> Result<()> {
+        match &mut self.weight {
+            LinearWeight::Plain(w) => w.write(value),
+            LinearWeight::Packed(_) => crate::weight::with_host_f32(value, |d| self.write_f32(d)),
+        }
+    }
+
+    /// The host address of the weight's storage (packed: of its panels); `None` off the CPU.
+    pub(crate) fn data_addr(&self) -> Option<usize> {
+        match &self.weight {
+            LinearWeight::Plain(w) => w.data_addr(),
+            LinearWeight::Packed(p) => Some(p.data_addr()),
+        }
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -226,14 +276,19 @@ fn attention_probs(scores: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result
 /// applied after casting back, as transformers does.
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
-    pub(crate) weight: Tensor,
+    pub(crate) weight: Weight,
     eps: f64,
     /// One fused pass for f32 on the CPU instead of candle's seven.
     fused: bool,
 }
 
 impl RmsNorm {
+    /// `weight` may be held elsewhere too: the model copies it before writing into it.
     pub fn new(weight: Tensor, eps: f64) -> RmsNorm {
+        RmsNorm::from_weight(Weight::shared(weight), eps)
+    }
+
+    pub(crate) fn from_weight(weight: Weight, eps: f64) -> RmsNorm {
         RmsNorm {
             weight,
             eps,
@@ -247,7 +302,7 @@ impl RmsNorm {
     }
 
     /// The same norm with another weight.
-    pub(crate) fn with_weight(&self, weight: Tensor) -> RmsNorm {
+    pub(crate) fn with_weight(&self, weight: Weight) -> RmsNorm {
         RmsNorm {
             weight,
             ..self.clone()

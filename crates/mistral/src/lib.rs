@@ -25,6 +25,7 @@ pub mod layers;
 pub mod model;
 pub mod path;
 pub mod prompt;
+mod weight;
 pub mod weights;
 
 pub use cache::KvCache;

@@ -9,16 +9,21 @@ use crate::config::{Config, ModelType};
 use crate::error::{MistralError, Result};
 use crate::layers::{linear, Attention, DecoderLayer, Linear, Mlp, RmsNorm, Rotary};
 use crate::path::{LayerPath, ScaleConvention};
+use crate::weight::Weight;
 use crate::weights::{load_checked, LoadOptions, TensorSource};
 
 mod params;
 
 /// A decoder-only language model: embeddings, a pool of decoder layers run along a [`LayerPath`], the final
 /// norm and the LM head. A plain checkpoint loads with the identity path over its own layers.
+///
+/// Weights are written in place ([`Mistral::write_f32`]). A clone shares every weight with the original
+/// until one of the two writes it: the writer then gets its own copy of that weight (copy on write), so a
+/// write never shows in another model, nor in a tensor handed out earlier by [`Mistral::parameter`].
 #[derive(Debug, Clone)]
 pub struct Mistral {
     config: Config,
-    embed_tokens: Tensor,
+    embed_tokens: Weight,
     pool: Vec<DecoderLayer>,
     norm: RmsNorm,
     /// `None` when tied to the embeddings.
@@ -69,7 +74,7 @@ impl Mistral {
         let dtype = opts.resolve_dtype(stored);
         let load = |name: &str, shape: &[usize]| load_checked(source, name, shape, dtype, device);
         let pack = opts.cpu_kernels;
-        let linear = |t: Tensor| Linear::new(t, pack);
+        let linear = |w: Weight| Linear::new(w, pack);
         let embed_tokens = load(&embed_name, &[c.vocab_size, c.hidden_size])?;
         let mut pool = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
@@ -86,7 +91,8 @@ impl Mistral {
                     .ok_or_else(|| MistralError::BadInput("internal: layer tensor list".into()))
             };
             pool.push(DecoderLayer {
-                input_layernorm: RmsNorm::new(next()?, c.rms_norm_eps).with_cpu_kernel(pack),
+                input_layernorm: RmsNorm::from_weight(next()?, c.rms_norm_eps)
+                    .with_cpu_kernel(pack),
                 self_attn: Attention {
                     q_proj: linear(next()?)?,
                     k_proj: linear(next()?)?,
@@ -96,7 +102,7 @@ impl Mistral {
                     num_kv_heads: c.num_key_value_heads,
                     head_dim: c.head_dim,
                 },
-                post_attention_layernorm: RmsNorm::new(next()?, c.rms_norm_eps)
+                post_attention_layernorm: RmsNorm::from_weight(next()?, c.rms_norm_eps)
                     .with_cpu_kernel(pack),
                 mlp: Mlp {
                     gate_proj: linear(next()?)?,
@@ -105,7 +111,7 @@ impl Mistral {
                 },
             });
         }
-        let norm = RmsNorm::new(
+        let norm = RmsNorm::from_weight(
             load(&format!("{}norm.weight", names.prefix), &[c.hidden_size])?,
             c.rms_norm_eps,
         )
@@ -436,7 +442,8 @@ impl Mistral {
     }
 }
 
-/// A copy of `l` in `dtype` on `device` (another model's layer joining this model's pool).
+/// `l` in `dtype` on `device` (another model's layer joining this model's pool). Weights that need no
+/// conversion stay shared with the other model until one of the two writes them (copy on write).
 fn convert_layer(
     l: &DecoderLayer,
     dtype: DType,
@@ -444,7 +451,7 @@ fn convert_layer(
     pack: bool,
 ) -> Result<DecoderLayer> {
     let norm = |n: &RmsNorm| -> Result<RmsNorm> {
-        Ok(n.with_weight(n.weight.to_device(device)?.to_dtype(dtype)?)
+        Ok(n.with_weight(n.weight.converted(dtype, device)?)
             .with_cpu_kernel(pack))
     };
     let lin = |x: &Linear| x.converted(dtype, device, pack);

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{MistralError, Result};
+use crate::weight::Weight;
 
 /// A store of named tensors (a checkpoint, a map built in memory, a merge result...).
 pub trait TensorSource {
@@ -16,6 +17,15 @@ pub trait TensorSource {
     /// only hand out floats override this.
     fn raw_tensor(&self, name: &str) -> Result<Option<Tensor>> {
         self.tensor(name, &Device::Cpu)
+    }
+
+    /// Whether every tensor [`TensorSource::tensor`] hands out has storage of its own, held by nothing else
+    /// (e.g. read from a file). The model then writes new values ([`crate::Mistral::write_f32`]) into it
+    /// from the first write. When `false` (the default) the model assumes the source may keep the tensors,
+    /// as a map in memory does, and copies each weight the first time it is written, so the source never
+    /// sees the model's writes.
+    fn fresh_storage(&self) -> bool {
+        false
     }
 }
 
@@ -33,6 +43,11 @@ impl TensorSource for evomerge_checkpoint::Checkpoint {
         Ok(Some(Tensor::from_raw_buffer(
             view.data, dtype, view.shape, device,
         )?))
+    }
+
+    /// Every tensor is copied out of the file.
+    fn fresh_storage(&self) -> bool {
+        true
     }
 
     /// The checkpoint reader hands out floats only, so integer tensors are read from the (already
@@ -68,6 +83,11 @@ impl TensorSource for candle_core::safetensors::MmapedSafetensors {
             Err(_) => Ok(None),
         }
     }
+
+    /// Every tensor is copied out of the mapped file.
+    fn fresh_storage(&self) -> bool {
+        true
+    }
 }
 
 /// How the model's tensors are named in a checkpoint: `{prefix}embed_tokens.weight`,
@@ -97,7 +117,7 @@ pub struct LoadOptions {
     pub dtype: Option<DType>,
     pub names: WeightNames,
     /// Run f32 models on the CPU with the crate's own kernels (on CPUs with AVX2/FMA; a no-op elsewhere):
-    /// linear-layer weights packed once, at load and on every `set_tensor`, for our matmul, and the attention
+    /// linear-layer weights packed once, at load, and re-packed in place on every write, for our matmul, and the attention
     /// core and `silu(gate) * up` fused. Off: candle's operations throughout. Default: on.
     pub cpu_kernels: bool,
 }
@@ -130,7 +150,7 @@ pub(crate) fn load_checked(
     shape: &[usize],
     dtype: DType,
     device: &Device,
-) -> Result<Tensor> {
+) -> Result<Weight> {
     let t = source
         .tensor(name, device)?
         .ok_or_else(|| MistralError::MissingTensor(name.to_string()))?;
@@ -142,7 +162,14 @@ pub(crate) fn load_checked(
             actual: t.dims().to_vec(),
         });
     }
-    Ok(t.to_dtype(dtype)?)
+    // A conversion allocates, so the result is the model's alone whatever the source keeps.
+    let converted = t.dtype() != dtype;
+    let t = t.to_dtype(dtype)?;
+    Ok(if converted || source.fresh_storage() {
+        Weight::owned(t)
+    } else {
+        Weight::shared(t)
+    })
 }
 
 pub(crate) fn check_float(name: &str, t: &Tensor) -> Result<()> {
