@@ -80,6 +80,12 @@ impl TensorSource for CheckpointSource<'_> {
             device,
         )?))
     }
+
+    /// Every tensor is copied out of the file, so the language model takes weights in place from the
+    /// first write.
+    fn fresh_storage(&self) -> bool {
+        true
+    }
 }
 
 pub(crate) fn candle_dtype(d: Dtype) -> DType {
@@ -184,7 +190,8 @@ impl LlavaModel {
         &self.encoder
     }
 
-    /// The language model (merge candidates write their weights into it with `set_tensor`).
+    /// The language model (merge candidates write their weights into it in place with
+    /// [`Mistral::write_f32`] through [`LlavaModel::llm_mut`]).
     pub fn llm(&self) -> &Mistral {
         &self.llm
     }
