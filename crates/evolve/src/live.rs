@@ -86,7 +86,7 @@ impl Live {
             EvolveError::Model(format!("merged tensor `{name}` is not part of the language model"))
         })?;
         self.llm_mut()
-            .set_tensor_f32(&canonical, merged.values)
+            .write_f32(&canonical, merged.values)
             .map_err(|e| EvolveError::Model(format!("writing `{name}` into the live model: {e}")))
     }
 }
