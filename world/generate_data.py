@@ -192,7 +192,7 @@ def questions(s):
 
 def pretrain_text(rng, n_scenes):
     """Bilingual world text: scene sentences in both languages, parallel pairs, facts, numbers, Q/A in both
-    languages in a plain `Q:`/`質問：` format (the chat template USER:/ASSISTANT: is left to the fine-tunes)."""
+    languages: English in the chat template, Japanese in a plain 質問/答え format."""
     lines = []
     for kind in sorted(SHAPES):
         e, p, j = SHAPES[kind]
@@ -216,20 +216,25 @@ def pretrain_text(rng, n_scenes):
         s = sample_scene(rng)
         en, ja = describe_en(s), describe_ja(s)
         mode = rng.random()
-        if mode < 0.3:
+        if mode < 0.2:
             lines.append(f"{en} {ja}")
-        elif mode < 0.45:
+        elif mode < 0.3:
             lines.append(f"{en}\n{ja}")
-        elif mode < 0.6:
+        elif mode < 0.4:
             lines.append(en)
-        elif mode < 0.75:
+        elif mode < 0.5:
             lines.append(ja)
         else:
+            # Q&A about a scene given as text, the scene in either language (so reading a scene does not
+            # depend on the question's language): English in the chat template that the fine-tunes use,
+            # Japanese only in a plain 質問/答え format (answering Japanese in the chat template is the
+            # Japanese fine-tune's skill).
             qt, eq, ea, jq, ja_a = rng.choice(questions(s))
+            ctx = en if rng.random() < 0.5 else ja
             if rng.random() < 0.5:
-                lines.append(f"{en} Q: {eq} A: {ea}.")
+                lines.append(TEXT_TEMPLATE.format(ctx=ctx, q=eq) + f" {ea}")
             else:
-                lines.append(f"{ja}質問：{jq}答え：{ja_a}。")
+                lines.append(f"{ctx}\n質問：{jq}\n答え：{ja_a}。")
     for _ in range(n_scenes // 4):  # numbers and arithmetic facts in both languages
         a, b = rng.randint(1, 9), rng.randint(1, 9)
         lines.append(rng.choice([f"{a} plus {b} is {a + b}.", f"{a}たす{b}は{a + b}です。",

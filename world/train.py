@@ -12,7 +12,7 @@ world/models/<name>/ with the shared tokenizer and a generation_config.json. The
 LlavaForConditionalGeneration: a tiny CLIP tower (64 px, 8 px patches), an `mlp2x_gelu` projector and the
 language model initialised from the base.
 
-Training recipe (all seeds fixed, torch deterministic, 2 threads):
+Training recipe (all seeds fixed, torch deterministic, 1 thread):
 - tokenizer: BPE on the bilingual world text, every character of the world in the alphabet, digits split;
 - base: causal LM on world/data/pretrain.txt (English and Japanese sentences about the same world);
 - llm_ja: base fine-tuned gently (answer tokens only, no weight decay) on Japanese text Q&A, no images;
@@ -44,27 +44,27 @@ TOK_DIR = os.path.join(HERE, "tokenizer")
 MEAN = [0.48145466, 0.4578275, 0.40821073]
 STD = [0.26862954, 0.26130258, 0.27577711]
 IMAGE = 64
-PATCH = 8
+PATCH = 16
 N_PATCHES = (IMAGE // PATCH) ** 2
 
-LM_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+LM_SHAPE = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
                 num_key_value_heads=2, head_dim=32)
 TOWER_SHAPE = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4)
 VOCAB = 1024
 
 # Stage hyper-parameters (kept here so that the README and the code agree).
 HP = {
-    "base": dict(steps=3000, batch=64, lr=3e-3, warmup=100, wd=0.01, seed=1),
+    "base": dict(steps=1500, batch=48, lr=3e-3, warmup=100, wd=0.01, seed=1),
     "llm_ja": dict(steps=150, batch=32, lr=5e-4, warmup=10, wd=0.0, seed=2),
     "tower": dict(steps=1500, batch=64, lr=2e-3, warmup=50, wd=0.01, seed=3),
-    "vlm_en": dict(steps=600, batch=32, lr=3e-4, proj_lr=2e-3, warmup=20, wd=0.0, seed=4),
+    "vlm_en": dict(steps=600, batch=32, lr=3e-4, proj_lr=2e-3, warmup=30, wd=0.0, seed=4, lm_layers=2),
     "math_a": dict(steps=400, batch=32, lr=5e-4, warmup=20, wd=0.0, seed=5),
     "math_b": dict(steps=400, batch=32, lr=5e-4, warmup=20, wd=0.0, seed=6),
 }
 
 
 def setup(seed):
-    torch.set_num_threads(int(os.environ.get("WORLD_THREADS", "2")))
+    torch.set_num_threads(int(os.environ.get("WORLD_THREADS", "1")))
     torch.use_deterministic_algorithms(True)
     random.seed(seed)
     np.random.seed(seed)
@@ -352,7 +352,13 @@ def train_vlm(tok):
     for p in model.model.vision_tower.parameters():
         p.requires_grad_(False)
     proj = list(model.model.multi_modal_projector.parameters())
-    lm = list(model.model.language_model.parameters()) + list(model.lm_head.parameters())
+    # Only the bottom layers of the LM learn to read the image: the skill lives where the image tokens are
+    # turned into something the upper (base) layers read like a scene described in text.
+    for p in model.model.language_model.parameters():
+        p.requires_grad_(False)
+    for p in model.lm_head.parameters():
+        p.requires_grad_(False)
+    lm = [p for layer in model.model.language_model.layers[:hp["lm_layers"]] for p in layer.parameters()]
     rng = random.Random(hp["seed"])
 
     def batches(step):
@@ -361,6 +367,8 @@ def train_vlm(tok):
         return model(input_ids=ids, attention_mask=att, labels=lab,
                      pixel_values=px[torch.tensor([p[1] for p in b])]).loss
 
+    for p in lm:
+        p.requires_grad_(True)
     groups = [{"params": proj, "lr": hp["proj_lr"]}, {"params": lm, "lr": hp["lr"]}]
     secs = train_loop(model, proj + lm, batches, hp, "vlm_en", param_groups=groups)
     save_vlm(model, tok, os.path.join(MODELS, "vlm_en"))
