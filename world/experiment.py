@@ -14,6 +14,7 @@ math target uses the MGSM rule (last number in the answer equals `answer_number`
 
 import argparse
 import itertools
+import random
 import json
 import os
 import re
@@ -210,7 +211,7 @@ def run_vlm(args):
         print(f"{name:40s} {s:6.2f}   e.g. {preds[:4]}", flush=True)
         if args.pairs:
             os.makedirs(args.pairs, exist_ok=True)
-            with open(os.path.join(args.pairs, f"{name}.jsonl"), "w", encoding="utf-8") as f:
+            with open(os.path.join(args.pairs, re.sub(r"[^A-Za-z0-9_.]+", "_", name) + ".jsonl"), "w", encoding="utf-8") as f:
                 for r, p in zip(w.rows, preds):
                     f.write(json.dumps({"reference": r["reference"], "prediction": p}, ensure_ascii=False) + "\n")
 
@@ -227,14 +228,85 @@ def run_vlm(args):
     record("dare_ties default (w 1/1, d .5/.5)", merge(w.base, P, "dare_ties", [1, 1], [0.5, 0.5]))
     print(f"({time.time() - t0:.0f} s)")
     if args.sweep:
-        best = (-1, None)
-        for dv, dj, wj in itertools.product([0.3, 0.5, 0.8, 1.0], [0.3, 0.5, 0.8, 1.0], [0.5, 1.0, 2.0]):
-            sd = merge(w.base, P, "dare_ties", [1.0, wj], [dv, dj], normalize=False)
-            s, _ = w.score(sd)
-            print(f"sweep dare_ties no-norm d_vlm {dv} d_ja {dj} w_vlm 1 w_ja {wj}: {s:6.2f}", flush=True)
-            if s > best[0]:
-                best = (s, (dv, dj, wj))
-        print("best", best)
+        # Oracle over three genes, chosen on the SEARCH split, then scored on --split: task arithmetic with
+        # per-layer-group weights; lower = embeddings + layers 0-1, upper = layers 2-3 + final norm + lm_head.
+        search = VlmWorld("search") if args.split != "search" else w
+        grid = []
+        for wvl, wvu, wj in itertools.product([0.0, 0.5], [0.5, 0.75, 1.0], [1.25, 1.75, 2.25]):
+            sd = merge(w.base, P, "task_arithmetic", [vlm_weight(wvl, wvu), wj], [1, 1], normalize=False)
+            s, _ = search.score(sd)
+            grid.append((s, (wvl, wvu, wj)))
+            print(f"oracle (search) w_vlm lower {wvl} upper {wvu}, w_ja {wj}: {s:6.2f}", flush=True)
+        s, (wvl, wvu, wj) = max(grid)
+        print(f"best on search: {s:.2f} at w_vlm lower {wvl} upper {wvu}, w_ja {wj}")
+        record(f"oracle TA w_vlm {wvl}/{wvu} w_ja {wj}",
+               merge(w.base, P, "task_arithmetic", [vlm_weight(wvl, wvu), wj], [1, 1], normalize=False))
+    if args.random:
+        # A stand-in for evolution: `--random N` draws of per-layer-group DARE-TIES genes (groups: embeddings,
+        # layers 0-1, layers 2-3, final norm + lm_head; genes per group: w_vlm, w_ja, density_vlm, density_ja;
+        # no normalisation), scored on the SEARCH split; the best is then scored on --split.
+        search = VlmWorld("search") if args.split != "search" else w
+        rng = random.Random(0)
+        trials = []
+        for t in range(args.random):
+            g = {k: [rng.uniform(0, 1.2), rng.uniform(0.5, 2.5), rng.uniform(0.2, 1), rng.uniform(0.2, 1)]
+                 for k in [0, 1, "embed", "head"]}
+            s, _ = search.score(genes_merge(w.base, P, g))
+            trials.append((s, t, g))
+            print(f"random {t} (search): {s:6.2f}  {json.dumps({str(k): [round(x, 2) for x in v] for k, v in g.items()})}",
+                  flush=True)
+        s, t, g = max(trials, key=lambda x: x[0])
+        print(f"best on search: trial {t}, {s:.2f}")
+        record(f"random search best (trial {t})", genes_merge(w.base, P, g))
+    print(json.dumps(table, ensure_ascii=False))
+
+
+def genes_merge(base, P, g):
+    G = lambda n: layer_group(n, 2)  # noqa: E731
+    return merge(base, P, "dare_ties", [lambda n: g[G(n)][0], lambda n: g[G(n)][1]],
+                 [lambda n: max(0.05, g[G(n)][2]), lambda n: max(0.05, g[G(n)][3])], normalize=False)
+
+
+def vlm_weight(lower, upper):
+    return lambda name: lower if layer_group(name, 2) in ("embed", 0) else upper
+
+
+def run_llm(args):
+    tok = W.load_tokenizer()
+    rows = W.read_jsonl(os.path.join(W.DATA, f"math_ja_{args.split}.jsonl"))[:args.limit]
+    en = W.read_jsonl(os.path.join(W.DATA, "math_en_test.jsonl"))[:args.limit]
+    base = lm_state("base")
+    P = {n: lm_state(n) for n in ["llm_ja", "math_a", "math_b"]}
+    table = {}
+
+    def score(name, sd, show=True):
+        preds = generate(lm_from_state(sd), tok, [r["prompt"] for r in rows])
+        s = score_math(rows, preds)
+        by = {k: score_math([r for r in rows if r["kind"] == k], [p for r, p in zip(rows, preds) if r["kind"] == k])
+              for k in ("add", "mul")}
+        if show:
+            table[name] = round(s, 2)
+            print(f"{name:40s} {s:6.2f}  add {by['add']:5.1f} mul {by['mul']:5.1f}  e.g. {preds[:3]}", flush=True)
+        return s
+
+    for n in ["math_a", "math_b"]:
+        preds = generate(lm_from_state(P[n]), tok, [r["prompt"] for r in en])
+        print(f"{n} on English math test: add {score_math([r for r in en if r['kind'] == 'add'], [p for r, p in zip(en, preds) if r['kind'] == 'add']):.1f}"
+              f" mul {score_math([r for r in en if r['kind'] == 'mul'], [p for r, p in zip(en, preds) if r['kind'] == 'mul']):.1f}")
+    for n, sd in P.items():
+        score(n, sd)
+    L = [P["llm_ja"], P["math_a"], P["math_b"]]
+    score("task_arithmetic 1/1/1", merge(base, L, "task_arithmetic", [1, 1, 1], [1, 1, 1], normalize=False))
+    score("ties default (w 1, d .5)", merge(base, L, "ties", [1, 1, 1], [0.5] * 3))
+    score("dare_ties default (w 1, d .5)", merge(base, L, "dare_ties", [1, 1, 1], [0.5] * 3))
+    if args.sweep:
+        grid = []
+        for wj, wa, wb in itertools.product([0.5, 1.0, 1.5], [0.5, 1.0, 1.5], [0.5, 1.0, 1.5]):
+            s = score(f"TA {wj}/{wa}/{wb}", merge(base, L, "task_arithmetic", [wj, wa, wb], [1] * 3, normalize=False),
+                      show=False)
+            print(f"oracle w_ja {wj} w_a {wa} w_b {wb}: {s:.1f}", flush=True)
+            grid.append((s, (wj, wa, wb)))
+        print("best", max(grid))
     print(json.dumps(table, ensure_ascii=False))
 
 
@@ -256,10 +328,11 @@ def main():
     ap.add_argument("--split", default="search")
     ap.add_argument("--limit", type=int)
     ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--random", type=int, default=0)
     ap.add_argument("--pairs")
     args = ap.parse_args()
-    torch.set_num_threads(2)
-    {"vlm": run_vlm, "norms": run_norms}[args.what](args)
+    torch.set_num_threads(1)
+    {"vlm": run_vlm, "llm": run_llm, "norms": run_norms}[args.what](args)
 
 
 if __name__ == "__main__":

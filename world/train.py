@@ -16,9 +16,10 @@ Training recipe (all seeds fixed, torch deterministic, 1 thread):
 - tokenizer: BPE on the bilingual world text, every character of the world in the alphabet, digits split;
 - base: causal LM on world/data/pretrain.txt (English and Japanese sentences about the same world);
 - llm_ja: base fine-tuned gently (answer tokens only, no weight decay) on Japanese text Q&A, no images;
-- vlm_en: (1) the CLIP tower is trained alone with linear probes on what each image shows; (2) with the tower
-  frozen, the projector and the language model are trained on English VQA (projector at a higher learning
-  rate than the LM, so that the LM's task vector stays small);
+- vlm_en: (1) the CLIP tower is trained alone with linear probes on what each image shows (kind, colour, count,
+  position); (2) with the tower frozen, the projector (from random) and the LM's decoder layers (not the
+  embeddings, final norm or lm_head) are trained together on English VQA, the projector at a higher learning
+  rate than the LM so that the LM's task vector stays small;
 - math_a / math_b: base fine-tuned on English two-digit addition / one-digit multiplication word problems.
 """
 
@@ -38,7 +39,7 @@ from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "data")
-MODELS = os.path.join(HERE, "models")
+MODELS = os.environ.get("WORLD_MODELS", os.path.join(HERE, "models"))  # a rerun can write elsewhere
 TOK_DIR = os.path.join(HERE, "tokenizer")
 
 MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -55,9 +56,9 @@ VOCAB = 1024
 # Stage hyper-parameters (kept here so that the README and the code agree).
 HP = {
     "base": dict(steps=1500, batch=48, lr=3e-3, warmup=100, wd=0.01, seed=1),
-    "llm_ja": dict(steps=150, batch=32, lr=5e-4, warmup=10, wd=0.0, seed=2),
+    "llm_ja": dict(steps=60, batch=32, lr=3e-4, warmup=10, wd=0.0, seed=2),
     "tower": dict(steps=1500, batch=64, lr=2e-3, warmup=50, wd=0.01, seed=3),
-    "vlm_en": dict(steps=600, batch=32, lr=3e-4, proj_lr=2e-3, warmup=30, wd=0.0, seed=4, lm_layers=2),
+    "vlm_en": dict(steps=600, batch=32, lr=3e-4, proj_lr=2e-3, warmup=30, wd=0.0, seed=4, lm_layers=4),
     "math_a": dict(steps=400, batch=32, lr=5e-4, warmup=20, wd=0.0, seed=5),
     "math_b": dict(steps=400, batch=32, lr=5e-4, warmup=20, wd=0.0, seed=6),
 }
@@ -352,8 +353,8 @@ def train_vlm(tok):
     for p in model.model.vision_tower.parameters():
         p.requires_grad_(False)
     proj = list(model.model.multi_modal_projector.parameters())
-    # Only the bottom layers of the LM learn to read the image: the skill lives where the image tokens are
-    # turned into something the upper (base) layers read like a scene described in text.
+    # The decoder layers (the bottom `lm_layers` of them) learn to read the image; embeddings, final norm and
+    # lm_head stay the base's.
     for p in model.model.language_model.parameters():
         p.requires_grad_(False)
     for p in model.lm_head.parameters():
