@@ -310,6 +310,17 @@ def run_llm(args):
     print(json.dumps(table, ensure_ascii=False))
 
 
+def run_paired(args):
+    """Paired bootstrap of per-item rougeL (scores JSONL of `evomerge score rouge-ja`): mean of A - B, 95 %."""
+    import numpy as np
+    a, b = (np.array([json.loads(l)["rougeL"] for l in open(f)]) for f in args.files)
+    d = a - b
+    rng = np.random.default_rng(0)
+    boots = [d[rng.integers(0, len(d), len(d))].mean() for _ in range(2000)]
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    print(f"{d.mean():+.2f} [{lo:+.2f}, {hi:+.2f}]  ({len(d)} items)")
+
+
 def run_norms(args):
     base = lm_state("base")
     names = [n for n in ["llm_ja", "vlm_en", "math_a", "math_b"] if os.path.exists(os.path.join(W.MODELS, n))]
@@ -324,7 +335,8 @@ def run_norms(args):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["vlm", "llm", "norms"])
+    ap.add_argument("what", choices=["vlm", "llm", "norms", "paired"])
+    ap.add_argument("files", nargs="*")
     ap.add_argument("--split", default="search")
     ap.add_argument("--limit", type=int)
     ap.add_argument("--sweep", action="store_true")
@@ -332,7 +344,7 @@ def main():
     ap.add_argument("--pairs")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    {"vlm": run_vlm, "llm": run_llm, "norms": run_norms}[args.what](args)
+    {"vlm": run_vlm, "llm": run_llm, "norms": run_norms, "paired": run_paired}[args.what](args)
 
 
 if __name__ == "__main__":
