@@ -319,15 +319,7 @@ impl LlavaModel {
         decoder: Option<&dyn TokenDecoder>,
         batch_size: usize,
     ) -> std::result::Result<Vec<Completion>, GenerateError> {
-        let mut out = Vec::with_capacity(items.len());
-        for chunk in items.chunks(batch_size.max(1)) {
-            let prompts = chunk
-                .iter()
-                .map(|(p, img)| self.prompt_input(p, img))
-                .collect::<Result<Vec<_>>>()?;
-            out.extend(generate(&LlmStep(&self.llm), &prompts, config, decoder)?);
-        }
-        Ok(out)
+        self.generate_batched(items, |(p, img)| self.prompt_input(p, img), config, decoder, batch_size)
     }
 
     /// [`LlavaModel::generate`] for (prompt, image features) pairs, the features from
@@ -339,12 +331,22 @@ impl LlavaModel {
         decoder: Option<&dyn TokenDecoder>,
         batch_size: usize,
     ) -> std::result::Result<Vec<Completion>, GenerateError> {
+        self.generate_batched(items, |(p, features)| self.prompt_input_from_features(p, features), config, decoder, batch_size)
+    }
+
+    /// The batching both `generate` calls share: `batch_size` items become prompt inputs, then
+    /// one left-padded generation batch.
+    fn generate_batched<T>(
+        &self,
+        items: &[T],
+        prompt_input: impl Fn(&T) -> Result<PromptInput>,
+        config: &GenerationConfig,
+        decoder: Option<&dyn TokenDecoder>,
+        batch_size: usize,
+    ) -> std::result::Result<Vec<Completion>, GenerateError> {
         let mut out = Vec::with_capacity(items.len());
         for chunk in items.chunks(batch_size.max(1)) {
-            let prompts = chunk
-                .iter()
-                .map(|(p, features)| self.prompt_input_from_features(p, features))
-                .collect::<Result<Vec<_>>>()?;
+            let prompts = chunk.iter().map(&prompt_input).collect::<Result<Vec<_>>>()?;
             out.extend(generate(&LlmStep(&self.llm), &prompts, config, decoder)?);
         }
         Ok(out)
