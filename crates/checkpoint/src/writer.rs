@@ -49,13 +49,28 @@ impl Default for WriteOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TensorPlan {
     pub name: String,
+    /// The element type (for a 32-bit integer tensor, [`Dtype::F32`]: the same width).
     pub dtype: Dtype,
     pub shape: Vec<usize>,
+    /// A 32-bit signed integer tensor (written as raw bytes only): an `evomistral` path's layer indices.
+    pub int32: bool,
 }
 
 impl TensorPlan {
     pub fn new(name: impl Into<String>, dtype: Dtype, shape: Vec<usize>) -> Self {
-        TensorPlan { name: name.into(), dtype, shape }
+        TensorPlan { name: name.into(), dtype, shape, int32: false }
+    }
+    /// A 32-bit signed integer tensor, given to [`CheckpointWriter::write_tensor`] as little-endian bytes.
+    pub fn int32(name: impl Into<String>, shape: Vec<usize>) -> Self {
+        TensorPlan { name: name.into(), dtype: Dtype::F32, shape, int32: true }
+    }
+    /// The dtype name in the safetensors header.
+    pub fn header_dtype(&self) -> &'static str {
+        if self.int32 {
+            "I32"
+        } else {
+            self.dtype.as_str()
+        }
     }
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
@@ -271,6 +286,11 @@ impl CheckpointWriter {
         if values.len() != numel {
             return Err(wrong_size(t, numel, values.len(), "values"));
         }
+        if t.plan.int32 {
+            return Err(CheckpointError::InvalidPlan {
+                detail: format!("`{name}` is an integer tensor; write its bytes with write_tensor"),
+            });
+        }
         #[cfg(target_endian = "little")]
         if t.plan.dtype == Dtype::F32 {
             return self.write_planned(t, bytemuck::cast_slice(values));
@@ -433,7 +453,7 @@ fn render_header(tensors: &[PlannedTensor], data_offsets: &[(usize, u64, u64)]) 
         let shape = plan.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",");
         header.push_str(&format!(
             ",{name}:{{\"dtype\":\"{}\",\"shape\":[{shape}],\"data_offsets\":[{begin},{end}]}}",
-            plan.dtype.as_str()
+            plan.header_dtype()
         ));
     }
     header.push('}');
@@ -446,7 +466,7 @@ fn render_header(tensors: &[PlannedTensor], data_offsets: &[(usize, u64, u64)]) 
 fn wrong_size(t: &PlannedTensor, expected: usize, actual: usize, unit: &'static str) -> CheckpointError {
     CheckpointError::WrongTensorSize {
         tensor: t.plan.name.clone(),
-        dtype: t.plan.dtype.to_string(),
+        dtype: t.plan.header_dtype().to_string(),
         shape: t.plan.shape.clone(),
         expected,
         actual,

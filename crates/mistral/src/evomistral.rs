@@ -7,10 +7,10 @@
 //! Paths load with [`ScaleConvention::ReleasedBranch`](crate::path::ScaleConvention) (see [`crate::path`]);
 //! which entry of `input_scales` hop t uses is chosen by [`ScaleLookup`].
 
-use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
+use evomerge_checkpoint::{CheckpointWriter, Dtype, TensorPlan, WriteOptions};
 
 use crate::config::{Config, ModelType};
 use crate::error::{MistralError, Result};
@@ -60,10 +60,26 @@ pub fn load_dir(dir: &Path, opts: &LoadOptions, lookup: ScaleLookup) -> Result<M
     load(&config, &ckpt, opts, lookup)
 }
 
-/// The tensors and `config.json` of `model` in `evomistral` format: the whole pool as `model.layers.*`,
-/// the path as `input_layers` (int32) and `input_scales` (float32, one per hop, to be read
-/// [`ScaleLookup::ByHop`]). Only [`ScaleConvention::ReleasedBranch`] paths have this form.
-pub fn to_tensors(model: &Mistral) -> Result<(serde_json::Value, HashMap<String, Tensor>)> {
+/// What an `evomistral` checkpoint stores of a path: the pool layers it uses, in pool order (only those:
+/// SakanaAI's 10B release keeps 44 of its 64), and each hop's index into that list.
+pub fn compact_path(path: &LayerPath) -> (Vec<usize>, Vec<i32>) {
+    let mut used: Vec<usize> = path.hops().iter().map(|h| h.layer).collect();
+    used.sort_unstable();
+    used.dedup();
+    let input_layers = path
+        .hops()
+        .iter()
+        .map(|h| used.binary_search(&h.layer).unwrap_or(0) as i32)
+        .collect();
+    (used, input_layers)
+}
+
+/// Writes `model` with its current path as an `evomistral` checkpoint into `dir` (replaced whole if it
+/// exists) through the checkpoint crate's writer (sharded like any model): the pool layers the path uses,
+/// renumbered `model.layers.0..k`, `input_layers` (int32) and `input_scales` (float32, one per hop, read
+/// [`ScaleLookup::ByHop`]). Tokenizer and generation files are copied from `files_from`. Only
+/// [`ScaleConvention::ReleasedBranch`] paths have this form.
+pub fn save(model: &Mistral, dir: &Path, files_from: Option<&Path>) -> Result<std::path::PathBuf> {
     let path = model.path();
     if path.convention() != ScaleConvention::ReleasedBranch {
         return Err(MistralError::Evomistral(
@@ -71,63 +87,64 @@ pub fn to_tensors(model: &Mistral) -> Result<(serde_json::Value, HashMap<String,
                 .into(),
         ));
     }
-    let mut tensors = HashMap::new();
-    for name in model.parameter_names() {
-        tensors.insert(name.clone(), model.parameter(&name)?);
-    }
-    let layers: Vec<i32> = path.hops().iter().map(|h| h.layer as i32).collect();
+    let dtype = match model.dtype() {
+        DType::F16 => Dtype::F16,
+        DType::BF16 => Dtype::BF16,
+        _ => Dtype::F32,
+    };
+    let (used, input_layers) = compact_path(path);
     let scales: Vec<f32> = path.hops().iter().map(|h| h.scale as f32).collect();
-    let n = layers.len();
-    tensors.insert(
-        INPUT_LAYERS.into(),
-        Tensor::from_vec(layers, n, &Device::Cpu)?,
-    );
-    tensors.insert(
-        INPUT_SCALES.into(),
-        Tensor::from_vec(scales, n, &Device::Cpu)?,
-    );
+    // (stored name, the model's name) of every weight kept.
+    let mut names: Vec<(String, String)> = Vec::new();
+    for name in model.parameter_names() {
+        match name
+            .strip_prefix("model.layers.")
+            .and_then(|r| r.split_once('.'))
+        {
+            Some((i, rest)) => {
+                let i: usize = i
+                    .parse()
+                    .map_err(|_| MistralError::UnknownParameter(name.clone()))?;
+                if let Ok(k) = used.binary_search(&i) {
+                    names.push((format!("model.layers.{k}.{rest}"), name.clone()));
+                }
+            }
+            None => names.push((name.clone(), name.clone())),
+        }
+    }
+    let mut plan = Vec::with_capacity(names.len() + 2);
+    for (stored, own) in &names {
+        let shape = model
+            .parameter_shape(own)
+            .ok_or_else(|| MistralError::UnknownParameter(own.clone()))?;
+        plan.push(TensorPlan::new(stored.clone(), dtype, shape));
+    }
+    plan.push(TensorPlan::int32(INPUT_LAYERS, vec![input_layers.len()]));
+    plan.push(TensorPlan::new(INPUT_SCALES, Dtype::F32, vec![scales.len()]));
+    let options = WriteOptions {
+        force: true,
+        ..Default::default()
+    };
+    let writer = CheckpointWriter::create(dir, plan, options)?;
+    for (stored, own) in &names {
+        let values = model
+            .parameter(own)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        writer.write_tensor_f32(stored, &values)?;
+    }
+    let bytes: Vec<u8> = input_layers.iter().flat_map(|l| l.to_le_bytes()).collect();
+    writer.write_tensor(INPUT_LAYERS, &bytes)?;
+    writer.write_tensor_f32(INPUT_SCALES, &scales)?;
     let mut config = model.config().clone();
     config.model_type = ModelType::EvoMistral;
-    config.num_hops = Some(n);
-    config.num_hidden_layers = model.pool_len();
+    config.num_hops = Some(input_layers.len());
+    config.num_hidden_layers = used.len();
     let mut json = config.to_json();
     json["architectures"] = serde_json::json!(["EvoMistralForCausalLM"]);
     json["torch_dtype"] = serde_json::json!(dtype_name(model.dtype()));
-    Ok((json, tensors))
-}
-
-/// Writes `model` as an `evomistral` checkpoint into `dir` (created if needed): `config.json` and
-/// `model.safetensors`, each written to a temporary file and renamed into place.
-pub fn save(model: &Mistral, dir: &Path) -> Result<()> {
-    let (json, tensors) = to_tensors(model)?;
-    std::fs::create_dir_all(dir).map_err(|source| MistralError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let tensors: HashMap<String, Tensor> = tensors
-        .into_iter()
-        .map(|(k, v)| v.to_device(&Device::Cpu).map(|v| (k, v)))
-        .collect::<candle_core::Result<_>>()?;
-    let st_tmp = dir.join(".model.safetensors.tmp");
-    candle_core::safetensors::save(&tensors, &st_tmp)?;
-    rename(&st_tmp, &dir.join("model.safetensors"))?;
-    let cfg_tmp = dir.join(".config.json.tmp");
-    let text = serde_json::to_string_pretty(&json).map_err(|source| MistralError::Json {
-        path: cfg_tmp.clone(),
-        source,
-    })?;
-    std::fs::write(&cfg_tmp, text).map_err(|source| MistralError::Io {
-        path: cfg_tmp.clone(),
-        source,
-    })?;
-    rename(&cfg_tmp, &dir.join("config.json"))
-}
-
-fn rename(from: &Path, to: &Path) -> Result<()> {
-    std::fs::rename(from, to).map_err(|source| MistralError::Io {
-        path: to.to_path_buf(),
-        source,
-    })
+    Ok(writer.finish(&json, files_from)?)
 }
 
 fn dtype_name(d: DType) -> &'static str {

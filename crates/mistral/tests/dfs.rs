@@ -310,10 +310,13 @@ fn evomistral_save_then_load_round_trips() {
         )
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    evomistral::save(&model, dir.path()).unwrap();
+    evomistral::save(&model, dir.path(), None).unwrap();
     let back =
         evomistral::load_dir(dir.path(), &LoadOptions::default(), ScaleLookup::ByHop).unwrap();
-    assert_eq!(back.path(), model.path());
+    // Only the layers the path uses are stored, renumbered in pool order.
+    assert_eq!(back.pool_len(), 4);
+    let stored: Vec<usize> = back.path().hops().iter().map(|h| h.layer).collect();
+    assert_eq!(stored, vec![0, 3, 1, 2]);
     let ids = Tensor::new(&IDS[..], &Device::Cpu)
         .unwrap()
         .unsqueeze(0)
