@@ -63,7 +63,8 @@ fn repair_best_swap(out: &Path) -> Result<()> {
     // Temporary exports of a killed run.
     if let Ok(entries) = std::fs::read_dir(out) {
         for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(".best.tmp") {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".best.tmp") || name.starts_with(".ps-best.tmp") {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
@@ -77,41 +78,48 @@ pub fn export_best(out: &Path, space: &GenomeSpace, record: &TrialRecord, merger
     let config = space.to_merge_config(&record.genome)?;
     merger.set_config(&config)?;
     merger.set_seed(seed);
-    let tmp = out.join(format!(".best.tmp{}", std::process::id()));
+    let yaml = config.to_yaml()?;
+    let tmp = best_tmp_dir(out);
     let options = MergeOptions { seed, force: true, progress: false, ..Default::default() };
     write_plan(merger.plan(), merger.sources(), &tmp, &options)?;
+    let header = format!(
+        "# Trial {} of an `evomerge evolve` search, fitness {fitness}.\n\
+         # Rebuild this directory bit for bit with: evomerge merge recipe.yml --out DIR --seed {seed}\n",
+        record.trial
+    );
+    install_best(out, &tmp, record, seed, &[("recipe.yml", format!("{header}{yaml}").into_bytes())])?;
+    write_recipe_plot(out, space, record)
+}
+
+/// Finish an export: write `genome.json` and `extra` files into the model directory `tmp`, then
+/// swap it in as `out/best/` (removing `tmp` on failure).
+pub fn install_best(out: &Path, tmp: &Path, record: &TrialRecord, merge_seed: u64, extra: &[(&str, Vec<u8>)]) -> Result<()> {
     let result = (|| {
-        let yaml = config.to_yaml()?;
-        let header = format!(
-            "# Trial {} of an `evomerge evolve` search, fitness {fitness}.\n\
-             # Rebuild this directory bit for bit with: evomerge merge recipe.yml --out DIR --seed {seed}\n",
-            record.trial
-        );
-        write_atomic(&tmp.join("recipe.yml"), format!("{header}{yaml}").as_bytes())?;
+        let fitness = record.fitness.ok_or_else(|| EvolveError::Fitness(format!("trial {} has no fitness", record.trial)))?;
+        for (name, bytes) in extra {
+            write_atomic(&tmp.join(name), bytes)?;
+        }
         let genome = BestGenome {
             trial: record.trial,
             generation: record.generation,
             fitness,
-            merge_seed: seed,
+            merge_seed,
             params: record.params.clone(),
             genome: record.genome.clone(),
         };
         let json = serde_json::to_vec_pretty(&genome).map_err(|e| EvolveError::Fitness(e.to_string()))?;
         write_atomic(&tmp.join("genome.json"), &json)?;
-        swap_in(&tmp, &out.join(BEST_DIR))
+        swap_in(tmp, &out.join(BEST_DIR))
     })();
     if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
+        let _ = std::fs::remove_dir_all(tmp);
     }
     result
 }
 
-/// Export `record` unless `best/` already holds it (after a resume, or a kill during an export).
-pub fn ensure_best(out: &Path, space: &GenomeSpace, record: &TrialRecord, merger: &mut InMemoryMerger<'_>, seed: u64) -> Result<()> {
-    if read_best(out).is_some_and(|b| b.trial == record.trial) {
-        return Ok(());
-    }
-    export_best(out, space, record, merger, seed)
+/// The temporary directory an export is built in (removed by [`prepare_out_dir`] if a run is killed).
+pub fn best_tmp_dir(out: &Path) -> std::path::PathBuf {
+    out.join(format!(".best.tmp{}", std::process::id()))
 }
 
 /// `best/genome.json`, if there is a complete `best/`.
@@ -133,39 +141,43 @@ fn swap_in(new: &Path, target: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `trials.csv`, `plots/fitness.svg`, `plots/recipe.svg`.
-pub fn write_reports(out: &Path, journal: &Journal, space: &GenomeSpace, best: Option<&TrialRecord>, recipe: &EvolveRecipe) -> Result<()> {
+/// `trials.csv` and `plots/fitness.svg`.
+pub fn write_reports(out: &Path, journal: &Journal, metric: &str) -> Result<()> {
     let records = journal.trials()?;
     let mut csv = Vec::new();
     crate::trials::write_csv(&records, &mut csv).map_err(|e| EvolveError::io("formatting trials.csv", e))?;
     write_atomic(&out.join("trials.csv"), &csv)?;
-    let plots_dir = out.join("plots");
-    std::fs::create_dir_all(&plots_dir).map_err(|e| EvolveError::io(format!("creating {}", plots_dir.display()), e))?;
     let points: Vec<TrialPoint> = records
         .iter()
         .filter(|r| r.status != crate::journal::TrialStatus::Running)
         .map(|r| TrialPoint { trial: r.trial, generation: r.generation, fitness: r.fitness })
         .collect();
     if !points.is_empty() {
-        plots::fitness_svg(&points, recipe.task.metric.name(), &plots_dir.join("fitness.svg"))
-            .map_err(|e| EvolveError::Plot(e.to_string()))?;
-    }
-    if let Some(b) = best {
-        let grid = space.grid(&b.genome);
-        let mut recipe_grid =
-            RecipeGrid { models: Vec::new(), groups: Vec::new(), parameters: Vec::new(), bounds: Vec::new() };
-        for crate::genome::ParameterGrid { parameter: name, rows, groups, values } in grid {
-            if recipe_grid.models.len() < rows.len() {
-                recipe_grid.models = rows.clone();
-            }
-            recipe_grid.groups = groups;
-            let gene = space.genes.iter().find(|g| g.parameter == name);
-            recipe_grid.bounds.push(gene.map_or((0.0, 1.0), |g| (g.lower, g.upper)));
-            recipe_grid.parameters.push((name, values));
-        }
-        plots::recipe_svg(&recipe_grid, &plots_dir.join("recipe.svg")).map_err(|e| EvolveError::Plot(e.to_string()))?;
+        plots::fitness_svg(&points, metric, &plots_dir(out)?.join("fitness.svg")).map_err(|e| EvolveError::Plot(e.to_string()))?;
     }
     Ok(())
+}
+
+/// `out/plots/`, created if needed.
+pub fn plots_dir(out: &Path) -> Result<std::path::PathBuf> {
+    let dir = out.join("plots");
+    std::fs::create_dir_all(&dir).map_err(|e| EvolveError::io(format!("creating {}", dir.display()), e))?;
+    Ok(dir)
+}
+
+/// `plots/recipe.svg`: the parameter-space best's genes per model and layer group.
+fn write_recipe_plot(out: &Path, space: &GenomeSpace, best: &TrialRecord) -> Result<()> {
+    let mut recipe_grid = RecipeGrid { models: Vec::new(), groups: Vec::new(), parameters: Vec::new(), bounds: Vec::new() };
+    for crate::genome::ParameterGrid { parameter: name, rows, groups, values } in space.grid(&best.genome) {
+        if recipe_grid.models.len() < rows.len() {
+            recipe_grid.models = rows.clone();
+        }
+        recipe_grid.groups = groups;
+        let gene = space.genes.iter().find(|g| g.parameter == name);
+        recipe_grid.bounds.push(gene.map_or((0.0, 1.0), |g| (g.lower, g.upper)));
+        recipe_grid.parameters.push((name, values));
+    }
+    plots::recipe_svg(&recipe_grid, &plots_dir(out)?.join("recipe.svg")).map_err(|e| EvolveError::Plot(e.to_string()))
 }
 
 /// Write `bytes` to `path` through a temporary file and a rename (the eval crate's writer).

@@ -250,6 +250,16 @@ impl Scorer {
     }
 }
 
+/// Score the live model as it is now on `task` with the recipe's metric (`scorer`: for the
+/// generation metrics).
+pub fn score_live(live: &Live, metric: Metric, task: &Task, scorer: Option<&Scorer>, features: &mut FeatureCache) -> Result<TrialOutcome> {
+    match (metric, scorer) {
+        (Metric::Loglik, _) => Loglik::evaluate(live, task, features),
+        (_, Some(scorer)) => generation_fitness(live.generator(features).as_mut(), task, scorer),
+        (_, None) => Err(EvolveError::Fitness(format!("no scorer for {}", metric.name()))),
+    }
+}
+
 /// Score a generator on the task: generate in batches, score each answer, average.
 pub fn generation_fitness(generator: &mut dyn Generator, task: &Task, scorer: &Scorer) -> Result<TrialOutcome> {
     let batch = task.spec.generation.batch_size.max(1);

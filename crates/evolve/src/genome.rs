@@ -46,7 +46,7 @@ pub struct GenomeSpace {
 impl GenomeSpace {
     /// The genome of `recipe` over models with `num_layers` layers.
     pub fn new(recipe: &EvolveRecipe, num_layers: usize) -> Result<Self> {
-        let g = &recipe.genome;
+        let g = recipe.ps_genome()?;
         let k = g.layer_granularity;
         let groups: Vec<[usize; 2]> = if k == 0 {
             Vec::new()
@@ -231,7 +231,7 @@ pub struct ParameterGrid {
 }
 
 /// Last path component of each reference, made unique with an index where two coincide.
-fn unique_labels(refs: &[String]) -> Vec<String> {
+pub(crate) fn unique_labels(refs: &[String]) -> Vec<String> {
     let short: Vec<String> = refs
         .iter()
         .map(|r| r.trim_end_matches('/').rsplit('/').next().unwrap_or(r).to_string())

@@ -42,11 +42,40 @@ impl TrialStatus {
     }
 }
 
+/// Which search a trial belongs to: parameter space, or data flow space (a PS+DFS recipe runs both,
+/// in one journal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PhaseKind {
+    #[default]
+    Ps,
+    Dfs,
+}
+
+impl PhaseKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PhaseKind::Ps => "ps",
+            PhaseKind::Dfs => "dfs",
+        }
+    }
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ps" => Some(PhaseKind::Ps),
+            "dfs" => Some(PhaseKind::Dfs),
+            _ => None,
+        }
+    }
+}
+
 /// One row of the trial table, as `evomerge trials` prints it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrialRecord {
     /// 0-based, in the order the optimiser asked for candidates.
     pub trial: u64,
+    #[serde(default)]
+    pub phase: PhaseKind,
+    /// Of its phase's CMA-ES.
     pub generation: u64,
     /// Position in its generation.
     pub candidate: u64,
@@ -133,10 +162,20 @@ impl Journal {
                    error TEXT,
                    started_at REAL,
                    finished_at REAL,
-                   worker TEXT
+                   worker TEXT,
+                   phase TEXT NOT NULL DEFAULT 'ps'
                  );",
             )
             .map_err(e)?;
+        // Journals written before PS+DFS have no phase column: every trial of theirs is parameter space.
+        let has_phase: bool = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM pragma_table_info('trials') WHERE name = 'phase'", [], |r| r.get::<_, i64>(0))
+            .map_err(e)?
+            > 0;
+        if !has_phase {
+            self.conn.execute_batch("ALTER TABLE trials ADD COLUMN phase TEXT NOT NULL DEFAULT 'ps'").map_err(e)?;
+        }
         Ok(())
     }
 
@@ -206,9 +245,11 @@ impl Journal {
 
     /// Record that a trial is being evaluated (replacing a `running` row left by a killed run;
     /// finished rows are never replaced).
+    #[allow(clippy::too_many_arguments)]
     pub fn start_trial(
         &self,
         trial: u64,
+        phase: PhaseKind,
         generation: u64,
         candidate: u64,
         genome: &[f64],
@@ -220,11 +261,11 @@ impl Journal {
         let changed = self
             .conn
             .execute(
-                "INSERT INTO trials (trial, generation, candidate, genome, params, status, started_at, worker)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7)
+                "INSERT INTO trials (trial, generation, candidate, genome, params, status, started_at, worker, phase)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8)
                  ON CONFLICT (trial) DO UPDATE SET started_at = excluded.started_at, worker = excluded.worker
                  WHERE trials.status = 'running'",
-                params![trial as i64, generation as i64, candidate as i64, genome_json, params_json, now(), worker],
+                params![trial as i64, generation as i64, candidate as i64, genome_json, params_json, now(), worker, phase.as_str()],
             )
             .map_err(|e| journal_err(&self.path, e))?;
         if changed == 0 {
@@ -276,7 +317,7 @@ impl Journal {
 }
 
 const SELECT: &str = "SELECT trial, generation, candidate, genome, params, status, fitness, item_scores, items, seconds,
-    generated_tokens, truncated, error, worker, merge_seconds FROM trials";
+    generated_tokens, truncated, error, worker, merge_seconds, phase FROM trials";
 
 fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<TrialRecord> {
     let bad = |i: usize, e: String| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into());
@@ -284,8 +325,10 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<TrialRecord> {
     let params: String = r.get(4)?;
     let status: String = r.get(5)?;
     let scores: Option<String> = r.get(7)?;
+    let phase: String = r.get(15)?;
     Ok(TrialRecord {
         trial: r.get::<_, i64>(0)? as u64,
+        phase: PhaseKind::parse(&phase).ok_or_else(|| bad(15, format!("unknown phase {phase}")))?,
         generation: r.get::<_, i64>(1)? as u64,
         candidate: r.get::<_, i64>(2)? as u64,
         genome: serde_json::from_str(&genome).map_err(|e| bad(3, e.to_string()))?,
@@ -325,21 +368,21 @@ mod tests {
         assert!(j.bind_recipe("id-2", "recipe: 2").unwrap_err().to_string().contains("another recipe"));
         let genome = vec![0.1 + 0.2, 1.0 / 3.0];
         let params: BTreeMap<String, f64> = [("a.weight".to_string(), genome[0])].into();
-        j.start_trial(0, 0, 0, &genome, &params, "w").unwrap();
+        j.start_trial(0, PhaseKind::Ps, 0, 0, &genome, &params, "w").unwrap();
         // A killed run's `running` row may be restarted ...
-        j.start_trial(0, 0, 0, &genome, &params, "w").unwrap();
+        j.start_trial(0, PhaseKind::Ps, 0, 0, &genome, &params, "w").unwrap();
         let outcome =
             TrialOutcome { fitness: -0.125, item_scores: vec![0.5, -0.75], generated_tokens: 7, truncated: 1, merge_seconds: 0.25 };
         j.finish_trial(0, Ok(&outcome), 1.5).unwrap();
         // ... a finished one may not.
-        assert!(j.start_trial(0, 0, 0, &genome, &params, "w").is_err());
+        assert!(j.start_trial(0, PhaseKind::Ps, 0, 0, &genome, &params, "w").is_err());
         assert!(j.finish_trial(0, Err("boom"), 1.0).is_err());
         let t = j.trial(0).unwrap().unwrap();
         assert_eq!(t.genome, genome);
         assert_eq!(t.fitness, Some(-0.125));
         assert_eq!(t.status, TrialStatus::Complete);
         assert_eq!(t.item_scores, Some(vec![0.5, -0.75]));
-        j.start_trial(1, 0, 1, &genome, &params, "w").unwrap();
+        j.start_trial(1, PhaseKind::Ps, 0, 1, &genome, &params, "w").unwrap();
         j.finish_trial(1, Err("NaN logits"), 0.5).unwrap();
         let all = Journal::open_existing(&path).unwrap().trials().unwrap();
         assert_eq!(all.len(), 2);

@@ -9,6 +9,7 @@
 
 pub mod error;
 pub mod generators;
+pub mod dfs;
 pub mod export;
 pub mod fitness;
 pub mod genome;
@@ -17,6 +18,8 @@ pub mod live;
 pub mod plots;
 pub mod recipe;
 pub mod report;
+pub mod phase;
+pub mod pool;
 pub mod search;
 pub mod trials;
 

@@ -44,6 +44,17 @@ impl Live {
             let m = Mistral::from_dir(dir, &opts).map_err(|e| model_err("loading the model in", e.to_string()))?;
             LiveModel::Text(Box::new(m))
         };
+        Self::with_model(model, dir, layout)
+    }
+
+    /// A live text model already built (a data-flow search's layer pool), with the tokenizer and
+    /// generation settings of `dir`.
+    pub fn text(model: Mistral, dir: &Path) -> Result<Self> {
+        Self::with_model(LiveModel::Text(Box::new(model)), dir, Layout::Plain)
+    }
+
+    fn with_model(model: LiveModel, dir: &Path, layout: Layout) -> Result<Self> {
+        let model_err = |what: &str, e: String| EvolveError::Model(format!("{what} {}: {e}", dir.display()));
         let tokenizer =
             TextTokenizer::from_model_dir(dir).map_err(|e| model_err("loading the tokenizer in", e.to_string()))?;
         let generation = GenerationConfig::from_model_dir(dir)

@@ -214,3 +214,59 @@ mod tests {
         assert!(matches!(recipe_svg(&grid, &dir.path().join("r.svg")), Err(PlotError::Empty(_))));
     }
 }
+
+/// One hop of a data-flow path, for [`path_svg`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct PathHop {
+    /// Index into the pool.
+    pub pool_layer: usize,
+    /// Index into the models (colour).
+    pub model: usize,
+    pub scale: f64,
+}
+
+/// `path.svg`: a data-flow path as the paper's Figure 4: hop on x, pool layer on y, colour by source
+/// model, marker size by the hop's scale.
+pub fn path_svg(hops: &[PathHop], models: &[String], pool_len: usize, path: &Path) -> Result<(), PlotError> {
+    if hops.is_empty() {
+        return Err(PlotError::Empty("a path without hops"));
+    }
+    const COLOURS: [RGBColor; 6] =
+        [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40), RGBColor(148, 103, 189), RGBColor(140, 86, 75)];
+    let max_scale = hops.iter().map(|h| h.scale.abs()).fold(0.0f64, f64::max).max(1e-9);
+    let n = hops.len() as f64;
+    let width = (600.0 + 14.0 * n).min(2400.0) as u32;
+    render(path, (width, 500), |root| {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let mut chart = ChartBuilder::on(root)
+            .caption(format!("layer path: {} hops over a pool of {pool_len} layers (marker size: scale)", hops.len()), ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(-0.5f64..n - 0.5, -0.5f64..pool_len as f64 - 0.5)
+            .map_err(|x| e(&x))?;
+        chart
+            .configure_mesh()
+            .x_desc("hop")
+            .y_desc("pool layer")
+            .x_label_formatter(&|x| format!("{}", x.round() as i64))
+            .y_label_formatter(&|y| format!("{}", y.round() as i64))
+            .draw()
+            .map_err(|x| e(&x))?;
+        let line: Vec<(f64, f64)> = hops.iter().enumerate().map(|(t, h)| (t as f64, h.pool_layer as f64)).collect();
+        chart.draw_series(LineSeries::new(line, RGBColor(180, 180, 180).stroke_width(1))).map_err(|x| e(&x))?;
+        for (m, label) in models.iter().enumerate() {
+            let colour = COLOURS[m % COLOURS.len()];
+            chart
+                .draw_series(hops.iter().enumerate().filter(|(_, h)| h.model == m).map(|(t, h)| {
+                    let radius = (2.0 + 7.0 * h.scale.abs() / max_scale).round() as i32;
+                    Circle::new((t as f64, h.pool_layer as f64), radius, colour.filled())
+                }))
+                .map_err(|x| e(&x))?
+                .label(label.clone())
+                .legend(move |(x, y)| Circle::new((x + 8, y), 5, colour.filled()));
+        }
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::UpperLeft).draw().map_err(|x| e(&x))?;
+        Ok(())
+    })
+}

@@ -10,13 +10,19 @@ use evomerge_merge::methods::{self, BasePolicy};
 use evomerge_merge::params::{ParamKind, ParamScope, Scalar};
 use serde::{Deserialize, Serialize};
 
+use crate::dfs::DfsSpec;
 use crate::error::{EvolveError, Result};
 
 /// A whole evolve recipe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvolveRecipe {
-    pub genome: GenomeSpec,
+    /// The parameter-space search. Absent in a data-flow-only recipe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub genome: Option<GenomeSpec>,
+    /// The data-flow-space search (after the parameter-space one when both are given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dfs: Option<DfsSpec>,
     pub task: TaskSpec,
     #[serde(default)]
     pub optimizer: OptimizerSpec,
@@ -281,7 +287,29 @@ impl EvolveRecipe {
 
     /// Checks that need no file: method, gene names, bounds, task and optimiser settings.
     pub fn validate(&self) -> Result<()> {
-        let g = &self.genome;
+        match (&self.genome, &self.dfs) {
+            (None, None) => {
+                return Err(EvolveError::recipe(
+                    "(top level)",
+                    "give a `genome:` section (parameter space), a `dfs:` section (data flow space), or both",
+                ))
+            }
+            (None, Some(d)) if d.uses_ps() => {
+                return Err(EvolveError::recipe("dfs.models", "`ps` names the parameter-space result, but the recipe has no `genome:` section"))
+            }
+            _ => {}
+        }
+        if let Some(g) = &self.genome {
+            self.validate_genome(g)?;
+        }
+        if let Some(d) = &self.dfs {
+            d.validate()?;
+        }
+        self.validate_task()?;
+        self.validate_optimizer()
+    }
+
+    fn validate_genome(&self, g: &GenomeSpec) -> Result<()> {
         if !EVOLVABLE_METHODS.contains(&g.merge_method.as_str()) {
             return Err(EvolveError::recipe(
                 "genome.merge_method",
@@ -348,9 +376,9 @@ impl EvolveRecipe {
             })?;
             spec.validate(value).map_err(|m| EvolveError::recipe(format!("genome.fixed.{name}"), m))?;
         }
-        for name in self.genome.bounds.keys().chain(self.genome.init.keys()) {
+        for name in g.bounds.keys().chain(g.init.keys()) {
             if !g.parameters.contains(name) {
-                let which = if self.genome.bounds.contains_key(name) { "bounds" } else { "init" };
+                let which = if g.bounds.contains_key(name) { "bounds" } else { "init" };
                 return Err(EvolveError::recipe(
                     format!("genome.{which}.{name}"),
                     format!("`{name}` is not a gene; genes are {:?}", g.parameters),
@@ -363,7 +391,10 @@ impl EvolveRecipe {
         if parse_dtype(&g.dtype).is_none() {
             return Err(EvolveError::recipe("genome.dtype", format!("unknown dtype `{}`; use float32, float16 or bfloat16", g.dtype)));
         }
-        self.validate_task()?;
+        Ok(())
+    }
+
+    fn validate_optimizer(&self) -> Result<()> {
         let o = &self.optimizer;
         if o.name != "cma-es" {
             return Err(EvolveError::recipe("optimizer.name", format!("unknown optimizer `{}`; use cma-es", o.name)));
@@ -466,7 +497,8 @@ fn validate_task_spec(t: &TaskSpec, at: &str) -> Result<()> {
 impl EvolveRecipe {
     /// Bounds and start of gene parameter `name`, checked against the method's range.
     pub fn gene_range(&self, name: &str) -> Result<GeneRange> {
-        let method = methods::get(&self.genome.merge_method)?;
+        let genome = self.ps_genome()?;
+        let method = methods::get(&genome.merge_method)?;
         let spec = method
             .parameters()
             .iter()
@@ -477,7 +509,7 @@ impl EvolveRecipe {
             _ => (None, None),
         };
         let key = format!("genome.bounds.{name}");
-        let [lower, upper] = match self.genome.bounds.get(name) {
+        let [lower, upper] = match genome.bounds.get(name) {
             Some(b) => *b,
             None => [min.unwrap_or(0.0), max.unwrap_or(1.0)],
         };
@@ -495,7 +527,7 @@ impl EvolveRecipe {
                 ),
             ));
         }
-        let init = self.genome.init.get(name).copied().unwrap_or((lower + upper) / 2.0);
+        let init = genome.init.get(name).copied().unwrap_or((lower + upper) / 2.0);
         if !(init >= lower && init <= upper) {
             return Err(EvolveError::recipe(
                 format!("genome.init.{name}"),
@@ -546,14 +578,19 @@ impl EvolveRecipe {
                 }
             }
         }
-        for (i, m) in self.genome.models.iter().enumerate() {
-            if self.resolve_path(m).is_none() && !is_hub_id(m) {
-                return Err(EvolveError::recipe(format!("genome.models[{i}]"), format!("`{m}` is neither a local directory nor a hub id")));
-            }
+        let mut models: Vec<(String, &String)> = Vec::new();
+        if let Some(g) = &self.genome {
+            models.extend(g.models.iter().enumerate().map(|(i, m)| (format!("genome.models[{i}]"), m)));
+            models.extend(g.base_model.iter().map(|b| ("genome.base_model".to_string(), b)));
         }
-        if let Some(b) = &self.genome.base_model {
-            if self.resolve_path(b).is_none() && !is_hub_id(b) {
-                return Err(EvolveError::recipe("genome.base_model", format!("`{b}` is neither a local directory nor a hub id")));
+        if let Some(d) = &self.dfs {
+            models.extend(
+                d.models.iter().enumerate().filter(|(_, m)| !DfsSpec::is_ps(m)).map(|(i, m)| (format!("dfs.models[{i}]"), m)),
+            );
+        }
+        for (key, m) in models {
+            if self.resolve_path(m).is_none() && !is_hub_id(m) {
+                return Err(EvolveError::recipe(key, format!("`{m}` is neither a local directory nor a hub id")));
             }
         }
         Ok(())
@@ -562,10 +599,27 @@ impl EvolveRecipe {
     /// Scope of a gene parameter: shared genes are one per layer group, the others one per model
     /// and layer group.
     pub fn is_shared(&self, name: &str) -> bool {
-        methods::get(&self.genome.merge_method)
-            .ok()
+        self.genome
+            .as_ref()
+            .and_then(|g| methods::get(&g.merge_method).ok())
             .and_then(|m| m.parameters().iter().find(|s| s.name == name))
             .is_some_and(|s| s.scope == ParamScope::Shared)
+    }
+}
+
+impl EvolveRecipe {
+    /// The parameter-space genome, or an error saying the recipe has none.
+    pub fn ps_genome(&self) -> Result<&GenomeSpec> {
+        self.genome.as_ref().ok_or_else(|| EvolveError::recipe("genome", "this recipe has no `genome:` section (parameter space)"))
+    }
+
+    /// The dtype of the data-flow search's pool model (and its `best/`): `dfs.dtype`, else the genome's.
+    pub fn dfs_dtype(&self) -> &str {
+        match (&self.dfs, &self.genome) {
+            (Some(DfsSpec { dtype: Some(d), .. }), _) => d,
+            (_, Some(g)) => &g.dtype,
+            _ => "bfloat16",
+        }
     }
 }
 
@@ -605,7 +659,7 @@ task:
     fn minimal_recipe_parses_with_defaults() {
         let r = EvolveRecipe::from_yaml(MINIMAL).unwrap();
         assert_eq!(r.optimizer.max_trials, 1000);
-        assert_eq!(r.genome.dtype, "bfloat16");
+        assert_eq!(r.ps_genome().unwrap().dtype, "bfloat16");
         assert_eq!(r.gene_range("density").unwrap(), GeneRange { lower: 0.0, upper: 1.0, init: 0.5 });
     }
 

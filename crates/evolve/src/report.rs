@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::error::{EvolveError, Result};
 use crate::export::{read_best, write_atomic, BEST_DIR};
-use crate::fitness::{generation_fitness, Loglik, Scorer, Task};
+use crate::fitness::{Scorer, Task};
 use crate::generators::FeatureCache;
 use crate::live::{candle_dtype, parse_device, Live};
 use crate::recipe::{EvolveRecipe, Metric, TaskSpec};
@@ -60,14 +60,23 @@ pub fn final_eval(recipe: &EvolveRecipe, out: &Path) -> Result<Summary> {
         ));
     }
     let mut models: Vec<(String, PathBuf)> = vec![("evolved".into(), out.join(BEST_DIR))];
-    for m in &recipe.genome.models {
+    let mut sources: Vec<&String> = recipe.genome.iter().flat_map(|g| &g.models).collect();
+    for m in recipe.dfs.iter().flat_map(|d| &d.models) {
+        if !crate::dfs::DfsSpec::is_ps(m) && !sources.contains(&m) {
+            sources.push(m);
+        }
+    }
+    for m in sources {
         let resolved = recipe.resolve_model(m);
         let ckpt = Checkpoint::open(&resolved).map_err(|e| EvolveError::Model(format!("opening {m}: {e}")))?;
         let label = m.trim_end_matches('/').rsplit('/').next().unwrap_or(m).to_string();
         models.push((label, ckpt.dir().to_path_buf()));
     }
     let device = parse_device(&recipe.device)?;
-    let dtype = candle_dtype(&recipe.genome.dtype)?;
+    let dtype = candle_dtype(match &recipe.genome {
+        Some(g) => &g.dtype,
+        None => recipe.dfs_dtype(),
+    })?;
     // Load every task first, so a missing data set fails before any model runs.
     let loaded: Vec<(TaskSpec, Task, Option<Scorer>)> = tasks
         .into_iter()
@@ -136,12 +145,7 @@ pub fn score_model_dir(
     }
     let live = Live::load(dir, layout, device, dtype)?;
     let mut features = FeatureCache::new();
-    let outcome = match (metric, scorer) {
-        (Metric::Loglik, _) => Loglik::evaluate(&live, task, &mut features)?,
-        (_, Some(s)) => generation_fitness(live.generator(&mut features).as_mut(), task, s)?,
-        (_, None) => return Err(EvolveError::Fitness(format!("no scorer for {}", metric.name()))),
-    };
-    Ok(Some(outcome))
+    Ok(Some(crate::fitness::score_live(&live, metric, task, scorer, &mut features)?))
 }
 
 fn markdown(s: &Summary) -> String {

@@ -1,26 +1,24 @@
-//! The search loop. CMA-ES asks a whole generation; each candidate is merged into the live model
-//! and scored; the generation is told back in candidate order. Every trial is journalled before it
-//! is evaluated (`running`) and after (`complete`/`failed`). On start, the optimiser is rebuilt by
-//! replaying the journal: the same seed asks the same candidates, finished trials are told their
-//! recorded fitness, and only what is missing is evaluated. So a search killed at any point and
-//! started again with the same command records exactly what an uninterrupted one would have.
+//! The search: a parameter-space phase (`genome:`), a data-flow-space phase (`dfs:`), or both
+//! (PS+DFS: the DFS pool holds the PS result), run through one loop ([`crate::phase`]) over one
+//! journal. Everything that can be refused is refused before a model is read.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use evomerge_checkpoint::Checkpoint;
-use evomerge_cmaes::{CmaEs, Config as CmaConfig};
 use evomerge_merge::layout::Layout;
 use evomerge_merge::{model_refs, InMemoryMerger, MergeConfig, ResidentSource, TensorSource};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::dfs::{DfsSpace, DfsSpec};
 use crate::error::{EvolveError, Result};
 use crate::export;
-use crate::fitness::{generation_fitness, Loglik, Scorer, Task};
+use crate::fitness::{score_live, Scorer, Task};
 use crate::generators::FeatureCache;
 use crate::genome::GenomeSpace;
-use crate::journal::{TrialOutcome, TrialRecord, TrialStatus};
+use crate::journal::{PhaseKind, TrialOutcome, TrialRecord, TrialStatus};
 use crate::live::{candle_dtype, parse_device, Live};
+use crate::phase::{run_phase, Phase, PhaseSettings};
+use crate::pool::DfsPhase;
 use crate::recipe::{EvolveRecipe, Metric};
 
 /// How to run a search.
@@ -45,9 +43,12 @@ pub struct SearchReport {
     pub evaluated: u64,
     pub best: Option<TrialRecord>,
     pub seconds: f64,
-    /// Why the search ended before `max_trials` (CMA-ES's own stopping criteria), if it did.
+    /// Why a phase ended before its `max_trials` (CMA-ES's own stopping criteria), if one did.
     pub stopped: Option<String>,
 }
+
+/// The PS result's copy that a PS+DFS search puts in its pool (`best/` moves on to DFS paths).
+pub const PS_BEST_DIR: &str = "ps-best";
 
 /// The recipe with the command line's overrides applied.
 pub fn effective_recipe(recipe_path: &Path, options: &SearchOptions) -> Result<EvolveRecipe> {
@@ -76,14 +77,14 @@ pub struct OpenedModels {
 }
 
 pub fn open_models(recipe: &EvolveRecipe) -> Result<OpenedModels> {
-    let mut written: Vec<(String, String)> = recipe
-        .genome
+    let genome = recipe.ps_genome()?;
+    let mut written: Vec<(String, String)> = genome
         .models
         .iter()
         .enumerate()
         .map(|(i, m)| (format!("genome.models[{i}]"), m.clone()))
         .collect();
-    if let Some(b) = &recipe.genome.base_model {
+    if let Some(b) = &genome.base_model {
         written.push(("genome.base_model".into(), b.clone()));
     }
     let mut checkpoints = Vec::new();
@@ -131,7 +132,7 @@ pub fn open_models(recipe: &EvolveRecipe) -> Result<OpenedModels> {
         .collect();
     // The output is a VLM whenever a source is one: the base if it is a VLM, else the first VLM;
     // otherwise the base (or the first model).
-    let base = recipe.genome.base_model.as_ref().map(|_| refs.len() - 1);
+    let base = genome.base_model.as_ref().map(|_| refs.len() - 1);
     let output = match base {
         Some(b) if layouts[b].is_vlm() => b,
         _ => layouts.iter().position(Layout::is_vlm).or(base).unwrap_or(0),
@@ -139,34 +140,104 @@ pub fn open_models(recipe: &EvolveRecipe) -> Result<OpenedModels> {
     Ok(OpenedModels { refs, checkpoints, num_layers, output, layouts })
 }
 
-/// A recipe checked against its models and data, nothing read yet.
-struct Prepared {
-    recipe: EvolveRecipe,
+/// The parameter-space part of a recipe, checked, nothing read yet.
+struct PsPrepared {
     opened: OpenedModels,
     space: GenomeSpace,
     initial: MergeConfig,
+    dtype: candle_core::DType,
+}
+
+/// The data-flow part: `dirs[k]` is `None` for `ps` (known once the PS phase has run).
+struct DfsPrepared {
+    space: DfsSpace,
+    dirs: Vec<Option<PathBuf>>,
+    dtype: candle_core::DType,
+}
+
+/// A recipe checked against its models and data, nothing read yet.
+struct Prepared {
+    recipe: EvolveRecipe,
+    ps: Option<PsPrepared>,
+    dfs: Option<DfsPrepared>,
     task: Task,
     scorer: Option<Scorer>,
     device: candle_core::Device,
-    dtype: candle_core::DType,
 }
 
 /// Everything that can be refused is refused here, before a model is read.
 fn prepare(recipe: EvolveRecipe) -> Result<Prepared> {
-    let opened = open_models(&recipe)?;
-    let space = GenomeSpace::new(&recipe, opened.num_layers)?;
-    let initial = space.to_merge_config(&space.x0())?;
-    if model_refs(&initial) != opened.refs {
-        return Err(EvolveError::Model(format!("model order {:?} differs from {:?}", model_refs(&initial), opened.refs)));
-    }
+    let ps = match &recipe.genome {
+        Some(genome) => {
+            let opened = open_models(&recipe)?;
+            let space = GenomeSpace::new(&recipe, opened.num_layers)?;
+            let initial = space.to_merge_config(&space.x0())?;
+            if model_refs(&initial) != opened.refs {
+                return Err(EvolveError::Model(format!("model order {:?} differs from {:?}", model_refs(&initial), opened.refs)));
+            }
+            let dtype = candle_dtype(&genome.dtype)?;
+            Some(PsPrepared { opened, space, initial, dtype })
+        }
+        None => None,
+    };
     let task = Task::load(&recipe)?;
-    if task.needs_images() && !opened.layouts[opened.output].is_vlm() {
-        return Err(EvolveError::recipe("task", "the task's items have images but no source model is a vision-language model"));
+    if let Some(ps) = &ps {
+        if task.needs_images() && !ps.opened.layouts[ps.opened.output].is_vlm() {
+            return Err(EvolveError::recipe("task", "the task's items have images but no source model is a vision-language model"));
+        }
     }
+    let dfs = match &recipe.dfs {
+        Some(spec) => Some(prepare_dfs(&recipe, spec, ps.as_ref(), &task)?),
+        None => None,
+    };
     let scorer = if recipe.task.metric.generates() { Some(Scorer::new(recipe.task.metric)?) } else { None };
     let device = parse_device(&recipe.device)?;
-    let dtype = candle_dtype(&recipe.genome.dtype)?;
-    Ok(Prepared { recipe, opened, space, initial, task, scorer, device, dtype })
+    Ok(Prepared { recipe, ps, dfs, task, scorer, device })
+}
+
+/// Check the pool's models from their headers: plain language models of one layer shape.
+fn prepare_dfs(recipe: &EvolveRecipe, spec: &DfsSpec, ps: Option<&PsPrepared>, task: &Task) -> Result<DfsPrepared> {
+    if task.needs_images() {
+        return Err(EvolveError::recipe("dfs", "the task's items have images; the data-flow search runs on language models"));
+    }
+    let mut configs: Vec<(String, evomerge_mistral::Config)> = Vec::new();
+    let mut dirs = Vec::new();
+    for (i, m) in spec.models.iter().enumerate() {
+        let key = format!("dfs.models[{i}]");
+        let (config, layout, dir) = if DfsSpec::is_ps(m) {
+            let ps = ps.ok_or_else(|| EvolveError::recipe(&key, "`ps` needs a `genome:` section"))?;
+            let out = &ps.opened.checkpoints[ps.opened.output];
+            (out.config().clone(), ps.opened.layouts[ps.opened.output], None)
+        } else {
+            let resolved = recipe.resolve_model(m);
+            let ckpt = Checkpoint::open(&resolved).map_err(|e| EvolveError::recipe(&key, format!("cannot open `{m}`: {e}")))?;
+            let names: Vec<String> = ckpt.tensor_names().into_iter().map(str::to_string).collect();
+            let layout = Layout::detect(Some(ckpt.config()), &names);
+            (ckpt.config().clone(), layout, Some(ckpt.dir().to_path_buf()))
+        };
+        if layout.is_vlm() {
+            return Err(EvolveError::recipe(
+                &key,
+                format!("`{m}` is a vision-language model; the data-flow search runs on language models (merge its LLM in parameter space)"),
+            ));
+        }
+        let config = evomerge_mistral::Config::from_json(&config)
+            .map_err(|e| EvolveError::recipe(&key, format!("`{m}`: {e}")))?;
+        if config.model_type == evomerge_mistral::ModelType::EvoMistral {
+            return Err(EvolveError::recipe(&key, format!("`{m}` is already an evomistral path; give the models it was made from")));
+        }
+        if let Some((first, c0)) = configs.first() {
+            c0.layers_compatible(&config).map_err(|e| {
+                EvolveError::recipe(&key, format!("`{m}` cannot share a layer pool with `{first}`: {e}"))
+            })?;
+        }
+        configs.push((m.clone(), config));
+        dirs.push(dir);
+    }
+    let layers = configs.iter().map(|(_, c)| c.num_hidden_layers).collect();
+    let space = DfsSpace::new(spec, layers, recipe.optimizer.sigma0)?;
+    let dtype = candle_dtype(recipe.dfs_dtype())?;
+    Ok(DfsPrepared { space, dirs, dtype })
 }
 
 /// Read the sources into memory (once per run).
@@ -177,171 +248,190 @@ fn load_sources(opened: &mut OpenedModels) -> Result<Vec<ResidentSource>> {
     Ok(resident)
 }
 
-/// The live model: the output model's directory, loaded once.
-fn load_live(p: &Prepared, resident: &[ResidentSource]) -> Result<Live> {
-    let dir = resident[p.opened.output]
-        .files_dir()
-        .ok_or_else(|| EvolveError::Model("the output model has no directory".into()))?
-        .to_path_buf();
-    Live::load(&dir, p.opened.layouts[p.opened.output], &p.device, p.dtype)
+/// The parameter-space phase: each candidate is merged in memory into the live model's storage.
+struct PsPhase<'a> {
+    space: &'a GenomeSpace,
+    merger: InMemoryMerger<'a>,
+    live: Live,
+    task: &'a Task,
+    metric: Metric,
+    scorer: Option<&'a Scorer>,
+    features: FeatureCache,
+    seed: u64,
 }
 
-/// Score the recipe's initial genome (every gene at its `init`) without a journal: the baseline a
-/// search should beat.
+impl<'a> PsPhase<'a> {
+    fn new(p: &'a Prepared, ps: &'a PsPrepared, resident: &'a [ResidentSource]) -> Result<Self> {
+        let sources: Vec<&dyn TensorSource> = resident.iter().map(|r| r as &dyn TensorSource).collect();
+        let seed = p.recipe.optimizer.seed;
+        let merger = InMemoryMerger::from_sources(&ps.initial, sources, seed)?;
+        let dir = resident[ps.opened.output]
+            .files_dir()
+            .ok_or_else(|| EvolveError::Model("the output model has no directory".into()))?
+            .to_path_buf();
+        let live = Live::load(&dir, ps.opened.layouts[ps.opened.output], &p.device, ps.dtype)?;
+        Ok(PsPhase {
+            space: &ps.space,
+            merger,
+            live,
+            task: &p.task,
+            metric: p.recipe.task.metric,
+            scorer: p.scorer.as_ref(),
+            features: FeatureCache::new(),
+            seed,
+        })
+    }
+}
+
+impl Phase for PsPhase<'_> {
+    fn kind(&self) -> PhaseKind {
+        PhaseKind::Ps
+    }
+    fn gene_names(&self) -> Vec<String> {
+        self.space.genes.iter().map(|g| g.name.clone()).collect()
+    }
+    fn x0(&self) -> Vec<f64> {
+        self.space.x0()
+    }
+    fn lower(&self) -> Vec<f64> {
+        self.space.lower()
+    }
+    fn upper(&self) -> Vec<f64> {
+        self.space.upper()
+    }
+    fn params(&self, x: &[f64]) -> std::collections::BTreeMap<String, f64> {
+        self.space.params(x)
+    }
+
+    /// Merge candidate `x` into the live model and score it.
+    fn evaluate(&mut self, x: &[f64]) -> Result<TrialOutcome> {
+        let config: MergeConfig = self.space.to_merge_config(x)?;
+        let merge_started = Instant::now();
+        self.merger.set_config(&config)?;
+        let live = &mut self.live;
+        self.merger.merge_into(false, |view| live.write(view))?;
+        let merge_seconds = merge_started.elapsed().as_secs_f64();
+        let outcome = score_live(&self.live, self.metric, self.task, self.scorer, &mut self.features)?;
+        Ok(TrialOutcome { merge_seconds, ..outcome })
+    }
+
+    fn export_best(&mut self, out: &Path, record: &TrialRecord) -> Result<()> {
+        export::export_best(out, self.space, record, &mut self.merger, self.seed)
+    }
+}
+
+/// Score the recipe's initial genome (every gene at its `init`; for a DFS-only recipe the first
+/// model's own path) without a journal: the baseline a search should beat.
 pub fn evaluate_initial(recipe_path: &Path, options: &SearchOptions) -> Result<TrialOutcome> {
     let mut p = prepare(effective_recipe(recipe_path, options)?)?;
-    let resident = load_sources(&mut p.opened)?;
-    let sources: Vec<&dyn TensorSource> = resident.iter().map(|r| r as &dyn TensorSource).collect();
-    let mut merger = InMemoryMerger::from_sources(&p.initial, sources, p.recipe.optimizer.seed)?;
-    let mut live = load_live(&p, &resident)?;
-    evaluate(&p.space, &p.space.x0(), &mut merger, &mut live, &p.task, p.scorer.as_ref(), &mut FeatureCache::new())
+    if let Some(mut ps) = p.ps.take() {
+        let resident = load_sources(&mut ps.opened)?;
+        let mut phase = PsPhase::new(&p, &ps, &resident)?;
+        let x0 = phase.x0();
+        return phase.evaluate(&x0);
+    }
+    let dfs = p.dfs.as_ref().ok_or_else(|| EvolveError::recipe("(top level)", "nothing to search"))?;
+    let dirs: Vec<PathBuf> = dfs.dirs.iter().flatten().cloned().collect();
+    let mut phase = DfsPhase::load(dfs.space.clone(), &dirs, &p.device, dfs.dtype, &p.task, p.recipe.task.metric, p.scorer.as_ref())?;
+    let x0 = phase.x0();
+    phase.evaluate(&x0)
 }
 
 /// Run (or resume) the search of `recipe_path` into `options.out`.
 pub fn run(recipe_path: &Path, options: &SearchOptions) -> Result<SearchReport> {
     let started = Instant::now();
     let mut p = prepare(effective_recipe(recipe_path, options)?)?;
-    let journal = export::prepare_out_dir(&options.out, &p.recipe)?;
-    let genes: Vec<&String> = p.space.genes.iter().map(|g| &g.name).collect();
-    journal.set_study_value("genes", &serde_json::to_string(&genes).map_err(|e| EvolveError::Fitness(e.to_string()))?)?;
-
-    let resident = load_sources(&mut p.opened)?;
-    let sources: Vec<&dyn TensorSource> = resident.iter().map(|r| r as &dyn TensorSource).collect();
-    let seed = p.recipe.optimizer.seed;
-    let mut merger = InMemoryMerger::from_sources(&p.initial, sources, seed)?;
-    let mut live = load_live(&p, &resident)?;
-    let mut features = FeatureCache::new();
-    let (recipe, space, task, scorer) = (&p.recipe, &p.space, &p.task, p.scorer.as_ref());
-
-    let mut cma = CmaConfig::new(space.x0(), recipe.optimizer.sigma0).with_bounds(space.lower(), space.upper()).with_seed(seed);
-    if recipe.optimizer.population > 0 {
-        cma = cma.with_popsize(recipe.optimizer.population);
-    }
-    let mut es = CmaEs::new(cma)?;
-    let max_trials = recipe.optimizer.max_trials;
-
-    let bar = progress_bar(options.progress, max_trials);
+    let out = options.out.clone();
+    let journal = export::prepare_out_dir(&out, &p.recipe)?;
+    let metric = p.recipe.task.metric.name();
+    let optimizer = p.recipe.optimizer.clone();
     let mut best: Option<TrialRecord> = None;
-    let mut trial = 0u64;
+    let mut next_trial = 0u64;
     let mut evaluated = 0u64;
     let mut stopped = None;
-    let worker = format!("{}:{}", hostname(), std::process::id());
-    let mut generation = 0u64;
-    'search: while trial < max_trials {
-        if es.is_stopped() {
-            stopped = es.stop_reason().map(|r| format!("{r:?}"));
-            break;
-        }
-        let candidates = es.ask()?;
-        let mut told = Vec::with_capacity(candidates.len());
-        for (c, x) in candidates.iter().enumerate() {
-            if trial >= max_trials {
-                break 'search;
-            }
-            let record = match journal.trial(trial)? {
-                Some(r) if r.status != TrialStatus::Running => {
-                    if r.genome != *x || r.generation != generation {
-                        return Err(EvolveError::Journal {
-                            path: journal.path().to_path_buf(),
-                            message: format!(
-                                "trial {trial} in the journal is not the candidate this recipe and seed ask for; \
-                                 the journal was written by another version or recipe"
-                            ),
-                        });
-                    }
-                    r
-                }
-                _ => {
-                    let params = space.params(x);
-                    journal.start_trial(trial, generation, c as u64, x, &params, &worker)?;
-                    let t0 = Instant::now();
-                    let result = evaluate(space, x, &mut merger, &mut live, task, scorer, &mut features);
-                    let seconds = t0.elapsed().as_secs_f64();
-                    match &result {
-                        Ok(outcome) => journal.finish_trial(trial, Ok(outcome), seconds)?,
-                        Err(e) => {
-                            tracing::warn!("trial {trial} failed: {e}");
-                            journal.finish_trial(trial, Err(&e.to_string()), seconds)?;
-                        }
-                    }
-                    evaluated += 1;
-                    journal.trial(trial)?.ok_or_else(|| EvolveError::Journal {
-                        path: journal.path().to_path_buf(),
-                        message: format!("trial {trial} vanished from the journal"),
-                    })?
-                }
-            };
-            let improved = record.fitness.is_some_and(|f| best.as_ref().and_then(|b| b.fitness).is_none_or(|b| f > b));
-            if improved {
-                best = Some(record.clone());
-            }
-            bar.set_position(trial + 1);
-            bar.set_message(format!(
-                "gen {generation} best {} last {:.2}s",
-                best.as_ref().and_then(|b| b.fitness).map_or("-".into(), |f| format!("{f:.4}")),
-                record.seconds.unwrap_or(0.0)
-            ));
-            told.push(record.fitness);
-            trial += 1;
-            if improved && record.status == TrialStatus::Complete {
-                export::export_best(&options.out, space, &record, &mut merger, seed)?;
-            }
-        }
-        es.tell(&cma_fitness(&told))?;
-        generation += 1;
-        export::write_reports(&options.out, &journal, space, best.as_ref(), recipe)?;
+    let reports = |journal: &crate::journal::Journal, _: Option<&TrialRecord>| export::write_reports(&out, journal, metric);
+
+    if let Some(mut ps) = p.ps.take() {
+        let genes: Vec<&String> = ps.space.genes.iter().map(|g| &g.name).collect();
+        journal.set_study_value("genes", &serde_json::to_string(&genes).map_err(|e| EvolveError::Fitness(e.to_string()))?)?;
+        let resident = load_sources(&mut ps.opened)?;
+        let mut phase = PsPhase::new(&p, &ps, &resident)?;
+        let settings = PhaseSettings {
+            sigma0: optimizer.sigma0,
+            population: optimizer.population,
+            seed: optimizer.seed,
+            max_trials: optimizer.max_trials,
+            first_trial: 0,
+            progress: options.progress,
+            metric,
+        };
+        let report = run_phase(&mut phase, &journal, &out, &settings, &mut best, reports)?;
+        next_trial = report.next_trial;
+        evaluated += report.evaluated;
+        stopped = report.stopped.map(|r| format!("parameter space: {r}"));
     }
-    bar.finish_and_clear();
-    if let Some(b) = &best {
-        export::ensure_best(&options.out, space, b, &mut merger, seed)?;
+
+    if let (Some(dfs), Some(spec)) = (p.dfs.take(), p.recipe.dfs.as_ref()) {
+        let dirs = dfs
+            .dirs
+            .iter()
+            .map(|d| match d {
+                Some(dir) => Ok(dir.clone()),
+                None => ps_result(&out, best.as_ref()),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let names = dfs.space.names();
+        journal.set_study_value("dfs_genes", &serde_json::to_string(&names).map_err(|e| EvolveError::Fitness(e.to_string()))?)?;
+        let mut phase = DfsPhase::load(dfs.space, &dirs, &p.device, dfs.dtype, &p.task, p.recipe.task.metric, p.scorer.as_ref())?;
+        let settings = PhaseSettings {
+            sigma0: optimizer.sigma0,
+            population: spec.population.unwrap_or(optimizer.population),
+            seed: optimizer.seed,
+            max_trials: spec.max_trials.unwrap_or(optimizer.max_trials),
+            first_trial: next_trial,
+            progress: options.progress,
+            metric,
+        };
+        let report = run_phase(&mut phase, &journal, &out, &settings, &mut best, reports)?;
+        evaluated += report.evaluated;
+        if let Some(r) = report.stopped {
+            stopped = Some(format!("data flow space: {r}"));
+        }
     }
-    export::write_reports(&options.out, &journal, space, best.as_ref(), recipe)?;
+    export::write_reports(&out, &journal, metric)?;
     let finished = journal.trials()?.iter().filter(|t| t.status != TrialStatus::Running).count() as u64;
-    Ok(SearchReport { out: options.out.clone(), trials: finished, evaluated, best, seconds: started.elapsed().as_secs_f64(), stopped })
+    Ok(SearchReport { out, trials: finished, evaluated, best, seconds: started.elapsed().as_secs_f64(), stopped })
 }
 
-/// Merge candidate `x` into the live model and score it.
-pub fn evaluate(
-    space: &GenomeSpace,
-    x: &[f64],
-    merger: &mut InMemoryMerger<'_>,
-    live: &mut Live,
-    task: &Task,
-    scorer: Option<&Scorer>,
-    features: &mut FeatureCache,
-) -> Result<TrialOutcome> {
-    let config: MergeConfig = space.to_merge_config(x)?;
-    let merge_started = Instant::now();
-    merger.set_config(&config)?;
-    merger.merge_into(false, |view| live.write(view))?;
-    let merge_seconds = merge_started.elapsed().as_secs_f64();
-    let outcome = match (task.spec.metric, scorer) {
-        (Metric::Loglik, _) => Loglik::evaluate(live, task, features),
-        (_, Some(scorer)) => generation_fitness(live.generator(features).as_mut(), task, scorer),
-        (_, None) => Err(EvolveError::Fitness("no scorer for a generation metric".into())),
-    }?;
-    Ok(TrialOutcome { merge_seconds, ..outcome })
-}
-
-/// CMA-ES minimises: tell the negated fitness; a failed candidate is told a value worse than every
-/// finished one of its generation (a pure function of the journal, so a resumed run tells the same).
-fn cma_fitness(told: &[Option<f64>]) -> Vec<f64> {
-    let worst = told.iter().flatten().map(|f| -f).fold(f64::NEG_INFINITY, f64::max);
-    let fail = if worst.is_finite() { worst + 1.0 + worst.abs() } else { 1e30 };
-    told.iter().map(|f| f.map_or(fail, |v| -v)).collect()
-}
-
-fn progress_bar(enabled: bool, total: u64) -> ProgressBar {
-    if !(enabled && std::io::IsTerminal::is_terminal(&std::io::stderr())) {
-        return ProgressBar::hidden();
+/// The PS result for a PS+DFS pool: `out/ps-best/`, copied from `best/` once the PS phase is over
+/// (later, `best/` may hold a DFS path).
+fn ps_result(out: &Path, best: Option<&TrialRecord>) -> Result<PathBuf> {
+    let dir = out.join(PS_BEST_DIR);
+    if dir.join("config.json").is_file() {
+        return Ok(dir);
     }
-    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    if let Ok(style) = ProgressStyle::with_template("evolve {bar:30} trial {pos}/{len} {msg} eta {eta}") {
-        bar.set_style(style);
+    let best = best.filter(|b| b.phase == PhaseKind::Ps).ok_or_else(|| {
+        EvolveError::Fitness("the parameter-space phase finished no trial, so `ps` has no model for the data-flow pool".into())
+    })?;
+    let source = out.join(export::BEST_DIR);
+    if export::read_best(out).is_none_or(|b| b.trial != best.trial) {
+        return Err(EvolveError::OutputDir(format!("{} does not hold the parameter-space best (trial {})", source.display(), best.trial)));
     }
-    bar
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+    let tmp = out.join(format!(".{PS_BEST_DIR}.tmp{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| EvolveError::io(format!("creating {}", tmp.display()), e))?;
+    let copy = || -> std::io::Result<()> {
+        for entry in std::fs::read_dir(&source)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                std::fs::copy(entry.path(), tmp.join(entry.file_name()))?;
+            }
+        }
+        std::fs::File::open(&tmp)?.sync_all()
+    };
+    if let Err(e) = copy().and_then(|_| std::fs::rename(&tmp, &dir)) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(EvolveError::io(format!("copying {} to {}", source.display(), dir.display()), e));
+    }
+    Ok(dir)
 }

@@ -24,7 +24,7 @@ pub fn write_csv(records: &[TrialRecord], out: &mut dyn Write) -> std::io::Resul
         }
     }
     let mut header: Vec<String> =
-        ["trial", "generation", "candidate", "status", "fitness", "seconds", "merge_seconds", "generated_tokens", "truncated", "items", "error"]
+        ["trial", "phase", "generation", "candidate", "status", "fitness", "seconds", "merge_seconds", "generated_tokens", "truncated", "items", "error"]
             .iter()
             .map(|s| s.to_string())
             .collect();
@@ -35,6 +35,7 @@ pub fn write_csv(records: &[TrialRecord], out: &mut dyn Write) -> std::io::Resul
         let status = r.status.as_str();
         let mut row = vec![
             r.trial.to_string(),
+            r.phase.as_str().to_string(),
             r.generation.to_string(),
             r.candidate.to_string(),
             status.to_string(),
@@ -70,6 +71,7 @@ mod tests {
     fn csv_quotes_errors_and_lists_every_gene() {
         let r = TrialRecord {
             trial: 0,
+            phase: Default::default(),
             generation: 0,
             candidate: 0,
             params: [("a.weight".to_string(), 0.25)].into(),
@@ -88,7 +90,7 @@ mod tests {
         let mut out = Vec::new();
         write_csv(&[r], &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
-        assert!(text.starts_with("trial,generation,candidate,status,fitness,"), "{text}");
+        assert!(text.starts_with("trial,phase,generation,candidate,status,fitness,"), "{text}");
         assert!(text.contains("param:a.weight"));
         assert!(text.contains("\"bad, \"\"very\"\"\""), "{text}");
     }

@@ -1,0 +1,224 @@
+//! One search phase over the journal: CMA-ES asks a whole generation; each candidate is scored
+//! and journalled (`running`, then `complete`/`failed`); the generation is told back in candidate
+//! order. The optimiser is rebuilt by replaying the journal: the same seed asks the same
+//! candidates, finished trials are told their recorded fitness, and only what is missing is
+//! evaluated. So a search killed at any point and started again records exactly what an
+//! uninterrupted one would have. A parameter-space and a data-flow-space phase run through the same
+//! loop (PS+DFS: one after the other, numbering trials on from where the first ended).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use evomerge_cmaes::{CmaEs, Config as CmaConfig};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::error::{EvolveError, Result};
+use crate::export;
+use crate::journal::{Journal, PhaseKind, TrialOutcome, TrialRecord, TrialStatus};
+
+/// What a phase searches and how it scores and exports a candidate.
+pub trait Phase {
+    fn kind(&self) -> PhaseKind;
+    fn gene_names(&self) -> Vec<String>;
+    fn x0(&self) -> Vec<f64>;
+    fn lower(&self) -> Vec<f64>;
+    fn upper(&self) -> Vec<f64>;
+    /// Gene name → value, as the journal records them.
+    fn params(&self, x: &[f64]) -> BTreeMap<String, f64>;
+    /// Score candidate `x` (an error fails the trial; the search goes on).
+    fn evaluate(&mut self, x: &[f64]) -> Result<TrialOutcome>;
+    /// Write `record`'s candidate as `out/best/` (and its plot under `out/plots/`).
+    fn export_best(&mut self, out: &Path, record: &TrialRecord) -> Result<()>;
+}
+
+/// The optimiser settings of one phase.
+#[derive(Debug, Clone)]
+pub struct PhaseSettings {
+    pub sigma0: f64,
+    /// 0: CMA-ES's default.
+    pub population: usize,
+    pub seed: u64,
+    /// Trials of this phase.
+    pub max_trials: u64,
+    /// The journal's number of this phase's first trial.
+    pub first_trial: u64,
+    pub progress: bool,
+    pub metric: &'static str,
+}
+
+/// What a phase did.
+#[derive(Debug, Clone)]
+pub struct PhaseReport {
+    /// The number the next phase's first trial gets.
+    pub next_trial: u64,
+    /// Trials evaluated by this run.
+    pub evaluated: u64,
+    /// Why CMA-ES ended the phase before `max_trials`, if it did.
+    pub stopped: Option<String>,
+}
+
+/// Run (or resume) `phase`. `best` is the best trial of the whole search so far (earlier phases
+/// included): `best/` is replaced only when a trial beats it.
+pub fn run_phase(
+    phase: &mut dyn Phase,
+    journal: &Journal,
+    out: &Path,
+    settings: &PhaseSettings,
+    best: &mut Option<TrialRecord>,
+    mut after_generation: impl FnMut(&Journal, Option<&TrialRecord>) -> Result<()>,
+) -> Result<PhaseReport> {
+    let kind = phase.kind();
+    let mut cma = CmaConfig::new(phase.x0(), settings.sigma0)
+        .with_bounds(phase.lower(), phase.upper())
+        .with_seed(settings.seed);
+    if settings.population > 0 {
+        cma = cma.with_popsize(settings.population);
+    }
+    let mut es = CmaEs::new(cma)?;
+    let bar = progress_bar(settings.progress, settings.max_trials, kind);
+    let end = settings.first_trial + settings.max_trials;
+    let mut trial = settings.first_trial;
+    let mut evaluated = 0u64;
+    let mut stopped = None;
+    let mut replaying = true;
+    let worker = format!("{}:{}", hostname(), std::process::id());
+    let mut generation = 0u64;
+    'search: while trial < end {
+        if es.is_stopped() {
+            stopped = es.stop_reason().map(|r| format!("{r:?}"));
+            break;
+        }
+        let candidates = es.ask()?;
+        let mut told = Vec::with_capacity(candidates.len());
+        for (c, x) in candidates.iter().enumerate() {
+            if trial >= end {
+                break 'search;
+            }
+            let record = match journal.trial(trial)? {
+                Some(r) if r.status != TrialStatus::Running => {
+                    if r.phase != kind {
+                        return Err(journal_mismatch(
+                            journal,
+                            format!(
+                                "trial {trial} belongs to the {} phase, but the {} phase wants it: once a later phase has \
+                                 begun, an earlier one cannot be given more trials",
+                                r.phase.as_str(),
+                                kind.as_str()
+                            ),
+                        ));
+                    }
+                    if r.genome != *x || r.generation != generation {
+                        return Err(journal_mismatch(
+                            journal,
+                            format!(
+                                "trial {trial} in the journal is not the candidate this recipe and seed ask for; \
+                                 the journal was written by another version or recipe"
+                            ),
+                        ));
+                    }
+                    r
+                }
+                _ => {
+                    if replaying {
+                        // The replayed prefix is over: make sure best/ holds its best (a run killed
+                        // between journalling a trial and exporting it left it behind).
+                        replaying = false;
+                        if let Some(b) = best.as_ref().filter(|b| b.phase == kind) {
+                            ensure_best(phase, out, b)?;
+                        }
+                    }
+                    journal.start_trial(trial, kind, generation, c as u64, x, &phase.params(x), &worker)?;
+                    let t0 = Instant::now();
+                    let result = phase.evaluate(x);
+                    let seconds = t0.elapsed().as_secs_f64();
+                    match &result {
+                        Ok(outcome) => journal.finish_trial(trial, Ok(outcome), seconds)?,
+                        Err(e) => {
+                            tracing::warn!("trial {trial} failed: {e}");
+                            journal.finish_trial(trial, Err(&e.to_string()), seconds)?;
+                        }
+                    }
+                    evaluated += 1;
+                    journal
+                        .trial(trial)?
+                        .ok_or_else(|| journal_mismatch(journal, format!("trial {trial} vanished from the journal")))?
+                }
+            };
+            let improved =
+                record.fitness.is_some_and(|f| best.as_ref().and_then(|b| b.fitness).is_none_or(|b| f > b));
+            if improved {
+                *best = Some(record.clone());
+                if !replaying && record.status == TrialStatus::Complete {
+                    phase.export_best(out, &record)?;
+                }
+            }
+            bar.set_position(trial + 1 - settings.first_trial);
+            bar.set_message(format!(
+                "gen {generation} best {} last {:.2}s",
+                best.as_ref().and_then(|b| b.fitness).map_or("-".into(), |f| format!("{f:.4}")),
+                record.seconds.unwrap_or(0.0)
+            ));
+            told.push(record.fitness);
+            trial += 1;
+        }
+        es.tell(&cma_fitness(&told))?;
+        generation += 1;
+        after_generation(journal, best.as_ref())?;
+    }
+    bar.finish_and_clear();
+    if let Some(b) = best.as_ref().filter(|b| b.phase == kind) {
+        ensure_best(phase, out, b)?;
+    }
+    Ok(PhaseReport { next_trial: trial, evaluated, stopped })
+}
+
+/// Export `record` unless `best/` already holds it.
+fn ensure_best(phase: &mut dyn Phase, out: &Path, record: &TrialRecord) -> Result<()> {
+    if export::read_best(out).is_some_and(|b| b.trial == record.trial) {
+        return Ok(());
+    }
+    phase.export_best(out, record)
+}
+
+fn journal_mismatch(journal: &Journal, message: String) -> EvolveError {
+    EvolveError::Journal { path: journal.path().to_path_buf(), message }
+}
+
+/// CMA-ES minimises: tell the negated fitness; a failed candidate is told a value worse than every
+/// finished one of its generation (a pure function of the journal, so a resumed run tells the same).
+fn cma_fitness(told: &[Option<f64>]) -> Vec<f64> {
+    let worst = told.iter().flatten().map(|f| -f).fold(f64::NEG_INFINITY, f64::max);
+    let fail = if worst.is_finite() { worst + 1.0 + worst.abs() } else { 1e30 };
+    told.iter().map(|f| f.map_or(fail, |v| -v)).collect()
+}
+
+fn progress_bar(enabled: bool, total: u64, kind: PhaseKind) -> ProgressBar {
+    if !(enabled && std::io::IsTerminal::is_terminal(&std::io::stderr())) {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    let template = format!("evolve {} {{bar:30}} trial {{pos}}/{{len}} {{msg}} eta {{eta}}", kind.as_str());
+    if let Ok(style) = ProgressStyle::with_template(&template) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cma_fitness;
+
+    #[test]
+    fn failed_candidates_are_told_worse_than_every_finished_one() {
+        let told = cma_fitness(&[Some(0.5), None, Some(-2.0)]);
+        assert_eq!(told[0], -0.5);
+        assert_eq!(told[2], 2.0);
+        assert!(told[1] > 2.0);
+        assert!(cma_fitness(&[None, None]).iter().all(|&v| v == 1e30));
+    }
+}
