@@ -3,26 +3,11 @@
 //! uninterrupted one, `best/recipe.yml` rebuilds `best/` bit for bit, and bad recipes are refused
 //! before any model loads, leaving nothing behind.
 
+mod evolve_support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn evomerge(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_evomerge"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("HF_HOME", std::env::temp_dir().join("evomerge-cli-evolve-empty-hf-home"))
-        .output()
-        .expect("running evomerge")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use evolve_support::*;
 
 /// The loglik recipe over the merge fixtures, written into `dir` with `edit` applied; the task file
 /// is copied next to it `repeat` times over (more items make a trial slower).
@@ -49,24 +34,6 @@ optimizer: {{max_trials: 24, seed: 3}}
     let path = dir.join("recipe.yml");
     std::fs::write(&path, edit(text)).unwrap();
     path
-}
-
-/// Trial records without the fields that depend on timing or the process (seconds, worker).
-fn records(dir: &Path) -> Vec<serde_json::Value> {
-    let out = evomerge(&["trials", dir.to_str().unwrap(), "--format", "jsonl"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let o = v.as_object_mut().unwrap();
-            o.remove("seconds");
-            o.remove("merge_seconds");
-            o.remove("worker");
-            v
-        })
-        .collect()
 }
 
 #[test]
@@ -133,38 +100,10 @@ fn a_search_killed_mid_trial_resumes_to_the_uninterrupted_records() {
     assert_eq!(expected.len(), 16);
 
     let resumed = tmp.path().join("resumed");
-    let mut killed_mid_trial = false;
-    for attempt in 0..5 {
-        let _ = std::fs::remove_dir_all(&resumed);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_evomerge"))
-            .args(["evolve", path.to_str().unwrap(), "--out", resumed.to_str().unwrap(), "--quiet"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        // Wait until a few trials are done and another one is running, then SIGKILL.
-        let started = Instant::now();
-        loop {
-            if started.elapsed() > Duration::from_secs(120) || child.try_wait().unwrap().is_some() {
-                break;
-            }
-            if resumed.join("journal.sqlite").exists() {
-                let now = records(&resumed);
-                let complete = now.iter().filter(|r| r["status"] == "complete").count();
-                if complete >= 3 + attempt && now.iter().any(|r| r["status"] == "running") {
-                    child.kill().unwrap();
-                    break;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let _ = child.wait();
-        let after_kill = records(&resumed);
-        if after_kill.iter().any(|r| r["status"] == "running") && after_kill.len() < 16 {
-            killed_mid_trial = true;
-            break;
-        }
-    }
+    // Wait until a few trials are done and another one is running, then SIGKILL.
+    let killed_mid_trial = kill_mid_trial(&path, &resumed, 16, |now, attempt| {
+        now.iter().filter(|r| r["status"] == "complete").count() >= 3 + attempt
+    });
     assert!(killed_mid_trial, "could not kill the search during a trial");
 
     let out = evomerge(&["evolve", path.to_str().unwrap(), "--out", resumed.to_str().unwrap(), "--quiet"]);
