@@ -356,3 +356,25 @@ fn weights_replaced_in_place_give_the_other_checkpoints_logits() {
         )
         .is_err());
 }
+
+#[test]
+fn evomistral_whose_input_layers_leave_the_pool_is_refused() {
+    let mut model = pooled();
+    model
+        .set_path(LayerPath::parse("0, 3, 1", ScaleConvention::ReleasedBranch).unwrap())
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    evomistral::save(&model, dir.path(), None).unwrap();
+    // Point the second hop at layer 9 of a pool that stores 3.
+    let file = dir.path().join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+    tensors.insert(
+        evomistral::INPUT_LAYERS.into(),
+        Tensor::new(&[0i32, 9, 1], &Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&tensors, &file).unwrap();
+    let err = evomistral::load_dir(dir.path(), &LoadOptions::default(), ScaleLookup::ByHop)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("hop 1") && err.contains("9"), "{err}");
+}
