@@ -87,6 +87,11 @@ fn dfs_search_beats_the_first_models_own_path_and_exports_an_evomistral_that_sco
     let params = trials[0]["params"].as_object().unwrap();
     assert!(params.contains_key("in.ft1.L2.r1") && params.contains_key("scale.ft2.L3.r0"), "{params:?}");
     assert!(!params.contains_key("in.ft2.L0.r0"), "fixed ends have no indicator");
+    // The journal records each candidate's path: fixed ends, ft2's first and last layers.
+    for t in &trials {
+        let path = t["path"].as_str().unwrap();
+        assert!(path.starts_with("0,") && (path.ends_with(",3") || path.contains(",3:")), "{path}");
+    }
     let best = trials.iter().filter_map(|t| t["fitness"].as_f64()).fold(f64::NEG_INFINITY, f64::max);
     assert!(best > identity + 0.005, "best path {best} should beat ft2's own path {identity}");
 
@@ -101,7 +106,7 @@ fn dfs_search_beats_the_first_models_own_path_and_exports_an_evomistral_that_sco
     assert_eq!(config["num_hidden_layers"].as_u64().unwrap() as usize, used.len(), "only the used layers are stored");
     assert_eq!(hops[0]["pool_layer"], 0);
     assert_eq!(hops.last().unwrap()["pool_layer"], 3, "fixed ends: ft2's first and last layers");
-    for file in ["plots/path.svg", "plots/fitness.svg", "best/tokenizer.json", "best/genome.json"] {
+    for file in ["plots/path.svg", "plots/path.png", "plots/fitness.svg", "best/tokenizer.json", "best/genome.json"] {
         assert!(out.join(file).is_file(), "{file} missing");
     }
     // The exported model, loaded as any model directory, scores exactly what its trial recorded.

@@ -98,6 +98,9 @@ pub struct TrialRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub item_scores: Option<Vec<f64>>,
     pub worker: Option<String>,
+    /// A data-flow trial's layer path (`0,5:0.75,2`: pool layer, `:scale` when not 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 /// What a finished evaluation reports.
@@ -163,18 +166,20 @@ impl Journal {
                    started_at REAL,
                    finished_at REAL,
                    worker TEXT,
-                   phase TEXT NOT NULL DEFAULT 'ps'
+                   phase TEXT NOT NULL DEFAULT 'ps',
+                   path TEXT
                  );",
             )
             .map_err(e)?;
-        // Journals written before PS+DFS have no phase column: every trial of theirs is parameter space.
-        let has_phase: bool = self
-            .conn
-            .query_row("SELECT COUNT(*) FROM pragma_table_info('trials') WHERE name = 'phase'", [], |r| r.get::<_, i64>(0))
-            .map_err(e)?
-            > 0;
-        if !has_phase {
-            self.conn.execute_batch("ALTER TABLE trials ADD COLUMN phase TEXT NOT NULL DEFAULT 'ps'").map_err(e)?;
+        // Columns added after the first format: journals written before them get them, empty.
+        for (column, declaration) in [("phase", "TEXT NOT NULL DEFAULT 'ps'"), ("path", "TEXT")] {
+            let present: i64 = self
+                .conn
+                .query_row("SELECT COUNT(*) FROM pragma_table_info('trials') WHERE name = ?1", [column], |r| r.get(0))
+                .map_err(e)?;
+            if present == 0 {
+                self.conn.execute_batch(&format!("ALTER TABLE trials ADD COLUMN {column} {declaration}")).map_err(e)?;
+            }
         }
         Ok(())
     }
@@ -254,6 +259,7 @@ impl Journal {
         candidate: u64,
         genome: &[f64],
         params: &BTreeMap<String, f64>,
+        path: Option<&str>,
         worker: &str,
     ) -> Result<()> {
         let genome_json = serde_json::to_string(genome).map_err(|e| EvolveError::Fitness(e.to_string()))?;
@@ -261,11 +267,11 @@ impl Journal {
         let changed = self
             .conn
             .execute(
-                "INSERT INTO trials (trial, generation, candidate, genome, params, status, started_at, worker, phase)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8)
+                "INSERT INTO trials (trial, generation, candidate, genome, params, status, started_at, worker, phase, path)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?9)
                  ON CONFLICT (trial) DO UPDATE SET started_at = excluded.started_at, worker = excluded.worker
                  WHERE trials.status = 'running'",
-                params![trial as i64, generation as i64, candidate as i64, genome_json, params_json, now(), worker, phase.as_str()],
+                params![trial as i64, generation as i64, candidate as i64, genome_json, params_json, now(), worker, phase.as_str(), path],
             )
             .map_err(|e| journal_err(&self.path, e))?;
         if changed == 0 {
@@ -317,7 +323,7 @@ impl Journal {
 }
 
 const SELECT: &str = "SELECT trial, generation, candidate, genome, params, status, fitness, item_scores, items, seconds,
-    generated_tokens, truncated, error, worker, merge_seconds, phase FROM trials";
+    generated_tokens, truncated, error, worker, merge_seconds, phase, path FROM trials";
 
 fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<TrialRecord> {
     let bad = |i: usize, e: String| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into());
@@ -343,6 +349,7 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<TrialRecord> {
         error: r.get(12)?,
         worker: r.get(13)?,
         merge_seconds: r.get(14)?,
+        path: r.get(16)?,
     })
 }
 
@@ -368,21 +375,21 @@ mod tests {
         assert!(j.bind_recipe("id-2", "recipe: 2").unwrap_err().to_string().contains("another recipe"));
         let genome = vec![0.1 + 0.2, 1.0 / 3.0];
         let params: BTreeMap<String, f64> = [("a.weight".to_string(), genome[0])].into();
-        j.start_trial(0, PhaseKind::Ps, 0, 0, &genome, &params, "w").unwrap();
+        j.start_trial(0, PhaseKind::Ps, 0, 0, &genome, &params, None, "w").unwrap();
         // A killed run's `running` row may be restarted ...
-        j.start_trial(0, PhaseKind::Ps, 0, 0, &genome, &params, "w").unwrap();
+        j.start_trial(0, PhaseKind::Ps, 0, 0, &genome, &params, None, "w").unwrap();
         let outcome =
             TrialOutcome { fitness: -0.125, item_scores: vec![0.5, -0.75], generated_tokens: 7, truncated: 1, merge_seconds: 0.25 };
         j.finish_trial(0, Ok(&outcome), 1.5).unwrap();
         // ... a finished one may not.
-        assert!(j.start_trial(0, PhaseKind::Ps, 0, 0, &genome, &params, "w").is_err());
+        assert!(j.start_trial(0, PhaseKind::Ps, 0, 0, &genome, &params, None, "w").is_err());
         assert!(j.finish_trial(0, Err("boom"), 1.0).is_err());
         let t = j.trial(0).unwrap().unwrap();
         assert_eq!(t.genome, genome);
         assert_eq!(t.fitness, Some(-0.125));
         assert_eq!(t.status, TrialStatus::Complete);
         assert_eq!(t.item_scores, Some(vec![0.5, -0.75]));
-        j.start_trial(1, PhaseKind::Ps, 0, 1, &genome, &params, "w").unwrap();
+        j.start_trial(1, PhaseKind::Ps, 0, 1, &genome, &params, None, "w").unwrap();
         j.finish_trial(1, Err("NaN logits"), 0.5).unwrap();
         let all = Journal::open_existing(&path).unwrap().trials().unwrap();
         assert_eq!(all.len(), 2);

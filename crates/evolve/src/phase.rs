@@ -26,6 +26,10 @@ pub trait Phase {
     fn upper(&self) -> Vec<f64>;
     /// Gene name → value, as the journal records them.
     fn params(&self, x: &[f64]) -> BTreeMap<String, f64>;
+    /// What the journal records beside the params: a data-flow candidate's layer path.
+    fn describe(&self, _x: &[f64]) -> Option<String> {
+        None
+    }
     /// Score candidate `x` (an error fails the trial; the search goes on).
     fn evaluate(&mut self, x: &[f64]) -> Result<TrialOutcome>;
     /// Write `record`'s candidate as `out/best/` (and its plot under `out/plots/`).
@@ -128,7 +132,8 @@ pub fn run_phase(
                             ensure_best(phase, out, b)?;
                         }
                     }
-                    journal.start_trial(trial, kind, generation, c as u64, x, &phase.params(x), &worker)?;
+                    let described = phase.describe(x);
+                    journal.start_trial(trial, kind, generation, c as u64, x, &phase.params(x), described.as_deref(), &worker)?;
                     let t0 = Instant::now();
                     let result = phase.evaluate(x);
                     let seconds = t0.elapsed().as_secs_f64();

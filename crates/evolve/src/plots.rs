@@ -41,6 +41,15 @@ fn draw_err(path: &Path) -> impl Fn(String) -> PlotError + '_ {
 
 /// Render into a string with `draw`, then write it to `path` atomically.
 fn render(path: &Path, size: (u32, u32), draw: impl FnOnce(&DrawingArea<SVGBackend<'_>, plotters::coord::Shift>) -> Result<(), String>) -> Result<(), PlotError> {
+    render_svg(path, size, draw).map(|_| ())
+}
+
+/// [`render`], returning the SVG text too.
+fn render_svg(
+    path: &Path,
+    size: (u32, u32),
+    draw: impl FnOnce(&DrawingArea<SVGBackend<'_>, plotters::coord::Shift>) -> Result<(), String>,
+) -> Result<String, PlotError> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
@@ -49,6 +58,42 @@ fn render(path: &Path, size: (u32, u32), draw: impl FnOnce(&DrawingArea<SVGBacke
         root.present().map_err(|e| draw_err(path)(e.to_string()))?;
     }
     crate::export::write_atomic(path, svg.as_bytes())
+        .map_err(|e| PlotError::Io { path: path.display().to_string(), source: std::io::Error::other(e.to_string()) })?;
+    Ok(svg)
+}
+
+/// Rasterise an SVG drawn here into a PNG at `path` (text in the system's fonts; where a machine has
+/// none, the PNG has no text and the SVG beside it has all of it).
+fn write_png(svg: &str, path: &Path) -> Result<(), PlotError> {
+    let err = |message: String| PlotError::Draw { path: path.display().to_string(), message };
+    let mut options = resvg::usvg::Options::default();
+    let fonts = options.fontdb_mut();
+    fonts.load_system_fonts();
+    // plotters asks for the generic `sans-serif`: map it to a sans face the machine has.
+    let family = {
+        let names: Vec<String> = fonts.faces().flat_map(|f| f.families.iter().map(|(n, _)| n.clone())).collect();
+        ["DejaVu Sans", "Liberation Sans", "Noto Sans", "Arial"]
+            .iter()
+            .map(|s| s.to_string())
+            .find(|n| names.contains(n))
+            .or_else(|| names.iter().find(|n| n.contains("Sans") && !n.contains("Mono")).cloned())
+            .or_else(|| names.first().cloned())
+    };
+    let svg = match family {
+        Some(f) => {
+            fonts.set_sans_serif_family(f);
+            std::borrow::Cow::Borrowed(svg)
+        }
+        None => std::borrow::Cow::Owned(without_text(svg)),
+    };
+    let tree = resvg::usvg::Tree::from_str(&svg, &options).map_err(|e| err(e.to_string()))?;
+    let size = tree.size().to_int_size();
+    let mut pixmap =
+        resvg::tiny_skia::Pixmap::new(size.width(), size.height()).ok_or_else(|| err("empty image".into()))?;
+    pixmap.fill(resvg::tiny_skia::Color::WHITE);
+    resvg::render(&tree, resvg::tiny_skia::Transform::default(), &mut pixmap.as_mut());
+    let png = pixmap.encode_png().map_err(|e| err(e.to_string()))?;
+    crate::export::write_atomic(path, &png)
         .map_err(|e| PlotError::Io { path: path.display().to_string(), source: std::io::Error::other(e.to_string()) })
 }
 
@@ -178,6 +223,78 @@ pub fn recipe_svg(grid: &RecipeGrid, path: &Path) -> Result<(), PlotError> {
     })
 }
 
+/// One hop of a data-flow path, for [`path_svg`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct PathHop {
+    /// Index into the pool.
+    pub pool_layer: usize,
+    /// Index into the models (colour).
+    pub model: usize,
+    pub scale: f64,
+}
+
+/// The SVG without its `<text>…</text>` elements.
+fn without_text(svg: &str) -> String {
+    let mut out = String::with_capacity(svg.len());
+    let mut rest = svg;
+    while let Some(start) = rest.find("<text") {
+        out.push_str(&rest[..start]);
+        rest = match rest[start..].find("</text>") {
+            Some(end) => &rest[start + end + "</text>".len()..],
+            None => "",
+        };
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `path.svg` and `path.png` beside it: a data-flow path as the paper's Figure 4: hop on x, pool layer
+/// on y, colour by source model, marker size by the hop's scale.
+pub fn path_svg(hops: &[PathHop], models: &[String], pool_len: usize, path: &Path) -> Result<(), PlotError> {
+    if hops.is_empty() {
+        return Err(PlotError::Empty("a path without hops"));
+    }
+    const COLOURS: [RGBColor; 6] =
+        [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40), RGBColor(148, 103, 189), RGBColor(140, 86, 75)];
+    let max_scale = hops.iter().map(|h| h.scale.abs()).fold(0.0f64, f64::max).max(1e-9);
+    let n = hops.len() as f64;
+    let width = (600.0 + 14.0 * n).min(2400.0) as u32;
+    let svg = render_svg(path, (width, 500), |root| {
+        let e = |e: &dyn std::fmt::Display| e.to_string();
+        let mut chart = ChartBuilder::on(root)
+            .caption(format!("layer path: {} hops over a pool of {pool_len} layers (marker size: scale)", hops.len()), ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(-0.5f64..n - 0.5, -0.5f64..pool_len as f64 - 0.5)
+            .map_err(|x| e(&x))?;
+        chart
+            .configure_mesh()
+            .x_desc("hop")
+            .y_desc("pool layer")
+            .x_label_formatter(&|x| format!("{}", x.round() as i64))
+            .y_label_formatter(&|y| format!("{}", y.round() as i64))
+            .draw()
+            .map_err(|x| e(&x))?;
+        let line: Vec<(f64, f64)> = hops.iter().enumerate().map(|(t, h)| (t as f64, h.pool_layer as f64)).collect();
+        chart.draw_series(LineSeries::new(line, RGBColor(180, 180, 180).stroke_width(1))).map_err(|x| e(&x))?;
+        for (m, label) in models.iter().enumerate() {
+            let colour = COLOURS[m % COLOURS.len()];
+            chart
+                .draw_series(hops.iter().enumerate().filter(|(_, h)| h.model == m).map(|(t, h)| {
+                    let radius = (2.0 + 7.0 * h.scale.abs() / max_scale).round() as i32;
+                    Circle::new((t as f64, h.pool_layer as f64), radius, colour.filled())
+                }))
+                .map_err(|x| e(&x))?
+                .label(label.clone())
+                .legend(move |(x, y)| Circle::new((x + 8, y), 5, colour.filled()));
+        }
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::UpperLeft).draw().map_err(|x| e(&x))?;
+        Ok(())
+    })?;
+    write_png(&svg, &path.with_extension("png"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,60 +330,22 @@ mod tests {
         let grid = RecipeGrid { models: vec![], groups: vec![], parameters: vec![], bounds: vec![] };
         assert!(matches!(recipe_svg(&grid, &dir.path().join("r.svg")), Err(PlotError::Empty(_))));
     }
-}
 
-/// One hop of a data-flow path, for [`path_svg`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct PathHop {
-    /// Index into the pool.
-    pub pool_layer: usize,
-    /// Index into the models (colour).
-    pub model: usize,
-    pub scale: f64,
-}
-
-/// `path.svg`: a data-flow path as the paper's Figure 4: hop on x, pool layer on y, colour by source
-/// model, marker size by the hop's scale.
-pub fn path_svg(hops: &[PathHop], models: &[String], pool_len: usize, path: &Path) -> Result<(), PlotError> {
-    if hops.is_empty() {
-        return Err(PlotError::Empty("a path without hops"));
+    #[test]
+    fn path_plot_writes_svg_and_png_and_text_can_be_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let hops = [
+            PathHop { pool_layer: 0, model: 0, scale: 1.0 },
+            PathHop { pool_layer: 5, model: 1, scale: 0.5 },
+            PathHop { pool_layer: 3, model: 0, scale: 1.5 },
+        ];
+        let svg = dir.path().join("path.svg");
+        path_svg(&hops, &["a".into(), "b".into()], 8, &svg).unwrap();
+        let text = std::fs::read_to_string(&svg).unwrap();
+        assert!(text.contains("<text") && text.contains("layer path: 3 hops"));
+        let png = std::fs::read(dir.path().join("path.png")).unwrap();
+        assert_eq!(&png[1..4], b"PNG");
+        let bare = without_text(&text);
+        assert!(!bare.contains("<text") && !bare.contains("</text>") && bare.contains("<circle"));
     }
-    const COLOURS: [RGBColor; 6] =
-        [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40), RGBColor(148, 103, 189), RGBColor(140, 86, 75)];
-    let max_scale = hops.iter().map(|h| h.scale.abs()).fold(0.0f64, f64::max).max(1e-9);
-    let n = hops.len() as f64;
-    let width = (600.0 + 14.0 * n).min(2400.0) as u32;
-    render(path, (width, 500), |root| {
-        let e = |e: &dyn std::fmt::Display| e.to_string();
-        let mut chart = ChartBuilder::on(root)
-            .caption(format!("layer path: {} hops over a pool of {pool_len} layers (marker size: scale)", hops.len()), ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(-0.5f64..n - 0.5, -0.5f64..pool_len as f64 - 0.5)
-            .map_err(|x| e(&x))?;
-        chart
-            .configure_mesh()
-            .x_desc("hop")
-            .y_desc("pool layer")
-            .x_label_formatter(&|x| format!("{}", x.round() as i64))
-            .y_label_formatter(&|y| format!("{}", y.round() as i64))
-            .draw()
-            .map_err(|x| e(&x))?;
-        let line: Vec<(f64, f64)> = hops.iter().enumerate().map(|(t, h)| (t as f64, h.pool_layer as f64)).collect();
-        chart.draw_series(LineSeries::new(line, RGBColor(180, 180, 180).stroke_width(1))).map_err(|x| e(&x))?;
-        for (m, label) in models.iter().enumerate() {
-            let colour = COLOURS[m % COLOURS.len()];
-            chart
-                .draw_series(hops.iter().enumerate().filter(|(_, h)| h.model == m).map(|(t, h)| {
-                    let radius = (2.0 + 7.0 * h.scale.abs() / max_scale).round() as i32;
-                    Circle::new((t as f64, h.pool_layer as f64), radius, colour.filled())
-                }))
-                .map_err(|x| e(&x))?
-                .label(label.clone())
-                .legend(move |(x, y)| Circle::new((x + 8, y), 5, colour.filled()));
-        }
-        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::UpperLeft).draw().map_err(|x| e(&x))?;
-        Ok(())
-    })
 }

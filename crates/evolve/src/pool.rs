@@ -128,6 +128,9 @@ impl Phase for DfsPhase<'_> {
     fn params(&self, x: &[f64]) -> BTreeMap<String, f64> {
         self.space.params(x)
     }
+    fn describe(&self, x: &[f64]) -> Option<String> {
+        self.space.path(x).ok().map(|p| p.to_string())
+    }
 
     fn evaluate(&mut self, x: &[f64]) -> Result<TrialOutcome> {
         let started = Instant::now();

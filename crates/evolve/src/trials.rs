@@ -24,7 +24,7 @@ pub fn write_csv(records: &[TrialRecord], out: &mut dyn Write) -> std::io::Resul
         }
     }
     let mut header: Vec<String> =
-        ["trial", "phase", "generation", "candidate", "status", "fitness", "seconds", "merge_seconds", "generated_tokens", "truncated", "items", "error"]
+        ["trial", "phase", "generation", "candidate", "status", "fitness", "seconds", "merge_seconds", "generated_tokens", "truncated", "items", "error", "path"]
             .iter()
             .map(|s| s.to_string())
             .collect();
@@ -46,6 +46,7 @@ pub fn write_csv(records: &[TrialRecord], out: &mut dyn Write) -> std::io::Resul
             opt(r.truncated.map(|v| v.to_string())),
             opt(r.items.map(|v| v.to_string())),
             opt(r.error.clone()),
+            opt(r.path.clone()),
         ];
         row.extend(genes.iter().map(|g| opt(r.params.get(*g).map(|v| v.to_string()))));
         writeln!(out, "{}", row.iter().map(|f| csv_field(f)).collect::<Vec<_>>().join(","))?;
@@ -86,6 +87,7 @@ mod tests {
             genome: vec![0.25],
             item_scores: None,
             worker: None,
+            path: None,
         };
         let mut out = Vec::new();
         write_csv(&[r], &mut out).unwrap();

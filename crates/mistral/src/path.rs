@@ -209,9 +209,42 @@ impl LayerPath {
     }
 }
 
+/// `0,5:0.75,2` — the form [`LayerPath::parse`] reads back exactly (scales of 1 are left out; the
+/// convention is not part of the text).
+impl std::fmt::Display for LayerPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (t, hop) in self.hops.iter().enumerate() {
+            if t > 0 {
+                f.write_str(",")?;
+            }
+            if hop.scale == 1.0 {
+                write!(f, "{}", hop.layer)?;
+            } else {
+                write!(f, "{}:{}", hop.layer, hop.scale)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_form_reads_back_exactly() {
+        let p = LayerPath::new(
+            vec![
+                Hop { layer: 0, scale: 1.0 },
+                Hop { layer: 5, scale: 0.1 + 0.2 },
+                Hop { layer: 3, scale: 1.0 / 3.0 },
+            ],
+            ScaleConvention::ReleasedBranch,
+        )
+        .unwrap();
+        assert_eq!(p.to_string(), "0,5:0.30000000000000004,3:0.3333333333333333");
+        assert_eq!(LayerPath::parse(&p.to_string(), ScaleConvention::ReleasedBranch).unwrap(), p);
+    }
 
     #[test]
     fn paper_path_reads_indicator_and_transition_scales() {
