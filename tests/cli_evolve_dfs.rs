@@ -114,6 +114,15 @@ fn dfs_search_beats_the_first_models_own_path_and_exports_an_evomistral_that_sco
     let evolved = &summary["tasks"][0]["scores"][0];
     assert_eq!(evolved["model"], "evolved");
     assert_eq!(evolved["score"].as_f64().unwrap(), best);
+    // `generate` and `logits` load it like any model directory.
+    let best_dir = out.join("best");
+    let g = evomerge(&["generate", "--model", best_dir.to_str().unwrap(), "--prompt", "t10 t26 t42", "--max-new-tokens", "4"]);
+    assert!(g.status.success(), "{}", stderr(&g));
+    assert!(String::from_utf8_lossy(&g.stdout).contains('t'));
+    let logits = tmp.path().join("logits.safetensors");
+    let l = evomerge(&["logits", "--model", best_dir.to_str().unwrap(), "--ids", "1,5,9", "--out", logits.to_str().unwrap()]);
+    assert!(l.status.success(), "{}", stderr(&l));
+    assert!(logits.is_file());
     let again = run(&recipe, &out);
     assert!(again.contains("(0 evaluated now)"), "{again}");
 }
