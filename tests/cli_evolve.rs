@@ -118,13 +118,7 @@ fn a_search_killed_mid_trial_resumes_to_the_uninterrupted_records() {
 /// A bad recipe: non-zero exit, the key named, and no output directory created.
 fn refused(recipe_text_edit: impl Fn(String) -> String, key: &str) {
     let tmp = tempfile::tempdir().unwrap();
-    let path = recipe(tmp.path(), 1, recipe_text_edit);
-    let out_dir = tmp.path().join("run");
-    let out = evomerge(&["evolve", path.to_str().unwrap(), "--out", out_dir.to_str().unwrap(), "--quiet"]);
-    assert!(!out.status.success(), "should be refused");
-    let err = stderr(&out);
-    assert!(err.contains(key), "the message should name `{key}`: {err}");
-    assert!(!out_dir.exists(), "a refused recipe must leave nothing behind");
+    assert_refused(&recipe(tmp.path(), 1, recipe_text_edit), key);
 }
 
 #[test]

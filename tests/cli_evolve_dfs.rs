@@ -161,13 +161,7 @@ fn ps_dfs_runs_both_phases_in_one_directory_and_resumes_after_sigkill_in_either(
 /// A bad data-flow recipe: non-zero exit, the key named, and no output directory created.
 fn refused(edit: impl Fn(String) -> String, key: &str) {
     let tmp = tempfile::tempdir().unwrap();
-    let recipe = dfs_recipe(tmp.path(), 1, edit);
-    let out = tmp.path().join("run");
-    let o = evomerge(&["evolve", recipe.to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet"]);
-    assert!(!o.status.success(), "should be refused");
-    let err = stderr(&o);
-    assert!(err.contains(key), "the message should name `{key}`: {err}");
-    assert!(!out.exists(), "a refused recipe must leave nothing behind");
+    assert_refused(&dfs_recipe(tmp.path(), 1, edit), key);
 }
 
 #[test]

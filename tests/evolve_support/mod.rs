@@ -76,3 +76,14 @@ pub fn kill_mid_trial(recipe: &Path, out: &Path, total: usize, ready: impl Fn(&[
     }
     false
 }
+
+/// `evomerge evolve recipe` is refused: non-zero exit, the message names `key`, and the output
+/// directory (`run` beside the recipe) is not created.
+pub fn assert_refused(recipe: &Path, key: &str) {
+    let out = recipe.with_file_name("run");
+    let o = evomerge(&["evolve", recipe.to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet"]);
+    assert!(!o.status.success(), "should be refused");
+    let err = stderr(&o);
+    assert!(err.contains(key), "the message should name `{key}`: {err}");
+    assert!(!out.exists(), "a refused recipe must leave nothing behind");
+}

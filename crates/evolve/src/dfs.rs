@@ -15,13 +15,11 @@
 //! layers, at 2σ (so the mean path is the first model itself); scales 1. With `fixed_ends` the first
 //! model's first and last layers start and end every path and have no indicator gene.
 
-use std::collections::BTreeMap;
-
 use evomerge_mistral::{Hop, LayerPath, ScaleConvention};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EvolveError, Result};
-use crate::genome::unique_labels;
+use crate::genome::{unique_labels, SearchSpace};
 
 /// The `dfs:` section of a recipe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -241,24 +239,6 @@ impl DfsSpace {
         self.pool_len() * self.repeats
     }
 
-    pub fn names(&self) -> Vec<String> {
-        self.genes.iter().map(|g| g.name.clone()).collect()
-    }
-    pub fn x0(&self) -> Vec<f64> {
-        self.genes.iter().map(|g| g.init).collect()
-    }
-    pub fn lower(&self) -> Vec<f64> {
-        self.genes.iter().map(|g| g.lower).collect()
-    }
-    pub fn upper(&self) -> Vec<f64> {
-        self.genes.iter().map(|g| g.upper).collect()
-    }
-
-    /// Gene name → value.
-    pub fn params(&self, x: &[f64]) -> BTreeMap<String, f64> {
-        self.genes.iter().zip(x).map(|(g, v)| (g.name.clone(), *v)).collect()
-    }
-
     /// Which model (index) and which of its layers pool layer `p` is.
     pub fn locate(&self, p: usize) -> (usize, usize) {
         locate(&self.layers, p)
@@ -300,6 +280,16 @@ impl DfsSpace {
             hops.push(Hop { layer, scale: f32_round(scale) });
         }
         LayerPath::new(hops, ScaleConvention::ReleasedBranch).map_err(|e| e.to_string())
+    }
+}
+
+impl SearchSpace for DfsSpace {
+    fn dim(&self) -> usize {
+        self.genes.len()
+    }
+    fn gene(&self, i: usize) -> (&str, f64, f64, f64) {
+        let g = &self.genes[i];
+        (&g.name, g.lower, g.upper, g.init)
     }
 }
 

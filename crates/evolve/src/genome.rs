@@ -26,6 +26,41 @@ pub struct Gene {
     pub init: f64,
 }
 
+/// The genes of a search space, in vector order: what CMA-ES needs (start, bounds) and what the
+/// journal records (names).
+pub trait SearchSpace {
+    fn dim(&self) -> usize;
+    /// Gene `i`: (name, lower, upper, init).
+    fn gene(&self, i: usize) -> (&str, f64, f64, f64);
+
+    fn names(&self) -> Vec<String> {
+        (0..self.dim()).map(|i| self.gene(i).0.to_string()).collect()
+    }
+    fn x0(&self) -> Vec<f64> {
+        (0..self.dim()).map(|i| self.gene(i).3).collect()
+    }
+    fn lower(&self) -> Vec<f64> {
+        (0..self.dim()).map(|i| self.gene(i).1).collect()
+    }
+    fn upper(&self) -> Vec<f64> {
+        (0..self.dim()).map(|i| self.gene(i).2).collect()
+    }
+    /// Gene name → value.
+    fn params(&self, x: &[f64]) -> BTreeMap<String, f64> {
+        (0..self.dim()).zip(x).map(|(i, v)| (self.gene(i).0.to_string(), *v)).collect()
+    }
+}
+
+impl SearchSpace for GenomeSpace {
+    fn dim(&self) -> usize {
+        self.genes.len()
+    }
+    fn gene(&self, i: usize) -> (&str, f64, f64, f64) {
+        let g = &self.genes[i];
+        (&g.name, g.lower, g.upper, g.init)
+    }
+}
+
 /// Everything needed to turn optimiser vectors into merge recipes.
 #[derive(Debug, Clone)]
 pub struct GenomeSpace {
@@ -105,24 +140,6 @@ impl GenomeSpace {
             dtype: g.dtype.clone(),
             num_layers,
         })
-    }
-
-    pub fn dim(&self) -> usize {
-        self.genes.len()
-    }
-    pub fn x0(&self) -> Vec<f64> {
-        self.genes.iter().map(|g| g.init).collect()
-    }
-    pub fn lower(&self) -> Vec<f64> {
-        self.genes.iter().map(|g| g.lower).collect()
-    }
-    pub fn upper(&self) -> Vec<f64> {
-        self.genes.iter().map(|g| g.upper).collect()
-    }
-
-    /// Gene name → value.
-    pub fn params(&self, x: &[f64]) -> BTreeMap<String, f64> {
-        self.genes.iter().zip(x).map(|(g, v)| (g.name.clone(), *v)).collect()
     }
 
     /// The merge recipe of vector `x`: `models:` with per-model parameters when the genome has one

@@ -24,7 +24,7 @@ pub mod search;
 pub mod trials;
 
 pub use error::EvolveError;
-pub use genome::{Gene, GenomeSpace};
+pub use genome::{Gene, GenomeSpace, SearchSpace};
 pub use journal::{Journal, TrialOutcome, TrialRecord, TrialStatus};
 pub use recipe::EvolveRecipe;
 pub use search::{run, SearchOptions, SearchReport};

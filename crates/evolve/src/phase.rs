@@ -6,7 +6,6 @@
 //! uninterrupted one would have. A parameter-space and a data-flow-space phase run through the same
 //! loop (PS+DFS: one after the other, numbering trials on from where the first ended).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -15,17 +14,14 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::error::{EvolveError, Result};
 use crate::export;
+use crate::genome::SearchSpace;
 use crate::journal::{Journal, PhaseKind, TrialOutcome, TrialRecord, TrialStatus};
 
 /// What a phase searches and how it scores and exports a candidate.
 pub trait Phase {
     fn kind(&self) -> PhaseKind;
-    fn gene_names(&self) -> Vec<String>;
-    fn x0(&self) -> Vec<f64>;
-    fn lower(&self) -> Vec<f64>;
-    fn upper(&self) -> Vec<f64>;
-    /// Gene name → value, as the journal records them.
-    fn params(&self, x: &[f64]) -> BTreeMap<String, f64>;
+    /// The genes.
+    fn space(&self) -> &dyn SearchSpace;
     /// What the journal records beside the params: a data-flow candidate's layer path.
     fn describe(&self, _x: &[f64]) -> Option<String> {
         None
@@ -73,8 +69,9 @@ pub fn run_phase(
     mut after_generation: impl FnMut(&Journal, Option<&TrialRecord>) -> Result<()>,
 ) -> Result<PhaseReport> {
     let kind = phase.kind();
-    let mut cma = CmaConfig::new(phase.x0(), settings.sigma0)
-        .with_bounds(phase.lower(), phase.upper())
+    let space = phase.space();
+    let mut cma = CmaConfig::new(space.x0(), settings.sigma0)
+        .with_bounds(space.lower(), space.upper())
         .with_seed(settings.seed);
     if settings.population > 0 {
         cma = cma.with_popsize(settings.population);
@@ -133,7 +130,7 @@ pub fn run_phase(
                         }
                     }
                     let described = phase.describe(x);
-                    journal.start_trial(trial, kind, generation, c as u64, x, &phase.params(x), described.as_deref(), &worker)?;
+                    journal.start_trial(trial, kind, generation, c as u64, x, &phase.space().params(x), described.as_deref(), &worker)?;
                     let t0 = Instant::now();
                     let result = phase.evaluate(x);
                     let seconds = t0.elapsed().as_secs_f64();

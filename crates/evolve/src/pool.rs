@@ -3,7 +3,6 @@
 //! that model — no reload and no copy of a layer's weights — and scored with one KV cache per hop.
 //! The best path is exported as an `evomistral` directory holding only the layers it uses.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -16,6 +15,7 @@ use crate::error::{EvolveError, Result};
 use crate::export;
 use crate::fitness::{score_live, Scorer, Task};
 use crate::generators::FeatureCache;
+use crate::genome::SearchSpace;
 use crate::journal::{PhaseKind, TrialOutcome, TrialRecord};
 use crate::live::Live;
 use crate::phase::Phase;
@@ -88,10 +88,6 @@ impl<'a> DfsPhase<'a> {
         Ok(DfsPhase { space, live, task, metric, scorer, features: FeatureCache::new(), models })
     }
 
-    pub fn space(&self) -> &DfsSpace {
-        &self.space
-    }
-
     fn set_path(&mut self, x: &[f64]) -> Result<LayerPath> {
         let path = self.space.path(x).map_err(EvolveError::Fitness)?;
         self.live
@@ -113,20 +109,8 @@ impl Phase for DfsPhase<'_> {
     fn kind(&self) -> PhaseKind {
         PhaseKind::Dfs
     }
-    fn gene_names(&self) -> Vec<String> {
-        self.space.names()
-    }
-    fn x0(&self) -> Vec<f64> {
-        self.space.x0()
-    }
-    fn lower(&self) -> Vec<f64> {
-        self.space.lower()
-    }
-    fn upper(&self) -> Vec<f64> {
-        self.space.upper()
-    }
-    fn params(&self, x: &[f64]) -> BTreeMap<String, f64> {
-        self.space.params(x)
+    fn space(&self) -> &dyn SearchSpace {
+        &self.space
     }
     fn describe(&self, x: &[f64]) -> Option<String> {
         self.space.path(x).ok().map(|p| p.to_string())

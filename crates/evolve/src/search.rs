@@ -14,7 +14,7 @@ use crate::error::{EvolveError, Result};
 use crate::export;
 use crate::fitness::{score_live, Scorer, Task};
 use crate::generators::FeatureCache;
-use crate::genome::GenomeSpace;
+use crate::genome::{GenomeSpace, SearchSpace};
 use crate::journal::{PhaseKind, TrialOutcome, TrialRecord, TrialStatus};
 use crate::live::{candle_dtype, parse_device, Live};
 use crate::phase::{run_phase, Phase, PhaseSettings};
@@ -287,20 +287,8 @@ impl Phase for PsPhase<'_> {
     fn kind(&self) -> PhaseKind {
         PhaseKind::Ps
     }
-    fn gene_names(&self) -> Vec<String> {
-        self.space.genes.iter().map(|g| g.name.clone()).collect()
-    }
-    fn x0(&self) -> Vec<f64> {
-        self.space.x0()
-    }
-    fn lower(&self) -> Vec<f64> {
-        self.space.lower()
-    }
-    fn upper(&self) -> Vec<f64> {
-        self.space.upper()
-    }
-    fn params(&self, x: &[f64]) -> std::collections::BTreeMap<String, f64> {
-        self.space.params(x)
+    fn space(&self) -> &dyn SearchSpace {
+        self.space
     }
 
     /// Merge candidate `x` into the live model and score it.
@@ -327,13 +315,13 @@ pub fn evaluate_initial(recipe_path: &Path, options: &SearchOptions) -> Result<T
     if let Some(mut ps) = p.ps.take() {
         let resident = load_sources(&mut ps.opened)?;
         let mut phase = PsPhase::new(&p, &ps, &resident)?;
-        let x0 = phase.x0();
+        let x0 = phase.space().x0();
         return phase.evaluate(&x0);
     }
     let dfs = p.dfs.as_ref().ok_or_else(|| EvolveError::recipe("(top level)", "nothing to search"))?;
     let dirs: Vec<PathBuf> = dfs.dirs.iter().flatten().cloned().collect();
     let mut phase = DfsPhase::load(dfs.space.clone(), &dirs, &p.device, dfs.dtype, &p.task, p.recipe.task.metric, p.scorer.as_ref())?;
-    let x0 = phase.x0();
+    let x0 = phase.space().x0();
     phase.evaluate(&x0)
 }
 

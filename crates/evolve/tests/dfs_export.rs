@@ -65,9 +65,9 @@ fn exported_evomistral_gives_the_searched_candidates_logits() {
             // Hop t > 0 carries W[previous layer][this layer].
             let m = space.pool_len();
             let w0 = space.genes.iter().position(|g| g.name.starts_with("scale.")).unwrap();
-            for t in 1..path.len() {
-                let (i, j) = (path.hops()[t - 1].layer, path.hops()[t].layer);
-                assert_eq!(stored[t], x[w0 + i * m + j] as f32 as f64);
+            for (pair, &scale) in path.hops().windows(2).zip(&stored[1..]) {
+                let (i, j) = (pair[0].layer, pair[1].layer);
+                assert_eq!(scale, x[w0 + i * m + j] as f32 as f64);
             }
         }
         let ids = [1u32, 7, 12, 30, 4, 41, 2, 9];

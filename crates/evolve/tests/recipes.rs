@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use evomerge_evolve::recipe::{Metric, TaskKind};
-use evomerge_evolve::{EvolveRecipe, GenomeSpace};
+use evomerge_evolve::{EvolveRecipe, GenomeSpace, SearchSpace};
 
 fn shipped(name: &str) -> EvolveRecipe {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../evals/recipes").join(name);
