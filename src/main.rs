@@ -32,6 +32,8 @@ enum Command {
     Evolve(cmd::evolve::Args),
     /// Print the trials of a search (JSON lines or CSV).
     Trials(cmd::trials::Args),
+    /// Join a search through its journal and evaluate queued candidates until it is done.
+    Worker(cmd::worker::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -53,6 +55,7 @@ fn main() -> std::process::ExitCode {
         Command::AskTell(args) => cmd::ask_tell::run(args),
         Command::Evolve(args) => cmd::evolve::run(args),
         Command::Trials(args) => cmd::trials::run(args),
+        Command::Worker(args) => cmd::worker::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

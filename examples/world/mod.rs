@@ -94,7 +94,7 @@ pub fn run(exp: &Experiment, opts: &Options) -> anyhow::Result<()> {
     std::fs::write(&recipe_path, &recipe_text)?;
     let search_dir = opts.out.join("search");
     eprintln!("{}: searching ({} trials) into {}", exp.name, opts.trials, search_dir.display());
-    let report = evomerge_evolve::run(&recipe_path, &SearchOptions { out: search_dir.clone(), seed: None, max_trials: None, progress: true })?;
+    let report = evomerge_evolve::run(&recipe_path, &SearchOptions { progress: true, ..SearchOptions::new(search_dir.clone()) })?;
     let best = report.best.clone().context("the search finished no trial")?;
 
     // Rows: each parent (a text parent of a VLM experiment seen through the VLM's tower), and

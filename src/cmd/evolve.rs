@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use evomerge_evolve::journal::Location;
 use evomerge_evolve::{run as run_search, SearchOptions};
 
 #[derive(Parser)]
@@ -31,11 +32,43 @@ pub struct Args {
     /// DIR/report.md and DIR/summary.json. Recipes with a `final_eval` section do this anyway.
     #[arg(long)]
     pub final_eval: bool,
+    /// Keep the trial journal on a PostgreSQL server (`postgresql://user@host/db`, one database per
+    /// search) instead of DIR/journal.sqlite, so that workers on other machines can join.
+    #[arg(long, value_name = "URL")]
+    pub journal: Option<String>,
+    /// 0: only coordinate (ask, queue, tell); `evomerge worker` processes evaluate every candidate.
+    /// Otherwise (the default) this process evaluates candidates too, beside any workers.
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Seconds a claimed candidate stays claimed without a heartbeat.
+    #[arg(long, default_value_t = evomerge_evolve::search::DEFAULT_LEASE_SECONDS)]
+    pub lease_seconds: f64,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let out = args.out.clone().unwrap_or_default();
-    let options = SearchOptions { out: out.clone(), seed: args.seed, max_trials: args.max_trials, progress: !args.quiet };
+    let journal = match &args.journal {
+        Some(url) => match Location::parse(url) {
+            l @ Location::Postgres(_) => Some(l),
+            Location::Sqlite(_) => anyhow::bail!(
+                "--journal takes a PostgreSQL URL (postgresql://user@host/db); the SQLite journal is always DIR/journal.sqlite"
+            ),
+        },
+        None => None,
+    };
+    anyhow::ensure!(args.lease_seconds > 0.0, "--lease-seconds must be positive");
+    if args.evaluate_initial {
+        anyhow::ensure!(args.journal.is_none() && args.workers.is_none(), "--evaluate-initial runs no search: no --journal or --workers");
+    }
+    let options = SearchOptions {
+        seed: args.seed,
+        max_trials: args.max_trials,
+        progress: !args.quiet,
+        journal,
+        evaluate: args.workers != Some(0),
+        lease_seconds: args.lease_seconds,
+        ..SearchOptions::new(out.clone())
+    };
     if args.evaluate_initial {
         let outcome = evomerge_evolve::search::evaluate_initial(&args.recipe, &options)
             .with_context(|| format!("scoring the initial genome of {}", args.recipe.display()))?;

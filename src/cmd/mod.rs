@@ -9,6 +9,7 @@ pub mod logits;
 pub mod merge;
 pub mod score;
 pub mod trials;
+pub mod worker;
 
 use anyhow::Context;
 use candle_core::{DType, Device};

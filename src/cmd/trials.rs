@@ -1,10 +1,11 @@
 //! `evomerge trials`: print a search's trial records from its journal (also while it runs).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::Path;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use evomerge_evolve::journal::Location;
 use evomerge_evolve::Journal;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -15,8 +16,8 @@ pub enum Format {
 
 #[derive(Parser)]
 pub struct Args {
-    /// The search's output directory (or its journal.sqlite).
-    pub dir: PathBuf,
+    /// The search's output directory, its journal.sqlite, or a PostgreSQL journal URL.
+    pub dir: String,
     #[arg(long, value_enum, default_value = "jsonl")]
     pub format: Format,
     /// Print the recipe stored in the journal instead of the trials.
@@ -25,8 +26,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let path = if args.dir.is_dir() { args.dir.join(evomerge_evolve::export::JOURNAL_FILE) } else { args.dir.clone() };
-    let journal = Journal::open_existing(&path)?;
+    let journal = Journal::connect_existing(&journal_location(&args.dir)?)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if args.recipe {
@@ -45,4 +45,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => Ok(other?),
     }
+}
+
+/// A journal named on the command line: a PostgreSQL URL, a search directory (whose journal may be
+/// on a server: its `journal.url` says which, and a URL with a password must be given in full) or a
+/// `.sqlite` file.
+pub fn journal_location(spec: &str) -> anyhow::Result<Location> {
+    let marker = Path::new(spec).join(evomerge_evolve::export::JOURNAL_URL_FILE);
+    if !Path::new(spec).join(evomerge_evolve::export::JOURNAL_FILE).exists() && marker.is_file() {
+        let url = std::fs::read_to_string(&marker).with_context(|| format!("reading {}", marker.display()))?;
+        let url = url.trim();
+        anyhow::ensure!(!url.contains(":***@"), "{spec}'s journal is on {url}; give that URL with its password");
+        return Ok(Location::parse(url));
+    }
+    Ok(Location::parse(spec))
 }

@@ -24,7 +24,7 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Trial records without the fields that depend on timing or the process (seconds, worker).
+/// Trial records without the fields that depend on timing or the process (seconds, worker, wait).
 pub fn records(dir: &Path) -> Vec<serde_json::Value> {
     let out = evomerge(&["trials", dir.to_str().unwrap(), "--format", "jsonl"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -37,6 +37,7 @@ pub fn records(dir: &Path) -> Vec<serde_json::Value> {
             o.remove("seconds");
             o.remove("merge_seconds");
             o.remove("worker");
+            o.remove("wait_seconds");
             v
         })
         .collect()
@@ -70,7 +71,8 @@ pub fn kill_mid_trial(recipe: &Path, out: &Path, total: usize, ready: impl Fn(&[
         }
         let _ = child.wait();
         let after_kill = records(out);
-        if after_kill.iter().any(|r| r["status"] == "running") && after_kill.len() < total {
+        let finished = after_kill.iter().filter(|r| r["status"] == "complete" || r["status"] == "failed").count();
+        if after_kill.iter().any(|r| r["status"] == "running") && finished < total {
             return true;
         }
     }

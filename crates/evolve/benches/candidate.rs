@@ -165,7 +165,7 @@ fn main() {
     std::fs::write(&recipe_path, recipe).expect("recipe");
     let out = dir.join(format!("run-{metric}-{dtype}"));
     let _ = std::fs::remove_dir_all(&out);
-    let report = evomerge_evolve::run(&recipe_path, &SearchOptions { out: out.clone(), seed: None, max_trials: None, progress: false })
+    let report = evomerge_evolve::run(&recipe_path, &SearchOptions::new(out.clone()))
         .expect("search");
     let records = Journal::open_existing(&out.join("journal.sqlite")).expect("journal").trials().expect("trials");
     // The first trial also pays for warming caches; report the median of the rest where there is one.

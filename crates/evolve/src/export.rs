@@ -10,12 +10,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{EvolveError, Result};
 use crate::genome::GenomeSpace;
-use crate::journal::{Journal, TrialRecord};
+use crate::journal::{Journal, Location, TrialRecord};
 use crate::plots::{self, RecipeGrid, TrialPoint};
 use crate::recipe::EvolveRecipe;
 
 pub const JOURNAL_FILE: &str = "journal.sqlite";
 pub const BEST_DIR: &str = "best";
+/// In an output directory whose journal is on a PostgreSQL server: that server's URL (no password).
+pub const JOURNAL_URL_FILE: &str = "journal.url";
 
 /// `best/genome.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,21 +32,43 @@ pub struct BestGenome {
     pub genome: Vec<f64>,
 }
 
-/// Create the output directory (or find the one a previous run left), open its journal and bind
-/// it to the recipe: a directory holding another recipe's journal is refused.
-pub fn prepare_out_dir(out: &Path, recipe: &EvolveRecipe) -> Result<Journal> {
+/// Create the output directory (or find the one a previous run left), open its journal (the
+/// directory's SQLite file, or `journal` when given) and bind it to the recipe: a journal holding
+/// another recipe is refused.
+pub fn prepare_out_dir(out: &Path, recipe: &EvolveRecipe, journal: Option<&Location>) -> Result<Journal> {
     if out.exists() && !out.is_dir() {
         return Err(EvolveError::OutputDir(format!("{} exists and is not a directory", out.display())));
     }
     let journal_path = out.join(JOURNAL_FILE);
-    if out.is_dir() && !journal_path.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(false) {
+    let marker = out.join(JOURNAL_URL_FILE);
+    if out.is_dir()
+        && !journal_path.exists()
+        && !marker.exists()
+        && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(false)
+    {
         return Err(EvolveError::OutputDir(format!(
             "{} is not empty and holds no search journal; choose a new --out directory",
             out.display()
         )));
     }
-    std::fs::create_dir_all(out).map_err(|e| EvolveError::io(format!("creating {}", out.display()), e))?;
-    let mut journal = Journal::open(&journal_path)?;
+    let location = journal.cloned().unwrap_or_else(|| Location::Sqlite(journal_path.clone()));
+    let create = || std::fs::create_dir_all(out).map_err(|e| EvolveError::io(format!("creating {}", out.display()), e));
+    // A server is reached before anything is created: one that does not answer leaves nothing behind.
+    let mut journal = match &location {
+        Location::Sqlite(_) => {
+            create()?;
+            Journal::connect(&location)?
+        }
+        Location::Postgres(_) => {
+            let journal = Journal::connect(&location)?;
+            create()?;
+            journal
+        }
+    };
+    if let Location::Postgres(_) = location {
+        // The directory says where its journal is (password left out).
+        write_atomic(&marker, format!("{}\n", location.display()).as_bytes())?;
+    }
     let yaml = serde_norway::to_string(recipe).map_err(|e| EvolveError::recipe("(recipe)", e.to_string()))?;
     journal.bind_recipe(&recipe.identity()?, &yaml)?;
     repair_best_swap(out)?;
@@ -149,7 +173,7 @@ pub fn write_reports(out: &Path, journal: &Journal, metric: &str) -> Result<()> 
     write_atomic(&out.join("trials.csv"), &csv)?;
     let points: Vec<TrialPoint> = records
         .iter()
-        .filter(|r| r.status != crate::journal::TrialStatus::Running)
+        .filter(|r| r.status.is_finished())
         .map(|r| TrialPoint { trial: r.trial, generation: r.generation, fitness: r.fitness })
         .collect();
     if !points.is_empty() {

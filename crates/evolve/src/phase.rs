@@ -1,13 +1,14 @@
-//! One search phase over the journal: CMA-ES asks a whole generation; each candidate is scored
-//! and journalled (`running`, then `complete`/`failed`); the generation is told back in candidate
-//! order. The optimiser is rebuilt by replaying the journal: the same seed asks the same
+//! One search phase over the journal: CMA-ES asks a whole generation; its candidates are queued in
+//! the journal (`pending`) and evaluated by this process, by `evomerge worker` processes, or both
+//! (`running`, then `complete`/`failed`); once all are finished the generation is told back in
+//! candidate order, so the trial records do not depend on who evaluated what. The optimiser is rebuilt by replaying the journal: the same seed asks the same
 //! candidates, finished trials are told their recorded fitness, and only what is missing is
 //! evaluated. So a search killed at any point and started again records exactly what an
 //! uninterrupted one would have. A parameter-space and a data-flow-space phase run through the same
 //! loop (PS+DFS: one after the other, numbering trials on from where the first ended).
 
 use std::path::Path;
-use std::time::Instant;
+use std::time::Duration;
 
 use evomerge_cmaes::{CmaEs, Config as CmaConfig};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -15,7 +16,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::error::{EvolveError, Result};
 use crate::export;
 use crate::genome::SearchSpace;
-use crate::journal::{Journal, PhaseKind, TrialOutcome, TrialRecord, TrialStatus};
+use crate::journal::{worker_id, Journal, PhaseKind, TrialOutcome, TrialRecord};
+use crate::work::{evaluate_claim, Heartbeat};
 
 /// What a phase searches and how it scores and exports a candidate.
 pub trait Phase {
@@ -25,6 +27,11 @@ pub trait Phase {
     /// What the journal records beside the params: a data-flow candidate's layer path.
     fn describe(&self, _x: &[f64]) -> Option<String> {
         None
+    }
+    /// Load what evaluating needs beyond what exporting does (the live model on its device); an
+    /// error here stops the process instead of failing trials. Called before the first evaluation.
+    fn prepare_evaluation(&mut self) -> Result<()> {
+        Ok(())
     }
     /// Score candidate `x` (an error fails the trial; the search goes on).
     fn evaluate(&mut self, x: &[f64]) -> Result<TrialOutcome>;
@@ -45,6 +52,10 @@ pub struct PhaseSettings {
     pub first_trial: u64,
     pub progress: bool,
     pub metric: &'static str,
+    /// Evaluate queued candidates in this process too (false: `--workers 0`, workers do it all).
+    pub evaluate: bool,
+    /// How long a claim holds without a heartbeat.
+    pub lease_seconds: f64,
 }
 
 /// What a phase did.
@@ -52,7 +63,7 @@ pub struct PhaseSettings {
 pub struct PhaseReport {
     /// The number the next phase's first trial gets.
     pub next_trial: u64,
-    /// Trials evaluated by this run.
+    /// Trials evaluated by this process.
     pub evaluated: u64,
     /// Why CMA-ES ended the phase before `max_trials`, if it did.
     pub stopped: Option<String>,
@@ -82,87 +93,84 @@ pub fn run_phase(
     let mut trial = settings.first_trial;
     let mut evaluated = 0u64;
     let mut stopped = None;
-    let mut replaying = true;
-    let worker = format!("{}:{}", hostname(), std::process::id());
+    let worker = worker_id();
+    if settings.evaluate {
+        phase.prepare_evaluation()?;
+    }
+    let heartbeat = if settings.evaluate { Some(Heartbeat::start(journal.location().clone(), worker.clone(), settings.lease_seconds)) } else { None };
+    let mut waiting_told = false;
     let mut generation = 0u64;
-    'search: while trial < end {
+    while trial < end {
         if es.is_stopped() {
             stopped = es.stop_reason().map(|r| format!("{r:?}"));
             break;
         }
         let candidates = es.ask()?;
-        let mut told = Vec::with_capacity(candidates.len());
-        for (c, x) in candidates.iter().enumerate() {
-            if trial >= end {
-                break 'search;
-            }
-            let record = match journal.trial(trial)? {
-                Some(r) if r.status != TrialStatus::Running => {
-                    if r.phase != kind {
-                        return Err(journal_mismatch(
-                            journal,
-                            format!(
-                                "trial {trial} belongs to the {} phase, but the {} phase wants it: once a later phase has \
-                                 begun, an earlier one cannot be given more trials",
-                                r.phase.as_str(),
-                                kind.as_str()
-                            ),
-                        ));
-                    }
-                    if r.genome != *x || r.generation != generation {
-                        return Err(journal_mismatch(
-                            journal,
-                            format!(
-                                "trial {trial} in the journal is not the candidate this recipe and seed ask for; \
-                                 the journal was written by another version or recipe"
-                            ),
-                        ));
-                    }
-                    r
-                }
-                _ => {
-                    if replaying {
-                        // The replayed prefix is over: make sure best/ holds its best (a run killed
-                        // between journalling a trial and exporting it left it behind).
-                        replaying = false;
-                        if let Some(b) = best.as_ref().filter(|b| b.phase == kind) {
-                            ensure_best(phase, out, b)?;
-                        }
-                    }
+        let n = candidates.len().min((end - trial) as usize);
+        // Queue the generation (a resumed run finds its rows and checks they are these candidates).
+        let mut fresh = false;
+        for (c, x) in candidates.iter().take(n).enumerate() {
+            let t = trial + c as u64;
+            match journal.trial(t)? {
+                Some(r) => check_row(journal, &r, kind, generation, x)?,
+                None => {
                     let described = phase.describe(x);
-                    journal.start_trial(trial, kind, generation, c as u64, x, &phase.space().params(x), described.as_deref(), &worker)?;
-                    let t0 = Instant::now();
-                    let result = phase.evaluate(x);
-                    let seconds = t0.elapsed().as_secs_f64();
-                    match &result {
-                        Ok(outcome) => journal.finish_trial(trial, Ok(outcome), seconds)?,
-                        Err(e) => {
-                            tracing::warn!("trial {trial} failed: {e}");
-                            journal.finish_trial(trial, Err(&e.to_string()), seconds)?;
-                        }
-                    }
-                    evaluated += 1;
-                    journal
-                        .trial(trial)?
-                        .ok_or_else(|| journal_mismatch(journal, format!("trial {trial} vanished from the journal")))?
-                }
-            };
-            let improved =
-                record.fitness.is_some_and(|f| best.as_ref().and_then(|b| b.fitness).is_none_or(|b| f > b));
-            if improved {
-                *best = Some(record.clone());
-                if !replaying && record.status == TrialStatus::Complete {
-                    phase.export_best(out, &record)?;
+                    journal.enqueue(t, kind, generation, c as u64, x, &phase.space().params(x), described.as_deref())?;
+                    fresh = true;
                 }
             }
-            bar.set_position(trial + 1 - settings.first_trial);
-            bar.set_message(format!(
-                "gen {generation} best {} last {:.2}s",
-                best.as_ref().and_then(|b| b.fitness).map_or("-".into(), |f| format!("{f:.4}")),
-                record.seconds.unwrap_or(0.0)
-            ));
+        }
+        // Evaluate (or wait for workers to) until every candidate of the generation is finished.
+        let mut pause = POLL_MIN;
+        let records = loop {
+            let rows = journal.trial_range(trial, trial + n as u64)?;
+            let done = rows.iter().filter(|r| r.status.is_finished()).count();
+            bar.set_position(trial + done as u64 - settings.first_trial);
+            if rows.len() == n && done == n {
+                break rows;
+            }
+            fresh = true;
+            journal.requeue_dead_local_workers()?;
+            if let Some(heartbeat) = &heartbeat {
+                if let Some(claim) = journal.claim(Some(kind), &worker, settings.lease_seconds)? {
+                    if evaluate_claim(phase, journal, &claim, &worker, heartbeat)? {
+                        evaluated += 1;
+                    }
+                    pause = POLL_MIN;
+                    continue;
+                }
+            } else if !waiting_told && settings.progress {
+                waiting_told = true;
+                eprintln!(
+                    "coordinator: {} candidates queued in {}; start workers with `evomerge worker --journal {}`",
+                    n - done,
+                    journal.path().display(),
+                    journal.location().display()
+                );
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(POLL_MAX);
+        };
+        let mut told = Vec::with_capacity(n);
+        for record in records {
+            if record.fitness.is_some_and(|f| best.as_ref().and_then(|b| b.fitness).is_none_or(|b| f > b)) {
+                *best = Some(record.clone());
+            }
             told.push(record.fitness);
-            trial += 1;
+        }
+        // best/ follows the search once it runs past what an earlier run already finished.
+        if fresh {
+            if let Some(b) = best.as_ref().filter(|b| b.phase == kind) {
+                ensure_best(phase, out, b)?;
+            }
+        }
+        bar.set_message(format!(
+            "gen {generation} best {}",
+            best.as_ref().and_then(|b| b.fitness).map_or("-".into(), |f| format!("{f:.4}")),
+        ));
+        trial += n as u64;
+        if n < candidates.len() {
+            break;
         }
         es.tell(&cma_fitness(&told))?;
         generation += 1;
@@ -173,6 +181,37 @@ pub fn run_phase(
         ensure_best(phase, out, b)?;
     }
     Ok(PhaseReport { next_trial: trial, evaluated, stopped })
+}
+
+/// Waits between looks at the journal while others evaluate.
+const POLL_MIN: Duration = Duration::from_millis(5);
+const POLL_MAX: Duration = Duration::from_millis(250);
+
+/// A row already in the journal must be this phase's candidate `x` of `generation`.
+fn check_row(journal: &Journal, r: &TrialRecord, kind: PhaseKind, generation: u64, x: &[f64]) -> Result<()> {
+    if r.phase != kind {
+        return Err(journal_mismatch(
+            journal,
+            format!(
+                "trial {} belongs to the {} phase, but the {} phase wants it: once a later phase has begun, an earlier \
+                 one cannot be given more trials",
+                r.trial,
+                r.phase.as_str(),
+                kind.as_str()
+            ),
+        ));
+    }
+    if r.genome != x || r.generation != generation {
+        return Err(journal_mismatch(
+            journal,
+            format!(
+                "trial {} in the journal is not the candidate this recipe and seed ask for; the journal was written by \
+                 another version or recipe",
+                r.trial
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Export `record` unless `best/` already holds it.
@@ -207,9 +246,6 @@ fn progress_bar(enabled: bool, total: u64, kind: PhaseKind) -> ProgressBar {
     bar
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
-}
 
 #[cfg(test)]
 mod tests {

@@ -15,7 +15,7 @@ use crate::export;
 use crate::fitness::{score_live, Scorer, Task};
 use crate::generators::FeatureCache;
 use crate::genome::{GenomeSpace, SearchSpace};
-use crate::journal::{PhaseKind, TrialOutcome, TrialRecord, TrialStatus};
+use crate::journal::{Location, PhaseKind, TrialOutcome, TrialRecord};
 use crate::live::{candle_dtype, parse_device, Live};
 use crate::phase::{run_phase, Phase, PhaseSettings};
 use crate::pool::DfsPhase;
@@ -31,7 +31,38 @@ pub struct SearchOptions {
     pub max_trials: Option<u64>,
     /// Draw a progress bar (when stderr is a terminal).
     pub progress: bool,
+    /// Where the journal lives: `None` for `out/journal.sqlite`, or a PostgreSQL URL.
+    pub journal: Option<Location>,
+    /// Evaluate candidates in this process too (`--workers 0` makes it false: workers do it all).
+    pub evaluate: bool,
+    /// How long a claimed candidate stays claimed without a heartbeat.
+    pub lease_seconds: f64,
 }
+
+impl SearchOptions {
+    /// Single-process defaults for the search in `out`.
+    pub fn new(out: impl Into<PathBuf>) -> SearchOptions {
+        SearchOptions {
+            out: out.into(),
+            seed: None,
+            max_trials: None,
+            progress: false,
+            journal: None,
+            evaluate: true,
+            lease_seconds: DEFAULT_LEASE_SECONDS,
+        }
+    }
+}
+
+/// A claim's lease when no heartbeat renews it: long enough for a stalled connection to recover,
+/// short enough that a lost node's candidate is soon evaluated elsewhere.
+pub const DEFAULT_LEASE_SECONDS: f64 = 60.0;
+
+/// Study keys the coordinator writes for workers: the search's state (`running`/`done`), the
+/// recipe's directory (relative paths in it) and the output directory (the PS result of PS+DFS).
+pub const STATE_KEY: &str = "state";
+pub const RECIPE_DIR_KEY: &str = "recipe_dir";
+pub const OUT_KEY: &str = "out";
 
 /// What a search did.
 #[derive(Debug, Clone)]
@@ -141,32 +172,32 @@ pub fn open_models(recipe: &EvolveRecipe) -> Result<OpenedModels> {
 }
 
 /// The parameter-space part of a recipe, checked, nothing read yet.
-struct PsPrepared {
-    opened: OpenedModels,
-    space: GenomeSpace,
+pub(crate) struct PsPrepared {
+    pub(crate) opened: OpenedModels,
+    pub(crate) space: GenomeSpace,
     initial: MergeConfig,
     dtype: candle_core::DType,
 }
 
 /// The data-flow part: `dirs[k]` is `None` for `ps` (known once the PS phase has run).
-struct DfsPrepared {
-    space: DfsSpace,
-    dirs: Vec<Option<PathBuf>>,
-    dtype: candle_core::DType,
+pub(crate) struct DfsPrepared {
+    pub(crate) space: DfsSpace,
+    pub(crate) dirs: Vec<Option<PathBuf>>,
+    pub(crate) dtype: candle_core::DType,
 }
 
 /// A recipe checked against its models and data, nothing read yet.
-struct Prepared {
-    recipe: EvolveRecipe,
-    ps: Option<PsPrepared>,
-    dfs: Option<DfsPrepared>,
-    task: Task,
-    scorer: Option<Scorer>,
-    device: candle_core::Device,
+pub(crate) struct Prepared {
+    pub(crate) recipe: EvolveRecipe,
+    pub(crate) ps: Option<PsPrepared>,
+    pub(crate) dfs: Option<DfsPrepared>,
+    pub(crate) task: Task,
+    pub(crate) scorer: Option<Scorer>,
+    pub(crate) device: candle_core::Device,
 }
 
 /// Everything that can be refused is refused here, before a model is read.
-fn prepare(recipe: EvolveRecipe) -> Result<Prepared> {
+pub(crate) fn prepare(recipe: EvolveRecipe) -> Result<Prepared> {
     let ps = match &recipe.genome {
         Some(genome) => {
             let opened = open_models(&recipe)?;
@@ -241,7 +272,7 @@ fn prepare_dfs(recipe: &EvolveRecipe, spec: &DfsSpec, ps: Option<&PsPrepared>, t
 }
 
 /// Read the sources into memory (once per run).
-fn load_sources(opened: &mut OpenedModels) -> Result<Vec<ResidentSource>> {
+pub(crate) fn load_sources(opened: &mut OpenedModels) -> Result<Vec<ResidentSource>> {
     tracing::info!("reading {} source models into memory", opened.checkpoints.len());
     let resident = opened.checkpoints.iter().map(ResidentSource::load).collect::<std::result::Result<Vec<_>, _>>()?;
     opened.checkpoints.clear();
@@ -249,10 +280,13 @@ fn load_sources(opened: &mut OpenedModels) -> Result<Vec<ResidentSource>> {
 }
 
 /// The parameter-space phase: each candidate is merged in memory into the live model's storage.
-struct PsPhase<'a> {
+pub(crate) struct PsPhase<'a> {
     space: &'a GenomeSpace,
     merger: InMemoryMerger<'a>,
-    live: Live,
+    /// Loaded at the first evaluation: a coordinator that only coordinates (`--workers 0`) needs
+    /// the sources (to export best/) but no model on the device.
+    live: Option<Live>,
+    live_from: (PathBuf, Layout, candle_core::Device, candle_core::DType),
     task: &'a Task,
     metric: Metric,
     scorer: Option<&'a Scorer>,
@@ -261,7 +295,7 @@ struct PsPhase<'a> {
 }
 
 impl<'a> PsPhase<'a> {
-    fn new(p: &'a Prepared, ps: &'a PsPrepared, resident: &'a [ResidentSource]) -> Result<Self> {
+    pub(crate) fn new(p: &'a Prepared, ps: &'a PsPrepared, resident: &'a [ResidentSource]) -> Result<Self> {
         let sources: Vec<&dyn TensorSource> = resident.iter().map(|r| r as &dyn TensorSource).collect();
         let seed = p.recipe.optimizer.seed;
         let merger = InMemoryMerger::from_sources(&ps.initial, sources, seed)?;
@@ -269,11 +303,11 @@ impl<'a> PsPhase<'a> {
             .files_dir()
             .ok_or_else(|| EvolveError::Model("the output model has no directory".into()))?
             .to_path_buf();
-        let live = Live::load(&dir, ps.opened.layouts[ps.opened.output], &p.device, ps.dtype)?;
         Ok(PsPhase {
             space: &ps.space,
             merger,
-            live,
+            live: None,
+            live_from: (dir, ps.opened.layouts[ps.opened.output], p.device.clone(), ps.dtype),
             task: &p.task,
             metric: p.recipe.task.metric,
             scorer: p.scorer.as_ref(),
@@ -291,15 +325,24 @@ impl Phase for PsPhase<'_> {
         self.space
     }
 
+    fn prepare_evaluation(&mut self) -> Result<()> {
+        if self.live.is_none() {
+            let (dir, layout, device, dtype) = &self.live_from;
+            self.live = Some(Live::load(dir, *layout, device, *dtype)?);
+        }
+        Ok(())
+    }
+
     /// Merge candidate `x` into the live model and score it.
     fn evaluate(&mut self, x: &[f64]) -> Result<TrialOutcome> {
         let config: MergeConfig = self.space.to_merge_config(x)?;
+        self.prepare_evaluation()?;
         let merge_started = Instant::now();
         self.merger.set_config(&config)?;
-        let live = &mut self.live;
+        let Some(live) = self.live.as_mut() else { return Err(EvolveError::Model("the live model did not load".into())) };
         self.merger.merge_into(false, |view| live.write(view))?;
         let merge_seconds = merge_started.elapsed().as_secs_f64();
-        let outcome = score_live(&self.live, self.metric, self.task, self.scorer, &mut self.features)?;
+        let outcome = score_live(live, self.metric, self.task, self.scorer, &mut self.features)?;
         Ok(TrialOutcome { merge_seconds, ..outcome })
     }
 
@@ -315,6 +358,7 @@ pub fn evaluate_initial(recipe_path: &Path, options: &SearchOptions) -> Result<T
     if let Some(mut ps) = p.ps.take() {
         let resident = load_sources(&mut ps.opened)?;
         let mut phase = PsPhase::new(&p, &ps, &resident)?;
+        phase.prepare_evaluation()?;
         let x0 = phase.space().x0();
         return phase.evaluate(&x0);
     }
@@ -330,7 +374,13 @@ pub fn run(recipe_path: &Path, options: &SearchOptions) -> Result<SearchReport> 
     let started = Instant::now();
     let mut p = prepare(effective_recipe(recipe_path, options)?)?;
     let out = options.out.clone();
-    let journal = export::prepare_out_dir(&out, &p.recipe)?;
+    let journal = export::prepare_out_dir(&out, &p.recipe, options.journal.as_ref())?;
+    journal.set_study_value(STATE_KEY, "running")?;
+    if let Some(dir) = p.recipe.recipe_dir.as_ref().and_then(|d| std::fs::canonicalize(if d.as_os_str().is_empty() { Path::new(".") } else { d }).ok()) {
+        journal.set_study_value(RECIPE_DIR_KEY, &dir.to_string_lossy())?;
+    }
+    let out_abs = std::fs::canonicalize(&out).unwrap_or_else(|_| out.clone());
+    journal.set_study_value(OUT_KEY, &out_abs.to_string_lossy())?;
     let metric = p.recipe.task.metric.name();
     let optimizer = p.recipe.optimizer.clone();
     let mut best: Option<TrialRecord> = None;
@@ -352,6 +402,8 @@ pub fn run(recipe_path: &Path, options: &SearchOptions) -> Result<SearchReport> 
             first_trial: 0,
             progress: options.progress,
             metric,
+            evaluate: options.evaluate,
+            lease_seconds: options.lease_seconds,
         };
         let report = run_phase(&mut phase, &journal, &out, &settings, &mut best, reports)?;
         next_trial = report.next_trial;
@@ -379,6 +431,8 @@ pub fn run(recipe_path: &Path, options: &SearchOptions) -> Result<SearchReport> 
             first_trial: next_trial,
             progress: options.progress,
             metric,
+            evaluate: options.evaluate,
+            lease_seconds: options.lease_seconds,
         };
         let report = run_phase(&mut phase, &journal, &out, &settings, &mut best, reports)?;
         evaluated += report.evaluated;
@@ -387,7 +441,8 @@ pub fn run(recipe_path: &Path, options: &SearchOptions) -> Result<SearchReport> 
         }
     }
     export::write_reports(&out, &journal, metric)?;
-    let finished = journal.trials()?.iter().filter(|t| t.status != TrialStatus::Running).count() as u64;
+    journal.set_study_value(STATE_KEY, "done")?;
+    let finished = journal.trials()?.iter().filter(|t| t.status.is_finished()).count() as u64;
     Ok(SearchReport { out, trials: finished, evaluated, best, seconds: started.elapsed().as_secs_f64(), stopped })
 }
 

@@ -24,7 +24,7 @@ pub fn write_csv(records: &[TrialRecord], out: &mut dyn Write) -> std::io::Resul
         }
     }
     let mut header: Vec<String> =
-        ["trial", "phase", "generation", "candidate", "status", "fitness", "seconds", "merge_seconds", "generated_tokens", "truncated", "items", "error", "path"]
+        ["trial", "phase", "generation", "candidate", "status", "fitness", "seconds", "merge_seconds", "generated_tokens", "truncated", "items", "error", "path", "worker", "wait_seconds"]
             .iter()
             .map(|s| s.to_string())
             .collect();
@@ -47,6 +47,8 @@ pub fn write_csv(records: &[TrialRecord], out: &mut dyn Write) -> std::io::Resul
             opt(r.items.map(|v| v.to_string())),
             opt(r.error.clone()),
             opt(r.path.clone()),
+            opt(r.worker.clone()),
+            opt(r.wait_seconds.map(|v| format!("{v:.3}"))),
         ];
         row.extend(genes.iter().map(|g| opt(r.params.get(*g).map(|v| v.to_string()))));
         writeln!(out, "{}", row.iter().map(|f| csv_field(f)).collect::<Vec<_>>().join(","))?;
@@ -86,14 +88,16 @@ mod tests {
             error: Some("bad, \"very\"".into()),
             genome: vec![0.25],
             item_scores: None,
-            worker: None,
+            worker: Some("node1:42".into()),
             path: None,
+            wait_seconds: Some(0.5),
         };
         let mut out = Vec::new();
         write_csv(&[r], &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("trial,phase,generation,candidate,status,fitness,"), "{text}");
         assert!(text.contains("param:a.weight"));
+        assert!(text.contains(",worker,wait_seconds,") && text.contains(",node1:42,0.500,"), "{text}");
         assert!(text.contains("\"bad, \"\"very\"\"\""), "{text}");
     }
 }

@@ -32,7 +32,7 @@ fn search(dir: &Path, scales: &str) -> (EvolveRecipe, PathBuf) {
     let path = dir.join("recipe.yml");
     std::fs::write(&path, text).unwrap();
     let out = dir.join("run");
-    let options = SearchOptions { out: out.clone(), seed: None, max_trials: None, progress: false };
+    let options = SearchOptions::new(out.clone());
     let report = evomerge_evolve::run(&path, &options).unwrap();
     assert!(report.best.is_some());
     (EvolveRecipe::from_file(&path).unwrap(), out)

@@ -1,0 +1,92 @@
+//! Evaluating queued candidates: the claim → evaluate → record step that the coordinator (unless
+//! `--workers 0`) and every `evomerge worker` run, the heartbeat that keeps a claim's lease while
+//! the evaluation runs, and the worker's loop.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::error::Result;
+use crate::journal::{Claim, Journal, Location};
+use crate::phase::Phase;
+
+/// Keeps the lease of the trial this process evaluates alive, from its own connection (a thread:
+/// the evaluation itself may hold the main thread for minutes).
+pub struct Heartbeat {
+    current: Arc<Mutex<Option<u64>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    pub fn start(location: Location, worker: String, lease_seconds: f64) -> Heartbeat {
+        let current = Arc::new(Mutex::new(None::<u64>));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, s) = (current.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let journal = match Journal::connect(&location) {
+                Ok(j) => j,
+                Err(e) => {
+                    tracing::warn!("heartbeat: {e}; leases of this process will not be extended");
+                    return;
+                }
+            };
+            let interval = Duration::from_secs_f64((lease_seconds / 4.0).max(0.05));
+            let mut last = Instant::now();
+            while !s.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20).min(interval));
+                if last.elapsed() < interval {
+                    continue;
+                }
+                last = Instant::now();
+                let trial = c.lock().ok().and_then(|t| *t);
+                if let Some(trial) = trial {
+                    match journal.heartbeat(trial, &worker, lease_seconds) {
+                        Ok(true) => {}
+                        Ok(false) => tracing::warn!("trial {trial}: this process lost its lease (another process took it over)"),
+                        Err(e) => tracing::warn!("heartbeat for trial {trial}: {e}"),
+                    }
+                }
+            }
+        });
+        Heartbeat { current, stop, thread: Some(thread) }
+    }
+
+    fn set(&self, trial: Option<u64>) {
+        if let Ok(mut t) = self.current.lock() {
+            *t = trial;
+        }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Evaluate a claimed trial and record its result; false when this process had lost the claim
+/// (the result of whoever holds it is the one recorded). A failed evaluation is a failed trial; a
+/// journal error is an error.
+pub fn evaluate_claim(phase: &mut dyn Phase, journal: &Journal, claim: &Claim, worker: &str, heartbeat: &Heartbeat) -> Result<bool> {
+    heartbeat.set(Some(claim.trial));
+    let t0 = Instant::now();
+    let result = phase.evaluate(&claim.genome);
+    let seconds = t0.elapsed().as_secs_f64();
+    heartbeat.set(None);
+    let recorded = match &result {
+        Ok(outcome) => journal.finish_trial(claim.trial, worker, Ok(outcome), seconds)?,
+        Err(e) => {
+            tracing::warn!("trial {} failed: {e}", claim.trial);
+            journal.finish_trial(claim.trial, worker, Err(&e.to_string()), seconds)?
+        }
+    };
+    if !recorded {
+        tracing::warn!("trial {}: not recorded by this process (its lease ran out and another process took it)", claim.trial);
+    }
+    Ok(recorded)
+}

@@ -1,0 +1,234 @@
+//! One search, many processes: a coordinator (`evolve --workers 0`) and `evomerge worker`
+//! processes over the SQLite journal of one machine and over a PostgreSQL journal. The trial records
+//! are those of the single-process run, also when a worker and the coordinator are SIGKILLed in the
+//! middle; a worker with another recipe is refused; a journal server that does not answer is a
+//! clear error. The PostgreSQL tests need a server: `scripts/test.sh` starts one and says where in
+//! EVOMERGE_TEST_POSTGRES; without it they fail (they never pass by skipping).
+
+mod evolve_support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use evolve_support::*;
+
+/// The tiny loglik search (16 trials in generations of 4), its task repeated so that a trial lasts
+/// long enough to be killed inside.
+fn recipe(dir: &Path, seed: u64) -> PathBuf {
+    let models = fixtures().join("merge/models");
+    let task = std::fs::read_to_string(fixtures().join("evolve/task.jsonl")).unwrap();
+    std::fs::write(dir.join("task.jsonl"), task.repeat(12)).unwrap();
+    let text = format!(
+        "genome:
+  merge_method: dare_ties
+  base_model: {m}/base
+  models: [{m}/ft1, {m}/ft2]
+  parameters: [density, weight]
+  dtype: float32
+task:
+  kind: custom
+  data: task.jsonl
+  metric: loglik
+  generation: {{batch_size: 8}}
+optimizer: {{max_trials: 16, population: 4, seed: {seed}}}
+",
+        m = models.display()
+    );
+    let path = dir.join(format!("recipe-{seed}.yml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn spawn(args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_evomerge"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting evomerge")
+}
+
+fn wait_ok(child: Child, what: &str) {
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{what} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The records of the single-process run of `recipe`.
+fn single_process(recipe: &Path, out: &Path) -> Vec<serde_json::Value> {
+    let o = evomerge(&["evolve", recipe.to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = records(out);
+    assert_eq!(r.len(), 16);
+    r
+}
+
+/// Trial records with the worker column (the raw journal rows).
+fn raw_records(journal: &str) -> Vec<serde_json::Value> {
+    let o = evomerge(&["trials", journal, "--format", "jsonl"]);
+    if !o.status.success() {
+        return Vec::new();
+    }
+    String::from_utf8(o.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn coordinator_args<'a>(recipe: &'a Path, out: &'a Path, url: Option<&'a str>) -> Vec<&'a str> {
+    let mut a = vec!["evolve", recipe.to_str().unwrap(), "--out", out.to_str().unwrap(), "--workers", "0", "--quiet"];
+    if let Some(url) = url {
+        a.extend(["--journal", url]);
+    }
+    a
+}
+
+/// Coordinator + 3 workers; returns the records (and the workers that evaluated).
+fn distributed(recipe: &Path, out: &Path, url: Option<&str>) -> (Vec<serde_json::Value>, BTreeSet<String>) {
+    let journal = url.unwrap_or(out.to_str().unwrap()).to_string();
+    // Workers may start before the coordinator has created the search.
+    let workers: Vec<Child> = (0..3).map(|_| spawn(&["worker", "--journal", &journal, "--wait-seconds", "120"])).collect();
+    let coordinator = spawn(&coordinator_args(recipe, out, url));
+    wait_ok(coordinator, "the coordinator");
+    for w in workers {
+        wait_ok(w, "a worker");
+    }
+    let who = raw_records(out.to_str().unwrap()).iter().filter_map(|r| r["worker"].as_str().map(str::to_string)).collect();
+    (records(out), who)
+}
+
+/// Coordinator + 3 workers; SIGKILL one worker in the middle of a trial, later the coordinator,
+/// restart the coordinator: the records must still be the single-process ones.
+fn distributed_with_kills(recipe: &Path, out: &Path, url: Option<&str>) -> Vec<serde_json::Value> {
+    let journal = url.unwrap_or(out.to_str().unwrap()).to_string();
+    let mut workers: Vec<Child> = (0..3).map(|_| spawn(&["worker", "--journal", &journal, "--wait-seconds", "120"])).collect();
+    let mut coordinator = spawn(&coordinator_args(recipe, out, url));
+    let started = Instant::now();
+    let mut killed_worker = false;
+    let mut killed_coordinator = false;
+    while !(killed_worker && killed_coordinator) {
+        assert!(started.elapsed() < Duration::from_secs(240), "could not kill a worker and the coordinator mid-search");
+        if coordinator.try_wait().unwrap().is_some() {
+            break;
+        }
+        let now = raw_records(out.to_str().unwrap());
+        let complete = now.iter().filter(|r| r["status"] == "complete").count();
+        if !killed_worker && complete >= 2 {
+            // A worker holding a running trial.
+            let running: Vec<u32> = now
+                .iter()
+                .filter(|r| r["status"] == "running")
+                .filter_map(|r| r["worker"].as_str()?.rsplit(':').next()?.parse().ok())
+                .collect();
+            if let Some(w) = workers.iter_mut().find(|w| running.contains(&w.id())) {
+                w.kill().unwrap();
+                w.wait().unwrap();
+                killed_worker = true;
+            }
+        } else if killed_worker && !killed_coordinator && complete >= 7 {
+            coordinator.kill().unwrap();
+            coordinator.wait().unwrap();
+            killed_coordinator = true;
+            coordinator = spawn(&coordinator_args(recipe, out, url));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(killed_worker && killed_coordinator, "the search ended before the kills");
+    wait_ok(coordinator, "the restarted coordinator");
+    for mut w in workers {
+        if w.try_wait().unwrap().is_some_and(|s| !s.success()) {
+            continue; // the killed one
+        }
+        let status = w.wait().unwrap();
+        assert!(status.success() || status.code().is_none(), "a worker failed");
+    }
+    records(out)
+}
+
+/// A new, empty database on the test server; its URL.
+fn fresh_database(name: &str) -> String {
+    let admin = std::env::var("EVOMERGE_TEST_POSTGRES").unwrap_or_else(|_| {
+        panic!(
+            "EVOMERGE_TEST_POSTGRES is not set: the distributed-journal tests need a PostgreSQL server. Run the suite \
+             with scripts/test.sh (it starts one), or set EVOMERGE_TEST_POSTGRES=postgresql://user@host:port/db"
+        )
+    });
+    let mut client = postgres::Client::connect(&admin, postgres::NoTls).expect("connecting to EVOMERGE_TEST_POSTGRES");
+    let db = format!("evomerge_{name}_{}", std::process::id());
+    client.batch_execute(&format!("DROP DATABASE IF EXISTS {db}")).unwrap();
+    client.batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b).to_string();
+    format!("{base}/{db}")
+}
+
+#[test]
+fn workers_over_the_sqlite_journal_record_what_one_process_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = recipe(tmp.path(), 3);
+    let expected = single_process(&path, &tmp.path().join("single"));
+    let (got, who) = distributed(&path, &tmp.path().join("workers"), None);
+    assert_eq!(got, expected, "3 workers must record what one process does");
+    assert!(who.len() >= 2, "the work should be shared between workers: {who:?}");
+    let killed = distributed_with_kills(&path, &tmp.path().join("killed"), None);
+    assert_eq!(killed, expected, "killing a worker and the coordinator must lose or repeat nothing");
+    assert_eq!(
+        std::fs::read(tmp.path().join("killed/best/model.safetensors")).unwrap(),
+        std::fs::read(tmp.path().join("single/best/model.safetensors")).unwrap()
+    );
+}
+
+#[test]
+fn workers_over_a_postgresql_journal_record_what_one_process_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = recipe(tmp.path(), 5);
+    let expected = single_process(&path, &tmp.path().join("single"));
+    let url = fresh_database("workers");
+    let (got, who) = distributed(&path, &tmp.path().join("workers"), Some(&url));
+    assert_eq!(got, expected, "3 workers over PostgreSQL must record what one process does");
+    assert!(who.len() >= 2, "the work should be shared between workers: {who:?}");
+    let url = fresh_database("killed");
+    let killed = distributed_with_kills(&path, &tmp.path().join("killed"), Some(&url));
+    assert_eq!(killed, expected, "killing a worker and the coordinator must lose or repeat nothing");
+}
+
+#[test]
+fn a_worker_with_another_recipe_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = recipe(tmp.path(), 3);
+    let out = tmp.path().join("run");
+    let o = evomerge(&["evolve", path.to_str().unwrap(), "--out", out.to_str().unwrap(), "--max-trials", "4", "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let other = recipe(tmp.path(), 4);
+    std::fs::write(&other, std::fs::read_to_string(&other).unwrap().replace("population: 4", "population: 6")).unwrap();
+    let o = evomerge(&["worker", "--journal", out.to_str().unwrap(), "--recipe", other.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("is not the recipe of the search"), "{}", stderr(&o));
+    // The same recipe (under another seed, which the journal's overrides) is accepted: the search
+    // is done, so the worker has nothing to do and exits.
+    let o = evomerge(&["worker", "--journal", out.to_str().unwrap(), "--recipe", path.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // No search at all.
+    let o = evomerge(&["worker", "--journal", tmp.path().join("nothing").to_str().unwrap(), "--wait-seconds", "0"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no search appeared"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_journal_server_that_does_not_answer_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = recipe(tmp.path(), 3);
+    let out = tmp.path().join("run");
+    // Port 1 on the loopback: nothing listens there.
+    let url = "postgresql://evomerge:secret@127.0.0.1:1/nowhere";
+    let o = evomerge(&["evolve", path.to_str().unwrap(), "--out", out.to_str().unwrap(), "--journal", url, "--quiet"]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("cannot connect to the PostgreSQL journal at postgresql://evomerge:***@127.0.0.1:1/nowhere"), "{err}");
+    assert!(!err.contains("secret"), "the password must not be printed: {err}");
+    assert!(!out.exists(), "nothing may be written when the journal cannot be reached");
+    let o = evomerge(&["worker", "--journal", url, "--wait-seconds", "0"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("cannot connect to the PostgreSQL journal"), "{}", stderr(&o));
+    // A file path is not a --journal URL.
+    let o = evomerge(&["evolve", path.to_str().unwrap(), "--out", out.to_str().unwrap(), "--journal", "x.sqlite"]);
+    assert!(!o.status.success() && stderr(&o).contains("PostgreSQL URL"), "{}", stderr(&o));
+}
