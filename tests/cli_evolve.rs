@@ -12,25 +12,7 @@ use evolve_support::*;
 /// The loglik recipe over the merge fixtures, written into `dir` with `edit` applied; the task file
 /// is copied next to it `repeat` times over (more items make a trial slower).
 fn recipe(dir: &Path, repeat: usize, edit: impl Fn(String) -> String) -> PathBuf {
-    let models = fixtures().join("merge/models");
-    let task = std::fs::read_to_string(fixtures().join("evolve/task.jsonl")).unwrap();
-    std::fs::write(dir.join("task.jsonl"), task.repeat(repeat)).unwrap();
-    let text = format!(
-        "genome:
-  merge_method: dare_ties
-  base_model: {m}/base
-  models: [{m}/ft1, {m}/ft2]
-  parameters: [density, weight]
-  dtype: float32
-task:
-  kind: custom
-  data: task.jsonl
-  metric: loglik
-  generation: {{batch_size: 8}}
-optimizer: {{max_trials: 24, seed: 3}}
-",
-        m = models.display()
-    );
+    let text = format!("{}{}optimizer: {{max_trials: 24, seed: 3}}\n", tiny_genome(), tiny_task(dir, repeat));
     let path = dir.join("recipe.yml");
     std::fs::write(&path, edit(text)).unwrap();
     path

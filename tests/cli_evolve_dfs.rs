@@ -13,23 +13,17 @@ use evolve_support::*;
 /// layers should pay), the task file copied `repeat` times over.
 fn dfs_recipe(dir: &Path, repeat: usize, edit: impl Fn(String) -> String) -> PathBuf {
     let m = fixtures().join("merge/models");
-    let task = std::fs::read_to_string(fixtures().join("evolve/task.jsonl")).unwrap();
-    std::fs::write(dir.join("task.jsonl"), task.repeat(repeat)).unwrap();
     let text = format!(
         "dfs:
   models: [{m}/ft2, {m}/ft1]
   repeats: 2
   dtype: float32
-task:
-  kind: custom
-  data: task.jsonl
-  metric: loglik
-  generation: {{batch_size: 8}}
-optimizer: {{max_trials: 40, seed: 0}}
+{task}optimizer: {{max_trials: 40, seed: 0}}
 final_eval:
   - {{kind: custom, data: task.jsonl, metric: loglik, generation: {{batch_size: 8}}}}
 ",
-        m = m.display()
+        m = m.display(),
+        task = tiny_task(dir, repeat)
     );
     let path = dir.join("recipe.yml");
     std::fs::write(&path, edit(text)).unwrap();
@@ -42,18 +36,7 @@ fn ps_dfs_recipe(dir: &Path, repeat: usize) -> PathBuf {
     dfs_recipe(dir, repeat, |t| {
         t.replace(
             "dfs:\n",
-            &format!(
-                "genome:
-  merge_method: dare_ties
-  base_model: {m}/base
-  models: [{m}/ft1, {m}/ft2]
-  parameters: [density, weight]
-  dtype: float32
-dfs:
-  max_trials: 12
-",
-                m = m.display()
-            ),
+            &format!("{}dfs:\n  max_trials: 12\n", tiny_genome()),
         )
         .replace(&format!("{}/ft2, {}/ft1]", m.display(), m.display()), &format!("ps, {}/ft1]", m.display()))
         .replace("max_trials: 40", "max_trials: 8")

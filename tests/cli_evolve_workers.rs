@@ -17,24 +17,10 @@ use evolve_support::*;
 /// The tiny loglik search (16 trials in generations of 4), its task repeated so that a trial lasts
 /// long enough to be killed inside.
 fn recipe(dir: &Path, seed: u64) -> PathBuf {
-    let models = fixtures().join("merge/models");
-    let task = std::fs::read_to_string(fixtures().join("evolve/task.jsonl")).unwrap();
-    std::fs::write(dir.join("task.jsonl"), task.repeat(12)).unwrap();
     let text = format!(
-        "genome:
-  merge_method: dare_ties
-  base_model: {m}/base
-  models: [{m}/ft1, {m}/ft2]
-  parameters: [density, weight]
-  dtype: float32
-task:
-  kind: custom
-  data: task.jsonl
-  metric: loglik
-  generation: {{batch_size: 8}}
-optimizer: {{max_trials: 16, population: 4, seed: {seed}}}
-",
-        m = models.display()
+        "{}{}optimizer: {{max_trials: 16, population: 4, seed: {seed}}}\n",
+        tiny_genome(),
+        tiny_task(dir, 12)
     );
     let path = dir.join(format!("recipe-{seed}.yml"));
     std::fs::write(&path, text).unwrap();

@@ -11,6 +11,35 @@ pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// The `genome:` section of the tiny searches: DARE-TIES of the merge fixtures ft1 and ft2 on base,
+/// a density and a weight per model.
+pub fn tiny_genome() -> String {
+    format!(
+        "genome:
+  merge_method: dare_ties
+  base_model: {m}/base
+  models: [{m}/ft1, {m}/ft2]
+  parameters: [density, weight]
+  dtype: float32
+",
+        m = fixtures().join("merge/models").display()
+    )
+}
+
+/// The `task:` section of the tiny searches (`loglik` of ft1's own continuations), its data file
+/// written into `dir` as `task.jsonl`, `repeat` times over (more items make a trial slower).
+pub fn tiny_task(dir: &Path, repeat: usize) -> String {
+    let task = std::fs::read_to_string(fixtures().join("evolve/task.jsonl")).unwrap();
+    std::fs::write(dir.join("task.jsonl"), task.repeat(repeat)).unwrap();
+    "task:
+  kind: custom
+  data: task.jsonl
+  metric: loglik
+  generation: {batch_size: 8}
+"
+    .to_string()
+}
+
 pub fn evomerge(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_evomerge"))
         .args(args)

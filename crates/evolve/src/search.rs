@@ -375,12 +375,13 @@ pub fn run(recipe_path: &Path, options: &SearchOptions) -> Result<SearchReport> 
     let mut p = prepare(effective_recipe(recipe_path, options)?)?;
     let out = options.out.clone();
     let journal = export::prepare_out_dir(&out, &p.recipe, options.journal.as_ref())?;
-    journal.set_study_value(STATE_KEY, "running")?;
     if let Some(dir) = p.recipe.recipe_dir.as_ref().and_then(|d| std::fs::canonicalize(if d.as_os_str().is_empty() { Path::new(".") } else { d }).ok()) {
         journal.set_study_value(RECIPE_DIR_KEY, &dir.to_string_lossy())?;
     }
     let out_abs = std::fs::canonicalize(&out).unwrap_or_else(|_| out.clone());
     journal.set_study_value(OUT_KEY, &out_abs.to_string_lossy())?;
+    // Last: a worker joins once the state is set, so everything above is there when it reads it.
+    journal.set_study_value(STATE_KEY, "running")?;
     let metric = p.recipe.task.metric.name();
     let optimizer = p.recipe.optimizer.clone();
     let mut best: Option<TrialRecord> = None;

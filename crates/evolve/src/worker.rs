@@ -70,7 +70,7 @@ fn wait_for_search(options: &WorkerOptions) -> Result<Journal> {
         };
         if ready {
             let journal = Journal::connect(&options.journal)?;
-            if journal.study_value("identity")?.is_some() && journal.study_value("recipe")?.is_some() {
+            if journal.study_value(STATE_KEY)?.is_some() {
                 return Ok(journal);
             }
         }

@@ -176,7 +176,9 @@ impl Journal {
             }
         }
         let journal = Self::connect(location)?;
-        if journal.study_value("identity")?.is_none() {
+        // A SQLite file is created by the search itself (which may not have stored its recipe yet:
+        // that reads as no trials); a database holding no search is most likely the wrong one.
+        if matches!(location, Location::Postgres(_)) && journal.study_value("identity")?.is_none() {
             return Err(journal.error("this journal holds no search yet (start `evomerge evolve ... --journal` first)"));
         }
         Ok(journal)

@@ -124,29 +124,24 @@ pub enum Store {
     Postgres(RefCell<postgres::Client>),
 }
 
-const SQLITE_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS study (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+/// The tables, in SQLite's (`INTEGER`, `REAL`) or PostgreSQL's (`BIGINT`, `DOUBLE PRECISION`) types.
+fn schema(int: &str, real: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS study (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS trials (
-  trial INTEGER PRIMARY KEY, generation INTEGER NOT NULL, candidate INTEGER NOT NULL,
+  trial {int} PRIMARY KEY, generation {int} NOT NULL, candidate {int} NOT NULL,
   genome TEXT NOT NULL, params TEXT NOT NULL,
   status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'complete', 'failed')),
-  fitness REAL, item_scores TEXT, items INTEGER, seconds REAL, merge_seconds REAL,
-  generated_tokens INTEGER, truncated INTEGER, error TEXT, started_at REAL, finished_at REAL, worker TEXT,
-  phase TEXT NOT NULL DEFAULT 'ps', path TEXT, queued_at REAL, lease_until REAL, wait_seconds REAL
-);";
+  fitness {real}, item_scores TEXT, items {int}, seconds {real}, merge_seconds {real},
+  generated_tokens {int}, truncated {int}, error TEXT, started_at {real}, finished_at {real}, worker TEXT,
+  phase TEXT NOT NULL DEFAULT 'ps', path TEXT, queued_at {real}, lease_until {real}, wait_seconds {real}
+);"
+    )
+}
 
-const POSTGRES_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS study (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS trials (
-  trial BIGINT PRIMARY KEY, generation BIGINT NOT NULL, candidate BIGINT NOT NULL,
-  genome TEXT NOT NULL, params TEXT NOT NULL,
-  status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'complete', 'failed')),
-  fitness DOUBLE PRECISION, item_scores TEXT, items BIGINT, seconds DOUBLE PRECISION,
-  merge_seconds DOUBLE PRECISION, generated_tokens BIGINT, truncated BIGINT, error TEXT,
-  started_at DOUBLE PRECISION, finished_at DOUBLE PRECISION, worker TEXT,
-  phase TEXT NOT NULL DEFAULT 'ps', path TEXT, queued_at DOUBLE PRECISION, lease_until DOUBLE PRECISION,
-  wait_seconds DOUBLE PRECISION
-);";
+fn sqlite_schema() -> String {
+    schema("INTEGER", "REAL")
+}
 
 /// Columns of the trial table after the first format, with their SQLite declarations.
 const ADDED_COLUMNS: [(&str, &str); 5] = [
@@ -182,7 +177,7 @@ impl Store {
                 let store = Store::Postgres(RefCell::new(client));
                 // Workers starting together must not race on CREATE TABLE: the lock is held until the
                 // tables are committed (a session lock released before the commit would not do).
-                store.batch(&format!("BEGIN; SELECT pg_advisory_xact_lock(7240514); {POSTGRES_SCHEMA} COMMIT;"))?;
+                store.batch(&format!("BEGIN; SELECT pg_advisory_xact_lock(7240514); {} COMMIT;", schema("BIGINT", "DOUBLE PRECISION")))?;
                 Ok(store)
             }
         }
@@ -196,7 +191,7 @@ impl Store {
             .first()
             .and_then(|r| r[0].text().map(str::to_string));
         let Some(sql) = existing else {
-            return self.batch(SQLITE_SCHEMA);
+            return self.batch(&sqlite_schema());
         };
         self.batch("CREATE TABLE IF NOT EXISTS study (key TEXT PRIMARY KEY, value TEXT NOT NULL);")?;
         for (column, declaration) in ADDED_COLUMNS {
@@ -210,8 +205,9 @@ impl Store {
                            merge_seconds, generated_tokens, truncated, error, started_at, finished_at, worker, phase, path, \
                            queued_at, lease_until, wait_seconds";
             self.batch(&format!(
-                "BEGIN IMMEDIATE; ALTER TABLE trials RENAME TO trials_format1; {SQLITE_SCHEMA}
-                 INSERT INTO trials ({columns}) SELECT {columns} FROM trials_format1; DROP TABLE trials_format1; COMMIT;"
+                "BEGIN IMMEDIATE; ALTER TABLE trials RENAME TO trials_format1; {schema}
+                 INSERT INTO trials ({columns}) SELECT {columns} FROM trials_format1; DROP TABLE trials_format1; COMMIT;",
+                schema = sqlite_schema()
             ))?;
         }
         Ok(())
