@@ -69,6 +69,8 @@ pub enum ParamValue {
 pub enum ParamKind {
     /// A number, optionally restricted to `[min, max]`.
     Float { min: Option<f64>, max: Option<f64> },
+    /// A whole number (resolved as a float holding an integer), optionally restricted to `[min, max]`.
+    Integer { min: Option<f64>, max: Option<f64> },
     Bool,
     /// `true`/`false` or one of the listed words.
     BoolOrChoice(&'static [&'static str]),
@@ -135,6 +137,14 @@ impl ParamSpec {
                     return Err(format!("{value} is outside [{lo}, {hi}]"));
                 }
                 Ok(ParamValue::Float(value))
+            }
+            (ParamKind::Integer { min, max }, _) => {
+                let as_float = ParamSpec { kind: ParamKind::Float { min: *min, max: *max }, ..*self };
+                let value = as_float.validate(scalar)?;
+                match value {
+                    ParamValue::Float(v) if v.fract() == 0.0 => Ok(value),
+                    _ => Err(format!("expected a whole number, found `{}`", scalar_text(scalar))),
+                }
             }
             (ParamKind::Bool, Scalar::Bool(b)) => Ok(ParamValue::Bool(*b)),
             (ParamKind::Bool, other) => Err(format!("expected true or false, found `{}`", scalar_text(other))),

@@ -396,7 +396,7 @@ fn normalise_slices<'c>(
                     ));
                 }
             }
-            if method.base_policy() == BasePolicy::Required {
+            if method.base_policy() != BasePolicy::Ignored {
                 match base {
                     Some(b) if sources.iter().any(|s| s.0 == b) => {}
                     Some(_) => {
@@ -405,6 +405,7 @@ fn normalise_slices<'c>(
                             "the base model must be one of the slice's sources",
                         ))
                     }
+                    None if method.base_policy() == BasePolicy::Optional => {}
                     None => {
                         return Err(MergeError::config("base_model", format!("{} needs a base_model", method.name())))
                     }
@@ -515,7 +516,7 @@ impl Planner<'_, '_> {
                 });
             }
         }
-        let base_in_method = method.base_policy() == BasePolicy::Required;
+        let base_in_method = method.base_policy() != BasePolicy::Ignored;
         let mut base = None;
         let mut inputs = Vec::new();
         for (((model, _, model_params), canonical), (_, stored, _)) in slice.sources.iter().zip(in_canonical).zip(&located) {
@@ -553,18 +554,8 @@ impl Planner<'_, '_> {
                 inputs.push(input);
             }
         }
-        let count = inputs.len() + usize::from(base.is_some());
-        let (lo, hi) = method.input_bounds();
-        if count < lo || hi.is_some_and(|h| count > h) {
-            let expected = match hi {
-                Some(h) if h == lo => format!("exactly {lo}"),
-                Some(h) => format!("{lo} to {h}"),
-                None => format!("at least {lo}"),
-            };
-            return Err(MergeError::config(
-                if self.config.slices.is_some() { "slices" } else { "models" },
-                format!("{} merges {expected} models (base included); this recipe gives {count}", method.name()),
-            ));
+        if let Some(message) = crate::methods::count_error(method, inputs.len(), base.is_some()) {
+            return Err(MergeError::config(if self.config.slices.is_some() { "slices" } else { "models" }, message));
         }
         let dtype = self
             .out_dtype

@@ -68,6 +68,9 @@ pub enum Keep {
     Magnitude { threshold: f32, tie_cut: usize },
     /// DARE: entries whose counter-based uniform draw is below `density`.
     Random { key: u64, density: f64 },
+    /// Breadcrumbs: entries inside the top-`keep` set (everything when `None`) but outside the
+    /// top-`drop` set, each set given as a [`Keep::Magnitude`] threshold and tie cut.
+    Band { keep: Option<(f32, usize)>, drop: (f32, usize) },
 }
 
 impl Keep {
@@ -81,6 +84,11 @@ impl Keep {
                 a > threshold || (a == threshold && index <= tie_cut)
             }
             Keep::Random { key, density } => dare_keeps(key, index, density),
+            Keep::Band { keep, drop } => {
+                let a = delta.abs();
+                let within = |(threshold, tie_cut): (f32, usize)| a > threshold || (a == threshold && index <= tie_cut);
+                keep.is_none_or(within) && !within(drop)
+            }
         }
     }
 }
@@ -108,6 +116,101 @@ pub fn magnitude_keep(input: &[f32], base: &[f32], density: f64, scratch: &mut V
         return Keep::All;
     }
     crate::select::top_k(input, base, k, scratch)
+}
+
+/// Breadcrumbs' magnitude band (mergekit's `magnitude_outliers`): drop the `gamma` fraction of
+/// largest |delta| and the smallest ones, keeping ⌊density·n⌋ entries. Sorted ascending, the kept
+/// entries are positions `n_bot .. n_bot + ⌊density·n⌋` with `n_bot = max(0, n − ⌊density·n⌋ −
+/// ⌊gamma·n⌋)`; that is, descending ranks `top .. top + ⌊density·n⌋` with
+/// `top = min(⌊gamma·n⌋, n − ⌊density·n⌋)` (fewer outliers are dropped when needed to keep the density).
+pub fn outlier_keep(input: &[f32], base: &[f32], density: f64, gamma: f64, scratch: &mut Vec<f32>) -> Keep {
+    let n = input.len();
+    if density >= 1.0 {
+        return Keep::All;
+    }
+    let target = if density > 0.0 { (density * n as f64) as usize } else { 0 };
+    if target == 0 {
+        return Keep::None;
+    }
+    let n_top = if gamma > 0.0 { (gamma * n as f64) as usize } else { 0 };
+    let top = n_top.min(n - target);
+    let as_pair = |keep: Keep| match keep {
+        Keep::Magnitude { threshold, tie_cut } => Some((threshold, tie_cut)),
+        _ => None,
+    };
+    let keep = if top + target >= n { None } else { as_pair(crate::select::top_k(input, base, top + target, scratch)) };
+    if top == 0 {
+        return keep.map_or(Keep::All, |(threshold, tie_cut)| Keep::Magnitude { threshold, tie_cut });
+    }
+    match as_pair(crate::select::top_k(input, base, top, scratch)) {
+        Some(drop) => Keep::Band { keep, drop },
+        None => Keep::None,
+    }
+}
+
+/// DELLA's magnitude-ranked drop (MAGPRUNE, mergekit's `della_magprune`), reproducibly seeded:
+/// within each row (dimension 1 of the tensor; a 1-D tensor is one row) the entries are ranked by
+/// |delta| ascending (ties by position), rank r of L becomes the keep probability
+/// `p = (density − epsilon) + r/(L−1) · 2·epsilon` (f32, as mergekit computes it), and entry `j`
+/// is kept when the counter-based draw `uniform(key, j)` is below `p`. Returns the sparsified delta:
+/// kept entries divided by their `p` when `inverse` (the DELLA paper's rescale), else unchanged.
+/// A row of one entry has no ranking and gets `p = density`.
+pub fn della_delta(
+    input: &[f32],
+    base: &[f32],
+    shape: &[usize],
+    density: f64,
+    epsilon: f64,
+    key: u64,
+    inverse: bool,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    let n = input.len();
+    // (outer, row length, stride) of the rows along dimension 1 (dimension 0 of a 1-D tensor).
+    let (outer, len, inner) = match shape.len() {
+        0 | 1 => (1, n, 1),
+        _ => (shape[0], shape[1], shape[2..].iter().product()),
+    };
+    let low = (density - epsilon) as f32;
+    let eps = epsilon as f32;
+    // One row: its entries are `input[offset + r·inner]`, r < len; writes `out` at the same places.
+    let row = |offset: usize, write: &mut dyn FnMut(usize, f32)| {
+        let at = |r: usize| offset + r * inner;
+        let mut order: Vec<u32> = (0..len as u32).collect();
+        let mag = |r: u32| {
+            let j = at(r as usize);
+            (input[j] - base[j]).abs()
+        };
+        order.sort_by(|&a, &b| mag(a).total_cmp(&mag(b)).then(a.cmp(&b)));
+        let denom = (len.max(2) - 1) as f32;
+        for (rank, &r) in order.iter().enumerate() {
+            let j = at(r as usize);
+            let p = if len > 1 { low + (rank as f32 / denom).clamp(0.0, 1.0) * 2.0 * eps } else { density as f32 };
+            let d = input[j] - base[j];
+            let v = if uniform(key, j) < p as f64 {
+                if inverse {
+                    d / p
+                } else {
+                    d
+                }
+            } else {
+                0.0
+            };
+            write(r as usize, v);
+        }
+    };
+    let mut out = vec![0f32; n];
+    if inner == 1 {
+        out.par_chunks_mut(len.max(1)).enumerate().for_each(|(o, chunk)| row(o * len, &mut |r, v| chunk[r] = v));
+    } else {
+        for o in 0..outer {
+            for i in 0..inner {
+                let offset = o * len * inner + i;
+                row(offset, &mut |r, v| out[offset + r * inner] = v);
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -162,3 +162,57 @@ fn failure_mid_merge_leaves_no_output_or_temp_dir() {
     write_plan(&plan, &healthy, &out, &options).unwrap();
     assert_eq!(entries(tmp.path()), ["merged"]);
 }
+
+/// Plan `recipe` over in-memory models named in it (`a`, `b`, `c`, `base`).
+fn plan_recipe(recipe: &str) -> Result<(), MergeError> {
+    let config = MergeConfig::from_yaml(recipe)?;
+    let models: Vec<(&str, MemorySource)> =
+        ["a", "b", "c", "base"].into_iter().map(|n| (n, model(n, vec![4, 4], None))).collect();
+    let sources: Vec<(&str, &dyn TensorSource)> = models.iter().map(|(n, m)| (*n, m as &dyn TensorSource)).collect();
+    let merger = InMemoryMerger::new(&config, &sources, 0)?;
+    merger.merge_all().map(|_| ())
+}
+
+#[test]
+fn new_methods_refuse_bad_parameters_by_their_path() {
+    let cases = [
+        // (recipe, words the error must contain)
+        ("models: [{model: a, parameters: {weight: 1, density: 0.5, gamma: 1.5}}]\nmerge_method: breadcrumbs\nbase_model: base\n", vec!["models[0].parameters.gamma", "outside [0, 1]"]),
+        ("models: [{model: a}, {model: b}]\nmerge_method: karcher\nparameters: {max_iter: 2.5}\n", vec!["parameters.max_iter", "whole number"]),
+        ("models: [{model: a}, {model: b}]\nmerge_method: sce\nbase_model: base\nparameters: {select_topk: 2}\n", vec!["parameters.select_topk", "outside [0, 1]"]),
+        ("models: [{model: a}, {model: b}]\nmerge_method: model_stock\nbase_model: base\nparameters: {filter_wise: maybe}\n", vec!["parameters.filter_wise", "true or false"]),
+        ("models: [{model: a, parameters: {weight: 1}}]\nmerge_method: nearswap\nbase_model: base\nparameters: {t: 0.5}\n", vec!["models[0].parameters.weight", "unknown parameter for nearswap"]),
+        ("models: [{model: a, parameters: {t: 0.5}}]\nmerge_method: nearswap\nbase_model: base\n", vec!["models[0].parameters.t", "top-level `parameters`"]),
+    ];
+    for (recipe, words) in cases {
+        let msg = plan_recipe(recipe).unwrap_err().to_string();
+        for w in words {
+            assert!(msg.contains(w), "`{w}` missing from: {msg}");
+        }
+    }
+}
+
+#[test]
+fn new_methods_check_their_model_counts_and_base() {
+    let cases = [
+        ("models: [{model: a}]\nmerge_method: model_stock\nbase_model: base\n", vec!["model_stock", "at least 3", "got 2"]),
+        ("models: [{model: a, parameters: {weight: 1}}, {model: b, parameters: {weight: 1}}, {model: c, parameters: {weight: 1}}]\nmerge_method: nuslerp\n", vec!["nuslerp", "exactly 2", "besides the base", "got 3"]),
+        ("models: [{model: a}, {model: b}]\nmerge_method: nearswap\nbase_model: base\nparameters: {t: 0.1}\n", vec!["nearswap", "exactly 2", "got 3"]),
+        ("models: [{model: a}, {model: b}]\nmerge_method: sce\n", vec!["base_model", "sce needs a base_model"]),
+        ("models: [{model: a, parameters: {weight: 1}}]\nmerge_method: multislerp\nbase_model: base\n", vec![]),
+        ("models: [{model: a}, {model: b}, {model: c}]\nmerge_method: karcher\nbase_model: base\n", vec![]),
+        ("models: [{model: a}]\nmerge_method: nearswap\nbase_model: base\n", vec!["parameter `t` is required by nearswap"]),
+    ];
+    for (recipe, words) in cases {
+        match plan_recipe(recipe) {
+            Ok(()) => assert!(words.is_empty(), "{recipe} should fail"),
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(!words.is_empty(), "{recipe} failed: {msg}");
+                for w in words {
+                    assert!(msg.contains(w), "`{w}` missing from: {msg}");
+                }
+            }
+        }
+    }
+}

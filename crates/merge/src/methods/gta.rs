@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use super::{has_avx2, BasePolicy, MergeMethod, ModelTensor, TensorContext, CHUNK};
 use crate::params::{ParamDefault, ParamKind, ParamScope, ParamSet, ParamSpec};
-use crate::sparsify::{dare_cut, dare_keeps_cut, dare_key, magnitude_keep, Keep};
+use crate::sparsify::{dare_cut, dare_keeps_cut, dare_key, della_delta, magnitude_keep, outlier_keep, Keep};
 use crate::MergeError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +16,10 @@ pub enum Sparsification {
     Magnitude,
     /// Keep each entry with probability `density` (DARE).
     Random,
+    /// Drop the `gamma` fraction of largest |delta| and the smallest, keeping `density` (Breadcrumbs).
+    MagnitudeOutliers,
+    /// Keep each entry with a probability ranked on |delta| within its row, `density ± epsilon` (DELLA).
+    Della,
 }
 
 /// Sign election rule (TIES).
@@ -58,6 +62,34 @@ pub(crate) static GTA_PARAMS_PLAIN: [ParamSpec; 6] = [
     ParamSpec::new("int8_mask", ParamKind::Bool, ParamScope::Shared, ParamDefault::Bool(false)),
 ];
 
+const GAMMA: ParamSpec = ParamSpec::new(
+    "gamma",
+    ParamKind::Float { min: Some(0.0), max: Some(1.0) },
+    ParamScope::NonBase,
+    ParamDefault::Float(0.01),
+);
+const EPSILON: ParamSpec = ParamSpec::new(
+    "epsilon",
+    ParamKind::Float { min: Some(0.0), max: Some(1.0) },
+    ParamScope::NonBase,
+    ParamDefault::Float(0.15),
+);
+
+const fn with_extra<const N: usize, const M: usize>(params: [ParamSpec; N], extra: ParamSpec) -> [ParamSpec; M] {
+    let mut out = [extra; M];
+    let mut i = 0;
+    while i < N {
+        out[i] = params[i];
+        i += 1;
+    }
+    out
+}
+
+pub(crate) static BREADCRUMBS_PARAMS_PLAIN: [ParamSpec; 7] = with_extra(GTA_PARAMS_PLAIN, GAMMA);
+pub(crate) static BREADCRUMBS_PARAMS_CONSENSUS: [ParamSpec; 8] = with_extra(GTA_PARAMS_CONSENSUS, GAMMA);
+pub(crate) static DELLA_PARAMS_PLAIN: [ParamSpec; 7] = with_extra(GTA_PARAMS_PLAIN, EPSILON);
+pub(crate) static DELLA_PARAMS_CONSENSUS: [ParamSpec; 8] = with_extra(GTA_PARAMS_CONSENSUS, EPSILON);
+
 pub(crate) static GTA_PARAMS_CONSENSUS: [ParamSpec; 7] = [
     float("weight", ParamScope::NonBase, ParamDefault::Required),
     DENSITY,
@@ -86,10 +118,20 @@ pub(crate) fn input_floats(
     name: &str,
     method: &str,
 ) -> Result<Vec<f32>, MergeError> {
+    Ok(input_f64s(ctx, inputs, name, method)?.into_iter().map(|v| v as f32).collect())
+}
+
+/// Per-input values of a float parameter as the recipe gives them (f64), erroring when one is missing.
+pub(crate) fn input_f64s(
+    ctx: &TensorContext,
+    inputs: &[ModelTensor],
+    name: &str,
+    method: &str,
+) -> Result<Vec<f64>, MergeError> {
     inputs
         .iter()
         .map(|i| {
-            i.params.float(name).map(|v| v as f32).ok_or_else(|| MergeError::MissingParameter {
+            i.params.float(name).ok_or_else(|| MergeError::MissingParameter {
                 parameter: name.into(),
                 method: method.into(),
                 tensor: ctx.name.into(),
@@ -102,7 +144,7 @@ pub(crate) fn input_floats(
 impl GeneralizedTaskArithmetic {
     fn rescale(&self, shared: &ParamSet) -> Rescale {
         let natural = match self.sparsification {
-            Sparsification::Random => Rescale::InverseDensity,
+            Sparsification::Random | Sparsification::Della => Rescale::InverseDensity,
             _ => Rescale::L1,
         };
         match (shared.get("rescale"), self.default_rescale) {
@@ -115,11 +157,13 @@ impl GeneralizedTaskArithmetic {
 }
 
 /// What to do with one input's delta entries: which survive and by how much they are scaled.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct InputPlan {
     keep: Keep,
     scale: Scale,
     weight: f32,
+    /// The sparsified delta, when it is computed ahead (DELLA); `keep` is then `All`.
+    given: Option<Vec<f32>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -172,19 +216,42 @@ impl MergeMethod for GeneralizedTaskArithmetic {
         let mut plans = Vec::with_capacity(inputs.len());
         for (input, &weight) in inputs.iter().zip(&weights) {
             let density = input.params.float("density").unwrap_or(1.0);
+            let mut given = None;
             let keep = match self.sparsification {
                 Sparsification::None => Keep::All,
                 _ if density >= 1.0 => Keep::All,
                 _ if density <= 0.0 => Keep::None,
                 Sparsification::Magnitude => magnitude_keep(input.data, base, density, &mut scratch),
                 Sparsification::Random => Keep::Random { key: dare_key(ctx.seed, ctx.name, input.model), density },
+                Sparsification::MagnitudeOutliers => {
+                    let gamma = input.params.float("gamma").unwrap_or(0.01);
+                    outlier_keep(input.data, base, density, gamma, &mut scratch)
+                }
+                Sparsification::Della => {
+                    let epsilon = input.params.float("epsilon").unwrap_or(0.15);
+                    if density + epsilon >= 1.0 || density - epsilon <= 0.0 {
+                        return Err(MergeError::InvalidInputs {
+                            tensor: ctx.name.into(),
+                            message: format!(
+                                "{}: density {density} ± epsilon {epsilon} of model #{} must stay inside (0, 1); lower epsilon",
+                                self.name, input.model
+                            ),
+                        });
+                    }
+                    let key = dare_key(ctx.seed, ctx.name, input.model);
+                    let inverse = rescale == Rescale::InverseDensity;
+                    given = Some(della_delta(input.data, base, ctx.shape, density, epsilon, key, inverse));
+                    Keep::All
+                }
             };
-            let scale = match (keep, rescale) {
-                (Keep::All | Keep::None, _) | (_, Rescale::None) => Scale::One,
-                (_, Rescale::InverseDensity) => Scale::Div(density as f32),
-                (_, Rescale::L1) => l1_scale(input.data, base, keep),
+            let scale = match (&given, keep, rescale) {
+                (Some(_), _, Rescale::L1) => given_l1_scale(input.data, base, given.as_deref().unwrap_or_default()),
+                (Some(_), _, _) => Scale::One,
+                (None, Keep::All | Keep::None, _) | (None, _, Rescale::None) => Scale::One,
+                (None, _, Rescale::InverseDensity) => Scale::Div(density as f32),
+                (None, _, Rescale::L1) => l1_scale(input.data, base, keep),
             };
-            plans.push(InputPlan { keep, scale, weight });
+            plans.push(InputPlan { keep, scale, weight, given });
         }
         drop(scratch);
 
@@ -241,8 +308,12 @@ impl Kernel<'_> {
             let len = out_block.len();
             let b = &base[start..start + len];
             for (i, (input, plan)) in inputs.iter().zip(plans).enumerate() {
-                let x = &input.data[start..start + len];
-                weighted_sparse_delta(x, b, start, plan, &mut dw[i * BLOCK..i * BLOCK + len]);
+                let out = &mut dw[i * BLOCK..i * BLOCK + len];
+                match &plan.given {
+                    // x − 0 is x exactly: the given delta goes through the same weighting.
+                    Some(given) => weighted_sparse_delta(&given[start..start + len], &ZEROS[..len], start, plan, out),
+                    None => weighted_sparse_delta(&input.data[start..start + len], b, start, plan, out),
+                }
             }
             let deltas = |i: usize| &dw[i * BLOCK..i * BLOCK + len];
             let sum = &mut sum[..len];
@@ -280,6 +351,7 @@ impl Kernel<'_> {
 
 /// Elements per inner block of the kernel (structure-of-arrays scratch stays in L1/L2).
 const BLOCK: usize = 1024;
+static ZEROS: [f32; BLOCK] = [0.0; BLOCK];
 
 /// The last step of every entry: normalise by a divisor, scale by λ, add to the base.
 #[derive(Clone, Copy)]
@@ -374,6 +446,13 @@ fn sparse_delta(x: &[f32], b: &[f32], start: usize, keep: Keep, out: &mut [f32],
             magnitude_part(&x[..ties_until], &b[..ties_until], &mut out[..ties_until], threshold, true, f);
             magnitude_part(&x[ties_until..], &b[ties_until..], &mut out[ties_until..], threshold, false, f);
         }
+        Keep::Band { .. } => {
+            for (j, ((o, &x), &b)) in out.iter_mut().zip(x).zip(b).enumerate() {
+                let d = x - b;
+                let v = f(d);
+                *o = if keep.keeps(start + j, d) { v } else { 0.0 };
+            }
+        }
         Keep::Random { key, density } => {
             let cut = dare_cut(density);
             for (j, ((o, &x), &b)) in out.iter_mut().zip(x).zip(b).enumerate() {
@@ -399,6 +478,31 @@ fn magnitude_part(x: &[f32], b: &[f32], out: &mut [f32], threshold: f32, ties_ke
 #[inline(always)]
 fn sign(x: f32) -> f32 {
     ((x > 0.0) as i32 - (x < 0.0) as i32) as f32
+}
+
+/// mergekit's l1 rescale for a delta sparsified ahead: ‖delta‖₁ / ‖given‖₁, unless either is below 1e-7.
+fn given_l1_scale(input: &[f32], base: &[f32], given: &[f32]) -> Scale {
+    let sums = input
+        .par_chunks(CHUNK)
+        .zip(base.par_chunks(CHUNK))
+        .zip(given.par_chunks(CHUNK))
+        .map(|((x, b), g)| {
+            let mut s = [0f64; 2];
+            for ((&x, &b), &g) in x.iter().zip(b).zip(g) {
+                s[0] += (x - b).abs() as f64;
+                s[1] += g.abs() as f64;
+            }
+            s
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold([0f64; 2], |a, s| [a[0] + s[0], a[1] + s[1]]);
+    const EPS: f64 = 1e-7;
+    if sums[0] < EPS || sums[1] < EPS {
+        Scale::One
+    } else {
+        Scale::Mul((sums[0] / sums[1]) as f32)
+    }
 }
 
 /// mergekit's l1 rescale: ‖delta‖₁ / ‖kept delta‖₁, unless either is below 1e-7.

@@ -1,10 +1,18 @@
 //! Merge methods: one module per method behind [`MergeMethod`], found by name in a static registry,
 //! all called through [`merge_tensor`].
 
+mod breadcrumbs;
 mod dare;
+mod della;
 mod gta;
+mod karcher;
 mod linear;
+mod model_stock;
+mod multislerp;
+mod nearswap;
+mod nuslerp;
 mod passthrough;
+mod sce;
 mod slerp;
 mod task_arithmetic;
 mod ties;
@@ -43,8 +51,11 @@ pub struct ModelTensor<'a> {
 pub enum BasePolicy {
     /// The base is passed separately; the others are deltas against it (task arithmetic family, slerp).
     Required,
-    /// The base, if named, is one more ordinary input (linear, passthrough).
+    /// The base, if named, is one more ordinary input (linear, passthrough, karcher).
     Ignored,
+    /// The base may be named; then it is passed separately and the others are taken relative
+    /// to it (multislerp, nuslerp).
+    Optional,
 }
 
 pub trait MergeMethod: Send + Sync {
@@ -54,6 +65,11 @@ pub trait MergeMethod: Send + Sync {
     fn base_policy(&self) -> BasePolicy;
     /// Inclusive bounds on the number of inputs (base included).
     fn input_bounds(&self) -> (usize, Option<usize>);
+    /// Inclusive bounds on the number of inputs other than the base (methods with an optional base
+    /// constrain these).
+    fn non_base_bounds(&self) -> (usize, Option<usize>) {
+        (0, None)
+    }
     /// Merge one tensor. `inputs` excludes the base when `base_policy()` is `Required`; all slices
     /// (base, inputs, out) have the same length. Parameters are already resolved for this tensor.
     /// Every value of `out` must be written: it may hold stale values on entry (reused buffers).
@@ -70,16 +86,32 @@ pub trait MergeMethod: Send + Sync {
 static LINEAR: linear::Linear = linear::Linear;
 static SLERP: slerp::Slerp = slerp::Slerp;
 static PASSTHROUGH: passthrough::Passthrough = passthrough::Passthrough;
+static SCE: sce::Sce = sce::Sce;
+static MODEL_STOCK: model_stock::ModelStock = model_stock::ModelStock;
+static NEARSWAP: nearswap::NearSwap = nearswap::NearSwap;
+static MULTISLERP: multislerp::MultiSlerp = multislerp::MultiSlerp;
+static NUSLERP: nuslerp::NuSlerp = nuslerp::NuSlerp;
+static KARCHER: karcher::Karcher = karcher::Karcher;
 
 /// All registered methods, in the order they are listed to users.
-pub fn registry() -> [&'static dyn MergeMethod; 7] {
+pub fn registry() -> [&'static dyn MergeMethod; 17] {
     [
         &LINEAR,
         &task_arithmetic::TASK_ARITHMETIC,
         &ties::TIES,
         &dare::DARE_TIES,
         &dare::DARE_LINEAR,
+        &breadcrumbs::BREADCRUMBS,
+        &breadcrumbs::BREADCRUMBS_TIES,
+        &della::DELLA,
+        &della::DELLA_LINEAR,
+        &SCE,
+        &MODEL_STOCK,
+        &NEARSWAP,
         &SLERP,
+        &NUSLERP,
+        &MULTISLERP,
+        &KARCHER,
         &PASSTHROUGH,
     ]
 }
@@ -126,17 +158,29 @@ pub fn merge_tensor(
         }
         _ => {}
     }
-    let count = inputs.len() + usize::from(base.is_some());
-    let (lo, hi) = method.input_bounds();
-    if count < lo || hi.is_some_and(|h| count > h) {
-        let expected = match hi {
-            Some(h) if h == lo => format!("exactly {lo}"),
-            Some(h) => format!("{lo} to {h}"),
-            None => format!("at least {lo}"),
-        };
-        return Err(invalid(format!("{} needs {expected} input models (base included), got {count}", method.name())));
+    if let Some(message) = count_error(method, inputs.len(), base.is_some()) {
+        return Err(invalid(message));
     }
     method.merge(ctx, shared, base, inputs, out)
+}
+
+/// Why `non_base` inputs plus an optional base do not fit the method, if they do not.
+pub fn count_error(method: &dyn MergeMethod, non_base: usize, has_base: bool) -> Option<String> {
+    let expected = |lo: usize, hi: Option<usize>| match hi {
+        Some(h) if h == lo => format!("exactly {lo}"),
+        Some(h) => format!("{lo} to {h}"),
+        None => format!("at least {lo}"),
+    };
+    let count = non_base + usize::from(has_base);
+    let (lo, hi) = method.input_bounds();
+    if count < lo || hi.is_some_and(|h| count > h) {
+        return Some(format!("{} merges {} models (base included); got {count}", method.name(), expected(lo, hi)));
+    }
+    let (lo, hi) = method.non_base_bounds();
+    if non_base < lo || hi.is_some_and(|h| non_base > h) {
+        return Some(format!("{} merges {} models besides the base; got {non_base}", method.name(), expected(lo, hi)));
+    }
+    None
 }
 
 /// Parameter specs of a method restricted to one scope.
@@ -159,4 +203,31 @@ pub(crate) fn has_avx2() -> bool {
     {
         false
     }
+}
+
+/// Sums over `0..n` in f64, computed per fixed chunk of indices in parallel and added in chunk
+/// order, so the result does not depend on the thread count. `f` adds the terms of one range.
+pub(crate) fn par_sums<const K: usize>(n: usize, f: impl Fn(std::ops::Range<usize>, &mut [f64; K]) + Sync) -> [f64; K] {
+    use rayon::prelude::*;
+    let chunks = n.div_ceil(CHUNK);
+    let partial: Vec<[f64; K]> = (0..chunks)
+        .into_par_iter()
+        .map(|c| {
+            let mut s = [0f64; K];
+            f(c * CHUNK..((c + 1) * CHUNK).min(n), &mut s);
+            s
+        })
+        .collect();
+    partial.iter().fold([0f64; K], |mut acc, s| {
+        for (a, b) in acc.iter_mut().zip(s) {
+            *a += b;
+        }
+        acc
+    })
+}
+
+
+/// The recipe's `base_model` was missing where the method needs it (the planner reports this first).
+pub(crate) fn need_base(ctx: &TensorContext, method: &str) -> MergeError {
+    MergeError::InvalidInputs { tensor: ctx.name.into(), message: format!("{method} needs a base model") }
 }
