@@ -1,0 +1,88 @@
+//! Both examples' pipelines (`cargo run --example evovlm` / `evollm`) on a reduced budget: the real
+//! `evolve` search over the bundled world, the default merges, the test-split table, the bootstrap
+//! interval and `summary.json`. The full budget's claim (evolution wins) is measured by the examples
+//! themselves (README); here the pipeline must run end to end, write what it promises, and agree
+//! with the world's premise (the English VLM does not answer Japanese; the Japanese LLM alone does
+//! not solve the word problems).
+
+#[path = "../examples/world/mod.rs"]
+mod world;
+
+use std::path::Path;
+
+fn run(exp: &world::Experiment, out: &Path, trials: u64, search_limit: usize, test_limit: usize) -> world::Summary {
+    let opts = world::Options {
+        out: out.to_path_buf(),
+        seed: 0,
+        trials,
+        search_limit: Some(search_limit),
+        test_limit: Some(test_limit),
+    };
+    world::run(exp, &opts).unwrap_or_else(|e| panic!("{} pipeline failed: {e:#}", exp.name))
+}
+
+fn score(s: &world::Summary, row: &str) -> f64 {
+    s.scores.iter().find(|(n, _)| n == row).unwrap_or_else(|| panic!("no row {row} in {:?}", s.scores)).1
+}
+
+/// What every run must have written and reported.
+fn check_outputs(exp: &world::Experiment, s: &world::Summary, out: &Path, trials: u64, test_limit: usize, rows: &[&str]) {
+    let names: Vec<&str> = s.scores.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, rows, "table rows");
+    assert_eq!(s.trials, trials, "the search ran its budget");
+    assert_eq!(s.test_items, test_limit);
+    for (n, v) in &s.scores {
+        assert!(v.is_finite() && (0.0..=1.0).contains(v), "{n} scored {v}");
+    }
+    assert!(s.best_fitness.is_finite() && s.best_fitness >= 0.0, "best search fitness {}", s.best_fitness);
+    let (d, lo, hi) = s.difference;
+    assert!(lo <= d && d <= hi, "the bootstrap interval [{lo}, {hi}] holds its mean {d}");
+    assert_eq!(d, score(s, "evolved") - score(s, &s.best_other), "difference against the best other row");
+    let best_other = s.scores[..s.scores.len() - 1].iter().map(|r| r.1).fold(f64::NEG_INFINITY, f64::max);
+    assert_eq!(score(s, &s.best_other), best_other, "{} is the best other row", s.best_other);
+
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).expect("summary.json")).expect("summary.json is JSON");
+    assert_eq!(summary["example"], exp.name);
+    assert_eq!(summary["seed"], 0);
+    assert_eq!(summary["metric"], exp.metric.name());
+    assert_eq!(summary["search"]["trials"], trials);
+    assert_eq!(summary["test"]["items"], test_limit);
+    for (n, v) in &s.scores {
+        assert_eq!(summary["test"]["scores"][n].as_f64(), Some(*v), "summary.json score of {n}");
+    }
+    // The evolved model is a normal model directory, and the search left its journal and plots.
+    let best = out.join("search/best");
+    assert!(best.join("config.json").is_file() && best.join("model.safetensors").is_file(), "{} is a model directory", best.display());
+    for f in ["journal.sqlite", "trials.csv", "plots/fitness.svg"] {
+        assert!(out.join("search").join(f).is_file(), "the search left {f}");
+    }
+    assert!(s.table.contains("| evolved |") && s.table.contains("paired bootstrap"), "{}", s.table);
+}
+
+#[test]
+fn evovlm_pipeline_on_a_reduced_budget() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exp = world::evovlm();
+    let s = run(&exp, dir.path(), 6, 24, 48);
+    check_outputs(&exp, &s, dir.path(), 6, 48, &["vlm_en", "llm_ja", "ties", "dare_ties", "evolved"]);
+    // The premise: the English VLM answers the Japanese questions in English.
+    assert!(score(&s, "vlm_en") < 0.1, "vlm_en should not answer in Japanese: {}", s.table);
+    assert!(score(&s, "llm_ja") > score(&s, "vlm_en"), "{}", s.table);
+    assert!(score(&s, "evolved") > score(&s, "vlm_en"), "{}", s.table);
+}
+
+#[test]
+fn evollm_pipeline_on_a_reduced_budget() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exp = world::evollm();
+    let s = run(&exp, dir.path(), 6, 24, 48);
+    check_outputs(&exp, &s, dir.path(), 6, 48, &["llm_ja", "math_a", "math_b", "ties", "dare_ties", "evolved"]);
+    assert!(score(&s, "llm_ja") < 0.05, "llm_ja should not solve the word problems: {}", s.table);
+
+    // Same seed, same table: a second, independent run into another directory.
+    let again = tempfile::tempdir().expect("tempdir");
+    let t = run(&exp, again.path(), 6, 24, 48);
+    assert_eq!(s.scores, t.scores, "same seed, same scores");
+    assert_eq!(s.difference, t.difference, "same seed, same interval");
+}
