@@ -78,7 +78,7 @@ fn evollm_pipeline_on_a_reduced_budget() {
     let exp = world::evollm();
     let s = run(&exp, dir.path(), 6, 24, 48);
     check_outputs(&exp, &s, dir.path(), 6, 48, &["llm_ja", "math_a", "math_b", "ties", "dare_ties", "evolved"]);
-    assert!(score(&s, "llm_ja") < 0.05, "llm_ja should not solve the word problems: {}", s.table);
+    assert!(score(&s, "llm_ja") < 0.1, "llm_ja should not solve the word problems: {}", s.table);
 
     // Same seed, same table: a second, independent run into another directory.
     let again = tempfile::tempdir().expect("tempdir");
