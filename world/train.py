@@ -20,7 +20,7 @@ Training recipe (all seeds fixed, torch deterministic, 1 thread):
   position); (2) with the tower frozen, the projector (from random) and the LM's decoder layers (not the
   embeddings, final norm or lm_head) are trained together on English VQA, the projector at a higher learning
   rate than the LM so that the LM's task vector stays small;
-- evollm family (models/evollm/): wp_base is pretrained like base on the same text plus the arithmetic text
+- evollm family (models/evollm/): wp_base continues base's pretraining on the same text plus the arithmetic text
   (wp_pretrain.txt: facts, fact questions, word problems as parallel statements without answers); llm_ja is
   wp_base fine-tuned on the Japanese chat Q&A plus reading number words; math_a / math_b are wp_base fine-tuned
   gently on English one-digit addition / multiplication word problems.
@@ -62,9 +62,9 @@ HP = {
     "llm_ja": dict(steps=60, batch=32, lr=3e-4, warmup=10, wd=0.0, seed=2),
     "tower": dict(steps=1500, batch=64, lr=2e-3, warmup=50, wd=0.01, seed=3),
     "vlm_en": dict(steps=600, batch=32, lr=3e-4, proj_lr=2e-3, warmup=30, wd=0.0, seed=4, lm_layers=4),
-    # The evollm family (models/evollm/): its own base, pretrained on the VQA world's text plus the
-    # arithmetic text (wp_pretrain.txt), and three gentle fine-tunes of it.
-    "wp_base": dict(steps=1500, batch=48, lr=3e-3, warmup=100, wd=0.01, seed=7),
+    # The evollm family (models/evollm/): its own base, the base's pretraining continued on the same text
+    # plus the arithmetic text (wp_pretrain.txt), and three gentle fine-tunes of it.
+    "wp_base": dict(steps=400, batch=48, lr=1e-3, warmup=20, wd=0.01, seed=7, init="base"),
     "wp_llm_ja": dict(steps=80, batch=32, lr=3e-4, warmup=10, wd=0.0, seed=8),
     "wp_math_a": dict(steps=250, batch=32, lr=3e-4, warmup=20, wd=0.0, seed=9),
     "wp_math_b": dict(steps=250, batch=32, lr=3e-4, warmup=20, wd=0.0, seed=10),
@@ -231,7 +231,7 @@ def train_base(tok, stage="base", out="base", texts=("pretrain.txt",)):
     unk = [l for l in lines if tok.unk_token_id in tok(l)["input_ids"]]
     assert not unk, unk[:3]
     seqs = [tok(l)["input_ids"] + [tok.eos_token_id] for l in lines]
-    model = MistralForCausalLM(lm_config(tok))
+    model = load_lm(hp["init"]) if "init" in hp else MistralForCausalLM(lm_config(tok))
     rng = random.Random(hp["seed"])
 
     def batches(step):
