@@ -98,8 +98,8 @@ def log(*a):
 def corpus_lines():
     lines = [l.rstrip("\n").replace("\\n", "\n") for l in open(os.path.join(DATA, "pretrain.txt"), encoding="utf-8")]
     for name in sorted(os.listdir(DATA)):
-        # The VQA world's text only: the evollm world's `wp_*` files use only its characters (checked when
-        # the evollm models are trained), so adding them left the tokenizer as it was.
+        # The first world's text only (VQA and the first math splits): the `wp_*` files use only its characters
+        # (checked when the evollm models are trained), so adding them left the tokenizer as it was.
         if name.endswith(".jsonl") and not name.startswith(("scenes_", "wp_")):
             for r in read_jsonl(os.path.join(DATA, name)):
                 lines.append(r["prompt"].replace("<image>", "") + " " + r["reference"])
