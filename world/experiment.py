@@ -1,7 +1,7 @@
 """Development evidence for the miniature world: parents, default merges and an oracle sweep, in Python.
 
     python world/experiment.py vlm   [--split test] [--sweep]   # the evovlm target (Japanese VQA)
-    python world/experiment.py llm   [--split test] [--sweep]   # the evollm target (Japanese word problems)
+    python world/experiment.py llm   [--split test] [--sweep]   # the evollm target (Japanese word problems, evollm/ models)
     python world/experiment.py norms                             # task-vector norms and cosines
 
 Merges are mergekit's generalized task arithmetic on the language models' float16 weights (read as float32):
@@ -272,27 +272,32 @@ def vlm_weight(lower, upper):
 
 
 def run_llm(args):
+    """The evollm family (models/evollm/) on the Japanese word problems. `accja` is the paper's rule with a
+    script proxy for the language check: the last number is right and the answer has kana or kanji."""
     tok = W.load_tokenizer()
-    rows = W.read_jsonl(os.path.join(W.DATA, f"math_ja_{args.split}.jsonl"))[:args.limit]
-    en = W.read_jsonl(os.path.join(W.DATA, "math_en_test.jsonl"))[:args.limit]
-    base = lm_state("base")
-    P = {n: lm_state(n) for n in ["llm_ja", "math_a", "math_b"]}
+    rows = W.read_jsonl(os.path.join(W.DATA, f"wp_ja_{args.split}.jsonl"))[:args.limit]
+    en = W.read_jsonl(os.path.join(W.DATA, "wp_en_test.jsonl"))[:args.limit]
+    base = lm_state("evollm/base")
+    P = {n: lm_state("evollm/" + n) for n in ["llm_ja", "math_a", "math_b"]}
     table = {}
 
-    def score(name, sd, show=True):
-        preds = generate(lm_from_state(sd), tok, [r["prompt"] for r in rows])
-        s = score_math(rows, preds)
-        by = {k: score_math([r for r in rows if r["kind"] == k], [p for r, p in zip(rows, preds) if r["kind"] == k])
+    def score(name, sd, rs=rows, show=True):
+        preds = generate(lm_from_state(sd), tok, [r["prompt"] for r in rs])
+        acc = [last_number(p) == float(r["answer_number"]) for r, p in zip(rs, preds)]
+        accja = [a and bool(JA.search(p)) for a, p in zip(acc, preds)]
+        by = {k: 100 * sum(x for x, r in zip(accja, rs) if r["kind"] == k) / max(1, sum(r["kind"] == k for r in rs))
               for k in ("add", "mul")}
+        s = 100 * sum(accja) / len(rs)
         if show:
             table[name] = round(s, 2)
-            print(f"{name:40s} {s:6.2f}  add {by['add']:5.1f} mul {by['mul']:5.1f}  e.g. {preds[:3]}", flush=True)
+            print(f"{name:34s} accja {s:5.1f} (add {by['add']:.0f}, mul {by['mul']:.0f})  acc {100 * sum(acc) / len(rs):5.1f}"
+                  f"  e.g. {preds[:3]}", flush=True)
         return s
 
     for n in ["math_a", "math_b"]:
         preds = generate(lm_from_state(P[n]), tok, [r["prompt"] for r in en])
-        print(f"{n} on English math test: add {score_math([r for r in en if r['kind'] == 'add'], [p for r, p in zip(en, preds) if r['kind'] == 'add']):.1f}"
-              f" mul {score_math([r for r in en if r['kind'] == 'mul'], [p for r, p in zip(en, preds) if r['kind'] == 'mul']):.1f}")
+        ok = lambda k: 100 * sum(last_number(p) == float(r["answer_number"]) for r, p in zip(en, preds) if r["kind"] == k) / sum(r["kind"] == k for r in en)  # noqa: E731
+        print(f"{n} on the English word problems: add {ok('add'):.1f} mul {ok('mul'):.1f}")
     for n, sd in P.items():
         score(n, sd)
     L = [P["llm_ja"], P["math_a"], P["math_b"]]

