@@ -28,7 +28,7 @@ fn journal_cost(location: &Location, trials: u64) -> f64 {
     j.bind_recipe("bench", "bench: 1").expect("bind");
     let genome = vec![0.5; 4];
     let params: BTreeMap<String, f64> = (0..4).map(|i| (format!("g{i}"), 0.5)).collect();
-    let outcome = TrialOutcome { fitness: 0.5, item_scores: vec![0.5; 32], generated_tokens: 0, truncated: 0, merge_seconds: 0.0 };
+    let outcome = TrialOutcome { fitness: 0.5, item_scores: vec![0.5; 32], generated_tokens: 0, truncated: 0, merge_seconds: 0.0, item_ids: None };
     let t0 = Instant::now();
     for t in 0..trials {
         j.enqueue(t, PhaseKind::Ps, t / 8, t % 8, &genome, &params, None).expect("enqueue");

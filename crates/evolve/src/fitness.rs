@@ -30,6 +30,8 @@ pub struct TaskItem {
     /// For the accuracy metrics.
     pub answer_number: Option<f64>,
     pub image: Option<ImageInput>,
+    /// A custom row's other string or number fields (e.g. a question type), for `stratify`.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// The task of a recipe, loaded.
@@ -69,6 +71,7 @@ impl Task {
                         reference: format_number(q.answer_number),
                         answer_number: Some(q.answer_number),
                         image: None,
+                        labels: Default::default(),
                     })
                     .collect::<Vec<_>>()
             }
@@ -85,6 +88,7 @@ impl Task {
                         reference: q.answer,
                         answer_number: None,
                         image: Some(ImageInput::Encoded(q.image)),
+                        labels: Default::default(),
                     })
                     .collect()
             }
@@ -114,6 +118,15 @@ impl Task {
 
     pub fn needs_images(&self) -> bool {
         self.items.iter().any(|i| i.image.is_some())
+    }
+
+    /// The same task on items `ids` only, in that order.
+    pub fn select(&self, ids: &[usize]) -> Result<Task> {
+        let items = ids
+            .iter()
+            .map(|&i| self.items.get(i).cloned().ok_or_else(|| EvolveError::Fitness(format!("item {i} of {} does not exist", self.items.len()))))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Task { spec: self.spec.clone(), items, settings: self.settings.clone(), files: self.files.clone() })
     }
 }
 
@@ -154,6 +167,8 @@ struct CustomRow {
     /// For the accuracy metrics; else `reference` must be a number.
     #[serde(default)]
     answer_number: Option<f64>,
+    #[serde(flatten)]
+    other: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 fn load_custom(path: &Path, template: &str, metric: Metric) -> Result<Vec<TaskItem>> {
@@ -199,7 +214,17 @@ fn load_custom(path: &Path, template: &str, metric: Metric) -> Result<Vec<TaskIt
             })?),
             _ => None,
         };
-        items.push(TaskItem { prompt, reference: row.reference, answer_number, image });
+        let labels = row
+            .other
+            .into_iter()
+            .filter_map(|(k, v)| match v {
+                serde_json::Value::String(s) => Some((k, s)),
+                serde_json::Value::Number(n) => Some((k, n.to_string())),
+                serde_json::Value::Bool(b) => Some((k, b.to_string())),
+                _ => None,
+            })
+            .collect();
+        items.push(TaskItem { prompt, reference: row.reference, answer_number, image, labels });
     }
     Ok(items)
 }
@@ -288,7 +313,7 @@ fn finish(scores: Vec<f64>, generated_tokens: u64, truncated: u64) -> Result<Tri
         return Err(EvolveError::Fitness(format!("item {i} scored {} (non-finite logits?)", scores[i])));
     }
     let fitness = scores.iter().sum::<f64>() / scores.len().max(1) as f64;
-    Ok(TrialOutcome { fitness, item_scores: scores, generated_tokens, truncated, merge_seconds: 0.0 })
+    Ok(TrialOutcome { fitness, item_scores: scores, generated_tokens, truncated, merge_seconds: 0.0, item_ids: None })
 }
 
 /// Teacher-forced log-likelihood: for each item, the mean log-probability of the reference's tokens

@@ -8,6 +8,7 @@
 //!
 //! This is the only crate that knows all the others.
 
+pub mod budget;
 pub mod error;
 pub mod generators;
 pub mod dfs;

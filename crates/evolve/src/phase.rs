@@ -13,10 +13,11 @@ use std::time::Duration;
 use evomerge_cmaes::{CmaEs, Config as CmaConfig};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::budget::{answered_everything, Budgeter, Plan};
 use crate::error::{EvolveError, Result};
 use crate::export;
 use crate::genome::SearchSpace;
-use crate::journal::{worker_id, Journal, PhaseKind, TrialOutcome, TrialRecord};
+use crate::journal::{worker_id, Journal, PhaseKind, TrialOutcome, TrialRecord, TrialStatus};
 use crate::work::{evaluate_claim, Heartbeat};
 
 /// What a phase searches and how it scores and exports a candidate.
@@ -33,8 +34,16 @@ pub trait Phase {
     fn prepare_evaluation(&mut self) -> Result<()> {
         Ok(())
     }
-    /// Score candidate `x` (an error fails the trial; the search goes on).
-    fn evaluate(&mut self, x: &[f64]) -> Result<TrialOutcome>;
+    /// Make candidate `x` the live model (merge it, or set its path); the seconds it took. An
+    /// error fails the trial; the search goes on.
+    fn set_candidate(&mut self, x: &[f64]) -> Result<f64>;
+    /// Score the live candidate on search items `items` (in that order; `None`: every item).
+    fn score_items(&mut self, items: Option<&[usize]>) -> Result<TrialOutcome>;
+    /// Score candidate `x` on every search item.
+    fn evaluate(&mut self, x: &[f64]) -> Result<TrialOutcome> {
+        let seconds = self.set_candidate(x)?;
+        Ok(TrialOutcome { merge_seconds: seconds, ..self.score_items(None)? })
+    }
     /// Write `record`'s candidate as `out/best/` (and its plot under `out/plots/`).
     fn export_best(&mut self, out: &Path, record: &TrialRecord) -> Result<()>;
 }
@@ -70,9 +79,11 @@ pub struct PhaseReport {
 }
 
 /// Run (or resume) `phase`. `best` is the best trial of the whole search so far (earlier phases
-/// included): `best/` is replaced only when a trial beats it.
+/// included): `best/` is replaced only when a trial beats it. With a cheap budget the phase ends by
+/// re-scoring its top candidates on the full search set, and its best is chosen on those scores.
 pub fn run_phase(
     phase: &mut dyn Phase,
+    budget: &Budgeter,
     journal: &Journal,
     out: &Path,
     settings: &PhaseSettings,
@@ -88,17 +99,25 @@ pub fn run_phase(
         cma = cma.with_popsize(settings.population);
     }
     let mut es = CmaEs::new(cma)?;
-    let bar = progress_bar(settings.progress, settings.max_trials, kind);
+    let prior_best = best.clone();
     let end = settings.first_trial + settings.max_trials;
     let mut trial = settings.first_trial;
-    let mut evaluated = 0u64;
     let mut stopped = None;
     let worker = worker_id();
     if settings.evaluate {
         phase.prepare_evaluation()?;
     }
     let heartbeat = if settings.evaluate { Some(Heartbeat::start(journal.location().clone(), worker.clone(), settings.lease_seconds)) } else { None };
-    let mut waiting_told = false;
+    let mut queue = Queue {
+        budget,
+        journal,
+        settings,
+        heartbeat: heartbeat.as_ref(),
+        worker: &worker,
+        bar: progress_bar(settings.progress, settings.max_trials, kind),
+        evaluated: 0,
+        waiting_told: false,
+    };
     let mut generation = 0u64;
     while trial < end {
         if es.is_stopped() {
@@ -107,50 +126,26 @@ pub fn run_phase(
         }
         let candidates = es.ask()?;
         let n = candidates.len().min((end - trial) as usize);
+        let plan = if budget.budget.is_full() {
+            Plan::Full
+        } else {
+            budget.plan(journal, kind, generation, &journal.trial_range(settings.first_trial, trial)?)?
+        };
         // Queue the generation (a resumed run finds its rows and checks they are these candidates).
         let mut fresh = false;
         for (c, x) in candidates.iter().take(n).enumerate() {
             let t = trial + c as u64;
             match journal.trial(t)? {
-                Some(r) => check_row(journal, &r, kind, generation, x)?,
+                Some(r) => check_row(journal, &r, kind, generation, x, &plan)?,
                 None => {
                     let described = phase.describe(x);
-                    journal.enqueue(t, kind, generation, c as u64, x, &phase.space().params(x), described.as_deref())?;
+                    journal.enqueue_planned(t, kind, generation, c as u64, x, &phase.space().params(x), described.as_deref(), &plan, None)?;
                     fresh = true;
                 }
             }
         }
-        // Evaluate (or wait for workers to) until every candidate of the generation is finished.
-        let mut pause = POLL_MIN;
-        let records = loop {
-            let rows = journal.trial_range(trial, trial + n as u64)?;
-            let done = rows.iter().filter(|r| r.status.is_finished()).count();
-            bar.set_position(trial + done as u64 - settings.first_trial);
-            if rows.len() == n && done == n {
-                break rows;
-            }
-            fresh = true;
-            journal.requeue_dead_local_workers()?;
-            if let Some(heartbeat) = &heartbeat {
-                if let Some(claim) = journal.claim(Some(kind), &worker, settings.lease_seconds)? {
-                    if evaluate_claim(phase, journal, &claim, &worker, heartbeat)? {
-                        evaluated += 1;
-                    }
-                    pause = POLL_MIN;
-                    continue;
-                }
-            } else if !waiting_told && settings.progress {
-                waiting_told = true;
-                eprintln!(
-                    "coordinator: {} candidates queued in {}; start workers with `evomerge worker --journal {}`",
-                    n - done,
-                    journal.path().display(),
-                    journal.location().display()
-                );
-            }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(POLL_MAX);
-        };
+        let (records, waited) = queue.finish(phase, trial, n)?;
+        fresh |= waited;
         let mut told = Vec::with_capacity(n);
         for record in records {
             if record.fitness.is_some_and(|f| best.as_ref().and_then(|b| b.fitness).is_none_or(|b| f > b)) {
@@ -164,7 +159,7 @@ pub fn run_phase(
                 ensure_best(phase, out, b)?;
             }
         }
-        bar.set_message(format!(
+        queue.bar.set_message(format!(
             "gen {generation} best {}",
             best.as_ref().and_then(|b| b.fitness).map_or("-".into(), |f| format!("{f:.4}")),
         ));
@@ -176,11 +171,130 @@ pub fn run_phase(
         generation += 1;
         after_generation(journal, best.as_ref())?;
     }
-    bar.finish_and_clear();
+    if budget.rescores() {
+        let (phase_best, next) = rescore(phase, &mut queue, settings.first_trial, trial, kind)?;
+        trial = next;
+        *best = match (prior_best, phase_best) {
+            (Some(p), Some(b)) if p.fitness >= b.fitness => Some(p),
+            (p, None) => p,
+            (_, b) => b,
+        };
+        after_generation(journal, best.as_ref())?;
+    }
+    queue.bar.finish_and_clear();
     if let Some(b) = best.as_ref().filter(|b| b.phase == kind) {
         ensure_best(phase, out, b)?;
     }
-    Ok(PhaseReport { next_trial: trial, evaluated, stopped })
+    Ok(PhaseReport { next_trial: trial, evaluated: queue.evaluated, stopped })
+}
+
+/// Queued rows of this process's search: evaluates them here (unless `--workers 0`) or waits for
+/// workers to.
+struct Queue<'a> {
+    budget: &'a Budgeter,
+    journal: &'a Journal,
+    settings: &'a PhaseSettings,
+    heartbeat: Option<&'a Heartbeat>,
+    worker: &'a str,
+    bar: ProgressBar,
+    evaluated: u64,
+    waiting_told: bool,
+}
+
+impl Queue<'_> {
+    /// Evaluate (or wait for workers to) until rows `from..from + n` are all finished; also says
+    /// whether anything was left to do.
+    fn finish(&mut self, phase: &mut dyn Phase, from: u64, n: usize) -> Result<(Vec<TrialRecord>, bool)> {
+        let (journal, kind) = (self.journal, phase.kind());
+        let mut pause = POLL_MIN;
+        let mut waited = false;
+        loop {
+            let rows = journal.trial_range(from, from + n as u64)?;
+            let done = rows.iter().filter(|r| r.status.is_finished()).count();
+            self.bar.set_position((from + done as u64).saturating_sub(self.settings.first_trial).min(self.settings.max_trials));
+            if rows.len() == n && done == n {
+                return Ok((rows, waited));
+            }
+            waited = true;
+            journal.requeue_dead_local_workers()?;
+            if let Some(heartbeat) = self.heartbeat {
+                if let Some(claim) = journal.claim(Some(kind), self.worker, self.settings.lease_seconds)? {
+                    if evaluate_claim(phase, self.budget, journal, &claim, self.worker, heartbeat)? {
+                        self.evaluated += 1;
+                    }
+                    pause = POLL_MIN;
+                    continue;
+                }
+            } else if !self.waiting_told && self.settings.progress {
+                self.waiting_told = true;
+                eprintln!(
+                    "coordinator: {} candidates queued in {}; start workers with `evomerge worker --journal {}`",
+                    n - done,
+                    journal.path().display(),
+                    journal.location().display()
+                );
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(POLL_MAX);
+        }
+    }
+}
+
+/// The final re-scoring of a phase whose search trials are `first..end`: its top `rescore`
+/// candidates by search fitness that did not answer every item are queued again on the full search
+/// set (rows `end..`, `rescore_of` naming the trial). Returns the best of the top candidates by
+/// full-set fitness (a re-scoring row, or a trial that answered everything) and the next free trial.
+fn rescore(phase: &mut dyn Phase, queue: &mut Queue, first: u64, end: u64, kind: PhaseKind) -> Result<(Option<TrialRecord>, u64)> {
+    let journal = queue.journal;
+    let rows = journal.trial_range(first, end)?;
+    let mut ranked: Vec<&TrialRecord> = rows.iter().filter(|r| r.status == TrialStatus::Complete && r.fitness.is_some()).collect();
+    ranked.sort_by(|a, b| b.fitness.unwrap_or(f64::NEG_INFINITY).total_cmp(&a.fitness.unwrap_or(f64::NEG_INFINITY)).then(a.trial.cmp(&b.trial)));
+    let top: Vec<&TrialRecord> = ranked.into_iter().take(queue.budget.rescore).collect();
+    let again: Vec<&TrialRecord> = top.iter().copied().filter(|r| !answered_everything(r)).collect();
+    let generation = rows.iter().map(|r| r.generation + 1).max().unwrap_or(0);
+    for (c, r) in again.iter().enumerate() {
+        let t = end + c as u64;
+        match journal.trial(t)? {
+            Some(row) if row.rescore_of == Some(r.trial) && row.genome == r.genome => {}
+            Some(row) => {
+                return Err(journal_mismatch(
+                    journal,
+                    format!("trial {t} should re-score trial {} on the full search set, but holds {}", r.trial, describe_row(&row)),
+                ))
+            }
+            None => journal.enqueue_planned(t, kind, generation, c as u64, &r.genome, &r.params, r.path.as_deref(), &Plan::Full, Some(r.trial))?,
+        }
+    }
+    let (rescored, _) = queue.finish(phase, end, again.len())?;
+    let full_set = top.iter().map(|r| {
+        if answered_everything(r) {
+            Some((*r).clone())
+        } else {
+            rescored.iter().find(|s| s.rescore_of == Some(r.trial) && s.status == TrialStatus::Complete).cloned()
+        }
+    });
+    let best = full_set.flatten().fold(None, |best: Option<TrialRecord>, t| match best {
+        Some(b) if b.fitness >= t.fitness => Some(b),
+        _ => Some(t),
+    });
+    if let Some(b) = &best {
+        tracing::info!(
+            "{} phase: re-scored {} of the top {} candidates on the full search set; best: trial {} ({:.6})",
+            kind.as_str(),
+            again.len(),
+            top.len(),
+            b.rescore_of.unwrap_or(b.trial),
+            b.fitness.unwrap_or(f64::NAN)
+        );
+    }
+    Ok((best, end + again.len() as u64))
+}
+
+fn describe_row(r: &TrialRecord) -> String {
+    match r.rescore_of {
+        Some(t) => format!("the re-scoring of trial {t}"),
+        None => format!("candidate {} of generation {} of the {} phase", r.candidate, r.generation, r.phase.as_str()),
+    }
 }
 
 /// Waits between looks at the journal while others evaluate.
@@ -188,7 +302,17 @@ const POLL_MIN: Duration = Duration::from_millis(5);
 const POLL_MAX: Duration = Duration::from_millis(250);
 
 /// A row already in the journal must be this phase's candidate `x` of `generation`.
-fn check_row(journal: &Journal, r: &TrialRecord, kind: PhaseKind, generation: u64, x: &[f64]) -> Result<()> {
+fn check_row(journal: &Journal, r: &TrialRecord, kind: PhaseKind, generation: u64, x: &[f64], plan: &Plan) -> Result<()> {
+    if let Some(of) = r.rescore_of {
+        return Err(journal_mismatch(
+            journal,
+            format!(
+                "trial {} is the final re-scoring of trial {of}: this search has ended and cannot be given more trials; \
+                 start a new --out directory (or database) to search longer",
+                r.trial
+            ),
+        ));
+    }
     if r.phase != kind {
         return Err(journal_mismatch(
             journal,
@@ -201,7 +325,7 @@ fn check_row(journal: &Journal, r: &TrialRecord, kind: PhaseKind, generation: u6
             ),
         ));
     }
-    if r.genome != x || r.generation != generation {
+    if r.genome != x || r.generation != generation || r.plan != *plan {
         return Err(journal_mismatch(
             journal,
             format!(

@@ -116,12 +116,17 @@ impl Phase for DfsPhase<'_> {
         self.space.path(x).ok().map(|p| p.to_string())
     }
 
-    fn evaluate(&mut self, x: &[f64]) -> Result<TrialOutcome> {
+    fn set_candidate(&mut self, x: &[f64]) -> Result<f64> {
         let started = Instant::now();
         self.set_path(x)?;
-        let set_seconds = started.elapsed().as_secs_f64();
-        let outcome = score_live(&self.live, self.metric, self.task, self.scorer, &mut self.features)?;
-        Ok(TrialOutcome { merge_seconds: set_seconds, ..outcome })
+        Ok(started.elapsed().as_secs_f64())
+    }
+
+    fn score_items(&mut self, items: Option<&[usize]>) -> Result<TrialOutcome> {
+        match items {
+            None => score_live(&self.live, self.metric, self.task, self.scorer, &mut self.features),
+            Some(ids) => score_live(&self.live, self.metric, &self.task.select(ids)?, self.scorer, &mut self.features),
+        }
     }
 
     fn export_best(&mut self, out: &Path, record: &TrialRecord) -> Result<()> {

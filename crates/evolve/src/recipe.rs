@@ -10,6 +10,7 @@ use evomerge_merge::methods::{self, BasePolicy};
 use evomerge_merge::params::{ParamKind, ParamScope, Scalar};
 use serde::{Deserialize, Serialize};
 
+use crate::budget::Budget;
 use crate::dfs::DfsSpec;
 use crate::error::{EvolveError, Result};
 
@@ -86,6 +87,20 @@ pub struct TaskSpec {
     pub template: Option<String>,
     #[serde(default)]
     pub generation: GenerationSpec,
+    /// How many search items a candidate answers (`full`, `{subset: N}`, `racing`, `{irt: N}`).
+    #[serde(default, skip_serializing_if = "Budget::is_full")]
+    pub budget: Budget,
+    /// With a cheap budget: the top candidates of each phase re-scored on the full search set
+    /// before `best/` is chosen (0: none).
+    #[serde(default = "default_rescore", skip_serializing_if = "is_default_rescore")]
+    pub rescore: usize,
+}
+
+fn default_rescore() -> usize {
+    3
+}
+fn is_default_rescore(k: &usize) -> bool {
+    *k == default_rescore()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -419,8 +434,19 @@ impl EvolveRecipe {
 
     fn validate_task(&self) -> Result<()> {
         validate_task_spec(&self.task, "task")?;
+        self.task.budget.check().map_err(|m| EvolveError::recipe("task.budget", m))?;
+        if matches!(self.task.budget, Budget::Irt { .. }) && matches!(self.task.metric, Metric::Loglik) {
+            return Err(EvolveError::recipe(
+                "task.budget",
+                "the IRT budget models scores in [0, 1]; `loglik` is not one (use racing or a subset)",
+            ));
+        }
         for (i, t) in self.final_eval.iter().flatten().enumerate() {
-            validate_task_spec(t, &format!("final_eval[{i}]"))?;
+            let at = format!("final_eval[{i}]");
+            validate_task_spec(t, &at)?;
+            if !t.budget.is_full() {
+                return Err(EvolveError::recipe(format!("{at}.budget"), "a final evaluation answers every item; remove `budget`"));
+            }
         }
         Ok(())
     }
@@ -432,7 +458,17 @@ impl EvolveRecipe {
         if let Some(tasks) = &self.final_eval {
             return tasks.clone();
         }
-        let spec = |kind, metric, generation| TaskSpec { kind, data: None, split: None, limit: None, metric, template: None, generation };
+        let spec = |kind, metric, generation| TaskSpec {
+            kind,
+            data: None,
+            split: None,
+            limit: None,
+            metric,
+            template: None,
+            generation,
+            budget: Budget::Full,
+            rescore: default_rescore(),
+        };
         let mgsm = GenerationSpec {
             max_new_tokens: 1024,
             num_beams: 1,

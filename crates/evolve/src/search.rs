@@ -9,6 +9,7 @@ use evomerge_checkpoint::Checkpoint;
 use evomerge_merge::layout::Layout;
 use evomerge_merge::{model_refs, InMemoryMerger, MergeConfig, ResidentSource, TensorSource};
 
+use crate::budget::Budgeter;
 use crate::dfs::{DfsSpace, DfsSpec};
 use crate::error::{EvolveError, Result};
 use crate::export;
@@ -192,6 +193,7 @@ pub(crate) struct Prepared {
     pub(crate) ps: Option<PsPrepared>,
     pub(crate) dfs: Option<DfsPrepared>,
     pub(crate) task: Task,
+    pub(crate) budget: Budgeter,
     pub(crate) scorer: Option<Scorer>,
     pub(crate) device: candle_core::Device,
 }
@@ -223,7 +225,8 @@ pub(crate) fn prepare(recipe: EvolveRecipe) -> Result<Prepared> {
     };
     let scorer = if recipe.task.metric.generates() { Some(Scorer::new(recipe.task.metric)?) } else { None };
     let device = parse_device(&recipe.device)?;
-    Ok(Prepared { recipe, ps, dfs, task, scorer, device })
+    let budget = Budgeter::new(&task, recipe.optimizer.seed)?;
+    Ok(Prepared { recipe, ps, dfs, task, budget, scorer, device })
 }
 
 /// Check the pool's models from their headers: plain language models of one layer shape.
@@ -333,17 +336,23 @@ impl Phase for PsPhase<'_> {
         Ok(())
     }
 
-    /// Merge candidate `x` into the live model and score it.
-    fn evaluate(&mut self, x: &[f64]) -> Result<TrialOutcome> {
+    /// Merge candidate `x` into the live model.
+    fn set_candidate(&mut self, x: &[f64]) -> Result<f64> {
         let config: MergeConfig = self.space.to_merge_config(x)?;
         self.prepare_evaluation()?;
         let merge_started = Instant::now();
         self.merger.set_config(&config)?;
         let Some(live) = self.live.as_mut() else { return Err(EvolveError::Model("the live model did not load".into())) };
         self.merger.merge_into(false, |view| live.write(view))?;
-        let merge_seconds = merge_started.elapsed().as_secs_f64();
-        let outcome = score_live(live, self.metric, self.task, self.scorer, &mut self.features)?;
-        Ok(TrialOutcome { merge_seconds, ..outcome })
+        Ok(merge_started.elapsed().as_secs_f64())
+    }
+
+    fn score_items(&mut self, items: Option<&[usize]>) -> Result<TrialOutcome> {
+        let Some(live) = self.live.as_ref() else { return Err(EvolveError::Model("no candidate was merged".into())) };
+        match items {
+            None => score_live(live, self.metric, self.task, self.scorer, &mut self.features),
+            Some(ids) => score_live(live, self.metric, &self.task.select(ids)?, self.scorer, &mut self.features),
+        }
     }
 
     fn export_best(&mut self, out: &Path, record: &TrialRecord) -> Result<()> {
@@ -406,7 +415,7 @@ pub fn run(recipe_path: &Path, options: &SearchOptions) -> Result<SearchReport> 
             evaluate: options.evaluate,
             lease_seconds: options.lease_seconds,
         };
-        let report = run_phase(&mut phase, &journal, &out, &settings, &mut best, reports)?;
+        let report = run_phase(&mut phase, &p.budget, &journal, &out, &settings, &mut best, reports)?;
         next_trial = report.next_trial;
         evaluated += report.evaluated;
         stopped = report.stopped.map(|r| format!("parameter space: {r}"));
@@ -435,7 +444,7 @@ pub fn run(recipe_path: &Path, options: &SearchOptions) -> Result<SearchReport> 
             evaluate: options.evaluate,
             lease_seconds: options.lease_seconds,
         };
-        let report = run_phase(&mut phase, &journal, &out, &settings, &mut best, reports)?;
+        let report = run_phase(&mut phase, &p.budget, &journal, &out, &settings, &mut best, reports)?;
         evaluated += report.evaluated;
         if let Some(r) = report.stopped {
             stopped = Some(format!("data flow space: {r}"));

@@ -2,6 +2,7 @@
 
 use std::io::Write;
 
+use crate::budget::Plan;
 use crate::journal::TrialRecord;
 
 /// One JSON object per line (genome and per-item scores included).
@@ -24,7 +25,7 @@ pub fn write_csv(records: &[TrialRecord], out: &mut dyn Write) -> std::io::Resul
         }
     }
     let mut header: Vec<String> =
-        ["trial", "phase", "generation", "candidate", "status", "fitness", "seconds", "merge_seconds", "generated_tokens", "truncated", "items", "error", "path", "worker", "wait_seconds"]
+        ["trial", "phase", "generation", "candidate", "status", "fitness", "seconds", "merge_seconds", "generated_tokens", "truncated", "items", "error", "path", "worker", "wait_seconds", "plan", "rescore_of"]
             .iter()
             .map(|s| s.to_string())
             .collect();
@@ -49,11 +50,23 @@ pub fn write_csv(records: &[TrialRecord], out: &mut dyn Write) -> std::io::Resul
             opt(r.path.clone()),
             opt(r.worker.clone()),
             opt(r.wait_seconds.map(|v| format!("{v:.3}"))),
+            plan_name(&r.plan),
+            opt(r.rescore_of.map(|v| v.to_string())),
         ];
         row.extend(genes.iter().map(|g| opt(r.params.get(*g).map(|v| v.to_string()))));
         writeln!(out, "{}", row.iter().map(|f| csv_field(f)).collect::<Vec<_>>().join(","))?;
     }
     Ok(())
+}
+
+/// The plan in a word: `full`, `subset`, `race:<incumbent>` or `irt`.
+fn plan_name(plan: &Plan) -> String {
+    match plan {
+        Plan::Full => "full".into(),
+        Plan::Items { .. } => "subset".into(),
+        Plan::Race { against } => format!("race:{against}"),
+        Plan::Irt => "irt".into(),
+    }
 }
 
 /// RFC 4180 quoting where needed.
@@ -91,13 +104,16 @@ mod tests {
             worker: Some("node1:42".into()),
             path: None,
             wait_seconds: Some(0.5),
+            plan: Plan::Race { against: 3 },
+            item_ids: Some(vec![4, 1]),
+            rescore_of: None,
         };
         let mut out = Vec::new();
         write_csv(&[r], &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("trial,phase,generation,candidate,status,fitness,"), "{text}");
         assert!(text.contains("param:a.weight"));
-        assert!(text.contains(",worker,wait_seconds,") && text.contains(",node1:42,0.500,"), "{text}");
+        assert!(text.contains(",worker,wait_seconds,plan,rescore_of,") && text.contains(",node1:42,0.500,race:3,,"), "{text}");
         assert!(text.contains("\"bad, \"\"very\"\"\""), "{text}");
     }
 }

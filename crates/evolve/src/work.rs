@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::budget::Budgeter;
 use crate::error::Result;
 use crate::journal::{Claim, Journal, Location};
 use crate::phase::Phase;
@@ -72,10 +73,17 @@ impl Drop for Heartbeat {
 /// Evaluate a claimed trial and record its result; false when this process had lost the claim
 /// (the result of whoever holds it is the one recorded). A failed evaluation is a failed trial; a
 /// journal error is an error.
-pub fn evaluate_claim(phase: &mut dyn Phase, journal: &Journal, claim: &Claim, worker: &str, heartbeat: &Heartbeat) -> Result<bool> {
+pub fn evaluate_claim(
+    phase: &mut dyn Phase,
+    budget: &Budgeter,
+    journal: &Journal,
+    claim: &Claim,
+    worker: &str,
+    heartbeat: &Heartbeat,
+) -> Result<bool> {
     heartbeat.set(Some(claim.trial));
     let t0 = Instant::now();
-    let result = phase.evaluate(&claim.genome);
+    let result = budget.execute(phase, journal, claim);
     let seconds = t0.elapsed().as_secs_f64();
     heartbeat.set(None);
     let recorded = match &result {

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::error::{EvolveError, Result};
+use crate::budget::Budgeter;
 use crate::journal::{worker_id, Journal, Location, PhaseKind};
 use crate::phase::Phase;
 use crate::pool::DfsPhase;
@@ -141,7 +142,7 @@ fn serve(mut p: Prepared, kind: PhaseKind, journal: &Journal, worker: &str, hear
             })?;
             let resident = load_sources(&mut ps.opened)?;
             let mut phase = PsPhase::new(&p, &ps, &resident)?;
-            serve_phase(&mut phase, journal, worker, heartbeat, lease)
+            serve_phase(&mut phase, &p.budget, journal, worker, heartbeat, lease)
         }
         PhaseKind::Dfs => {
             let dfs = p.dfs.as_ref().ok_or_else(|| {
@@ -168,19 +169,19 @@ fn serve(mut p: Prepared, kind: PhaseKind, journal: &Journal, worker: &str, hear
                 .collect::<Result<Vec<_>>>()?;
             let mut phase =
                 DfsPhase::load(dfs.space.clone(), &dirs, &p.device, dfs.dtype, &p.task, p.recipe.task.metric, p.scorer.as_ref())?;
-            serve_phase(&mut phase, journal, worker, heartbeat, lease)
+            serve_phase(&mut phase, &p.budget, journal, worker, heartbeat, lease)
         }
     }
 }
 
-fn serve_phase(phase: &mut dyn Phase, journal: &Journal, worker: &str, heartbeat: &Heartbeat, lease: f64) -> Result<u64> {
+fn serve_phase(phase: &mut dyn Phase, budget: &Budgeter, journal: &Journal, worker: &str, heartbeat: &Heartbeat, lease: f64) -> Result<u64> {
     let kind = phase.kind();
     phase.prepare_evaluation()?;
     let mut evaluated = 0;
     loop {
         journal.requeue_dead_local_workers()?;
         if let Some(claim) = journal.claim(Some(kind), worker, lease)? {
-            if evaluate_claim(phase, journal, &claim, worker, heartbeat)? {
+            if evaluate_claim(phase, budget, journal, &claim, worker, heartbeat)? {
                 evaluated += 1;
             }
             continue;

@@ -19,10 +19,12 @@ use serde::{Deserialize, Serialize};
 pub use store::Location;
 use store::{Row, Store, Value};
 
+use crate::budget::Plan;
 use crate::error::{EvolveError, Result};
 
-/// Schema version written into the study table (2: the work queue's columns and `pending`).
-const FORMAT: &str = "2";
+/// Schema version written into the study table (2: the work queue's columns and `pending`; 3: the
+/// evaluation plan of cheap fitness, the items a trial answered, final re-scorings).
+const FORMAT: &str = "3";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -119,6 +121,19 @@ pub struct TrialRecord {
     /// Seconds between being queued and being claimed (by the process that finished it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_seconds: Option<f64>,
+    /// Which items the trial answers and how its fitness is formed (`task.budget`).
+    #[serde(default, skip_serializing_if = "is_full_plan")]
+    pub plan: Plan,
+    /// The items answered, in the order of `item_scores`; `None`: every search item, in item order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item_ids: Option<Vec<usize>>,
+    /// A final re-scoring on the full search set of this earlier trial's candidate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rescore_of: Option<u64>,
+}
+
+fn is_full_plan(p: &Plan) -> bool {
+    *p == Plan::Full
 }
 
 /// What a finished evaluation reports.
@@ -130,6 +145,15 @@ pub struct TrialOutcome {
     pub truncated: u64,
     /// Of the trial's seconds, those spent merging the candidate into the live model.
     pub merge_seconds: f64,
+    /// The items answered, in the order of `item_scores`; `None`: every item, in item order.
+    pub item_ids: Option<Vec<usize>>,
+}
+
+impl TrialOutcome {
+    /// This outcome's scores are of `items` (in that order), not of every item.
+    pub fn answered(self, items: Vec<usize>) -> TrialOutcome {
+        TrialOutcome { item_ids: Some(items), ..self }
+    }
 }
 
 /// A trial a process has claimed: evaluate `genome` in `phase`, then [`Journal::finish_trial`].
@@ -138,6 +162,7 @@ pub struct Claim {
     pub trial: u64,
     pub phase: PhaseKind,
     pub genome: Vec<f64>,
+    pub plan: Plan,
 }
 
 pub struct Journal {
@@ -275,12 +300,40 @@ impl Journal {
         params: &BTreeMap<String, f64>,
         path: Option<&str>,
     ) -> Result<()> {
+        self.enqueue_planned(trial, phase, generation, candidate, genome, params, path, &Plan::Full, None)
+    }
+
+    /// [`Journal::enqueue`] with an evaluation plan, or as the full re-scoring of trial `rescore_of`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn enqueue_planned(
+        &self,
+        trial: u64,
+        phase: PhaseKind,
+        generation: u64,
+        candidate: u64,
+        genome: &[f64],
+        params: &BTreeMap<String, f64>,
+        path: Option<&str>,
+        plan: &Plan,
+        rescore_of: Option<u64>,
+    ) -> Result<()> {
         let genome_json = serde_json::to_string(genome).map_err(|e| EvolveError::Fitness(e.to_string()))?;
         let params_json = serde_json::to_string(params).map_err(|e| EvolveError::Fitness(e.to_string()))?;
         self.execute(
-            "INSERT INTO trials (trial, generation, candidate, genome, params, status, phase, path, queued_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?8) ON CONFLICT (trial) DO NOTHING",
-            &[trial.into(), generation.into(), candidate.into(), genome_json.into(), params_json.into(), phase.as_str().into(), path.into(), now().into()],
+            "INSERT INTO trials (trial, generation, candidate, genome, params, status, phase, path, queued_at, plan, rescore_of)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?8, ?9, ?10) ON CONFLICT (trial) DO NOTHING",
+            &[
+                trial.into(),
+                generation.into(),
+                candidate.into(),
+                genome_json.into(),
+                params_json.into(),
+                phase.as_str().into(),
+                path.into(),
+                now().into(),
+                plan.to_column().into(),
+                rescore_of.into(),
+            ],
         )?;
         Ok(())
     }
@@ -297,7 +350,7 @@ impl Journal {
              WHERE trial = (SELECT trial FROM trials
                             WHERE (status = 'pending' OR (status = 'running' AND lease_until < ?2)) {phase_filter}
                             ORDER BY trial LIMIT 1 {lock})
-             RETURNING trial, phase, genome"
+             RETURNING trial, phase, genome, plan"
         );
         let mut params: Vec<Value> = vec![worker.into(), now.into(), (now + lease_seconds).into()];
         if let Some(p) = phase {
@@ -310,7 +363,8 @@ impl Journal {
         let phase = PhaseKind::parse(phase_text).ok_or_else(|| self.error(format!("trial {trial}: unknown phase {phase_text:?}")))?;
         let genome = serde_json::from_str(row[2].text().unwrap_or(""))
             .map_err(|e| self.error(format!("trial {trial}: unreadable genome: {e}")))?;
-        Ok(Some(Claim { trial, phase, genome }))
+        let plan = Plan::from_column(row[3].text()).map_err(|e| self.error(format!("trial {trial}: {e}")))?;
+        Ok(Some(Claim { trial, phase, genome, plan }))
     }
 
     /// Extend `worker`'s lease on `trial`; false if it no longer holds it.
@@ -348,9 +402,11 @@ impl Journal {
         let changed = match result {
             Ok(o) => {
                 let scores = serde_json::to_string(&o.item_scores).map_err(|e| EvolveError::Fitness(e.to_string()))?;
+                let ids = o.item_ids.as_ref().map(serde_json::to_string).transpose().map_err(|e| EvolveError::Fitness(e.to_string()))?;
                 self.execute(
                     "UPDATE trials SET status = 'complete', fitness = ?3, item_scores = ?4, items = ?5, seconds = ?6,
-                     generated_tokens = ?7, truncated = ?8, finished_at = ?9, merge_seconds = ?10, lease_until = NULL
+                     generated_tokens = ?7, truncated = ?8, finished_at = ?9, merge_seconds = ?10, lease_until = NULL,
+                     item_ids = ?11
                      WHERE trial = ?1 AND worker = ?2 AND status = 'running'",
                     &[
                         trial.into(),
@@ -363,6 +419,7 @@ impl Journal {
                         o.truncated.into(),
                         now().into(),
                         o.merge_seconds.into(),
+                        ids.into(),
                     ],
                 )?
             }
@@ -421,12 +478,15 @@ impl Journal {
             merge_seconds: r[14].real(),
             path: text(16),
             wait_seconds: r[17].real(),
+            plan: Plan::from_column(r[18].text()).map_err(|e| bad("plan", e))?,
+            item_ids: text(19).map(|s| serde_json::from_str(&s)).transpose().map_err(|e| bad("item ids", e.to_string()))?,
+            rescore_of: r[20].int().map(|v| v as u64),
         })
     }
 }
 
 const SELECT: &str = "SELECT trial, generation, candidate, genome, params, status, fitness, item_scores, items, seconds,
-    generated_tokens, truncated, error, worker, merge_seconds, phase, path, wait_seconds FROM trials";
+    generated_tokens, truncated, error, worker, merge_seconds, phase, path, wait_seconds, plan, item_ids, rescore_of FROM trials";
 
 /// This process's name in the journal's `worker` column: `host:pid`.
 pub fn worker_id() -> String {
@@ -468,7 +528,7 @@ mod tests {
         assert_eq!(j.claim(None, "w2", 60.0).unwrap().unwrap().trial, 1);
         assert!(j.claim(None, "w3", 60.0).unwrap().is_none());
         let outcome =
-            TrialOutcome { fitness: -0.125, item_scores: vec![0.5, -0.75], generated_tokens: 7, truncated: 1, merge_seconds: 0.25 };
+            TrialOutcome { fitness: -0.125, item_scores: vec![0.5, -0.75], generated_tokens: 7, truncated: 1, merge_seconds: 0.25, item_ids: None };
         // Only the holder records the result, once.
         assert!(!j.finish_trial(0, "w2", Ok(&outcome), 1.5).unwrap());
         assert!(j.heartbeat(0, "w1", 60.0).unwrap());

@@ -110,6 +110,16 @@ impl From<String> for Value {
         Value::Text(Some(v))
     }
 }
+impl From<Option<String>> for Value {
+    fn from(v: Option<String>) -> Self {
+        Value::Text(v)
+    }
+}
+impl From<Option<u64>> for Value {
+    fn from(v: Option<u64>) -> Self {
+        Value::Int(v.map(|v| v as i64))
+    }
+}
 impl From<Option<&str>> for Value {
     fn from(v: Option<&str>) -> Self {
         Value::Text(v.map(str::to_string))
@@ -134,7 +144,8 @@ CREATE TABLE IF NOT EXISTS trials (
   status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'complete', 'failed')),
   fitness {real}, item_scores TEXT, items {int}, seconds {real}, merge_seconds {real},
   generated_tokens {int}, truncated {int}, error TEXT, started_at {real}, finished_at {real}, worker TEXT,
-  phase TEXT NOT NULL DEFAULT 'ps', path TEXT, queued_at {real}, lease_until {real}, wait_seconds {real}
+  phase TEXT NOT NULL DEFAULT 'ps', path TEXT, queued_at {real}, lease_until {real}, wait_seconds {real},
+  plan TEXT, item_ids TEXT, rescore_of {int}
 );"
     )
 }
@@ -144,13 +155,22 @@ fn sqlite_schema() -> String {
 }
 
 /// Columns of the trial table after the first format, with their SQLite declarations.
-const ADDED_COLUMNS: [(&str, &str); 5] = [
+const ADDED_COLUMNS: [(&str, &str); 8] = [
     ("phase", "TEXT NOT NULL DEFAULT 'ps'"),
     ("path", "TEXT"),
     ("queued_at", "REAL"),
     ("lease_until", "REAL"),
     ("wait_seconds", "REAL"),
+    // Cheap fitness: the trial's evaluation plan, the items it answered, the trial it re-scores.
+    ("plan", "TEXT"),
+    ("item_ids", "TEXT"),
+    ("rescore_of", "INTEGER"),
 ];
+
+/// The columns PostgreSQL journals of earlier versions lack.
+const ADDED_POSTGRES_COLUMNS: &str = "ALTER TABLE trials ADD COLUMN IF NOT EXISTS plan TEXT;
+  ALTER TABLE trials ADD COLUMN IF NOT EXISTS item_ids TEXT;
+  ALTER TABLE trials ADD COLUMN IF NOT EXISTS rescore_of BIGINT;";
 
 impl Store {
     /// Connect (creating the tables if needed).
@@ -177,7 +197,10 @@ impl Store {
                 let store = Store::Postgres(RefCell::new(client));
                 // Workers starting together must not race on CREATE TABLE: the lock is held until the
                 // tables are committed (a session lock released before the commit would not do).
-                store.batch(&format!("BEGIN; SELECT pg_advisory_xact_lock(7240514); {} COMMIT;", schema("BIGINT", "DOUBLE PRECISION")))?;
+                store.batch(&format!(
+                    "BEGIN; SELECT pg_advisory_xact_lock(7240514); {} {ADDED_POSTGRES_COLUMNS} COMMIT;",
+                    schema("BIGINT", "DOUBLE PRECISION")
+                ))?;
                 Ok(store)
             }
         }
@@ -203,7 +226,7 @@ impl Store {
         if !sql.contains("'pending'") {
             let columns = "trial, generation, candidate, genome, params, status, fitness, item_scores, items, seconds, \
                            merge_seconds, generated_tokens, truncated, error, started_at, finished_at, worker, phase, path, \
-                           queued_at, lease_until, wait_seconds";
+                           queued_at, lease_until, wait_seconds, plan, item_ids, rescore_of";
             self.batch(&format!(
                 "BEGIN IMMEDIATE; ALTER TABLE trials RENAME TO trials_format1; {schema}
                  INSERT INTO trials ({columns}) SELECT {columns} FROM trials_format1; DROP TABLE trials_format1; COMMIT;",
