@@ -13,7 +13,7 @@ mod world;
 use std::path::Path;
 
 fn run(exp: &world::Experiment, out: &Path, trials: u64, search_limit: usize, test_limit: Option<usize>) -> world::Summary {
-    let opts = world::Options { out: out.to_path_buf(), seed: 0, trials, search_limit: Some(search_limit), test_limit };
+    let opts = world::Options { out: out.to_path_buf(), seed: 0, trials, search_limit: Some(search_limit), test_limit, budget: None, compare: true };
     world::run(exp, &opts).unwrap_or_else(|e| panic!("{} pipeline failed: {e:#}", exp.name))
 }
 

@@ -18,13 +18,17 @@ use serde_json::json;
 
 /// Command-line options of both examples: `--out DIR`, `--seed N`, `--trials N` (search budget),
 /// `--search-limit N` (search items each candidate answers; default the experiment's),
-/// `--test-limit N` (test items; default all).
+/// `--test-limit N` (test items; default all), `--budget SPEC` (the recipe's `task.budget`, e.g.
+/// `racing`, `{subset: 40}`, `{irt: 20}`; default `full`).
 pub struct Options {
     pub out: PathBuf,
     pub seed: u64,
     pub trials: u64,
     pub search_limit: Option<usize>,
     pub test_limit: Option<usize>,
+    pub budget: Option<String>,
+    /// Score the parents and the default merges on the test split too (false: only the evolved model).
+    pub compare: bool,
 }
 
 impl Options {
@@ -35,6 +39,8 @@ impl Options {
             trials: default_trials,
             search_limit: None,
             test_limit: None,
+            budget: None,
+            compare: true,
         };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
@@ -45,9 +51,10 @@ impl Options {
                 "--trials" => o.trials = value()?.parse().context("--trials takes a number")?,
                 "--search-limit" => o.search_limit = Some(value()?.parse().context("--search-limit takes a number")?),
                 "--test-limit" => o.test_limit = Some(value()?.parse().context("--test-limit takes a number")?),
+                "--budget" => o.budget = Some(value()?),
                 "-h" | "--help" => {
                     println!(
-                        "usage: cargo run --release --example {example} -- [--out DIR] [--seed N] [--trials N] [--search-limit N] [--test-limit N]"
+                        "usage: cargo run --release --example {example} -- [--out DIR] [--seed N] [--trials N] [--search-limit N] [--test-limit N] [--budget full|racing|'{{subset: N}}'|'{{irt: N}}']"
                     );
                     std::process::exit(0);
                 }
@@ -150,6 +157,10 @@ pub struct Summary {
     pub difference: (f64, f64, f64),
     /// The table as printed.
     pub table: String,
+    /// The evolved model's score on each test item.
+    pub evolved_items: Vec<f64>,
+    /// The search's directory (journal, best/).
+    pub search_dir: PathBuf,
 }
 
 pub fn run(exp: &Experiment, opts: &Options) -> anyhow::Result<Summary> {
@@ -164,7 +175,7 @@ pub fn run(exp: &Experiment, opts: &Options) -> anyhow::Result<Summary> {
         "# {name}: the real `evolve` search over the bundled miniature world.\n\
          genome:\n  merge_method: dare_ties\n  base_model: {base}\n  models: [{models}]\n  layer_granularity: {k}\n  parameters: [density, weight]\n  dtype: float32\n\
          \x20 bounds: {{weight: [{wl}, {wu}], density: [{dl}, {du}]}}\n  init: {{weight: {wi}, density: {di}}}\n\
-         task:\n  kind: custom\n  data: {data}\n{limit}  metric: {metric}\n  generation: {{max_new_tokens: {tokens}, batch_size: 64}}\n\
+         task:\n  kind: custom\n  data: {data}\n{limit}{budget}  metric: {metric}\n  generation: {{max_new_tokens: {tokens}, batch_size: 64}}\n\
          optimizer: {{sigma0: {sigma0}, max_trials: {trials}, seed: {seed}}}\ndevice: cpu\n",
         name = exp.name,
         base = models.join(exp.base).display(),
@@ -180,6 +191,7 @@ pub fn run(exp: &Experiment, opts: &Options) -> anyhow::Result<Summary> {
         wi = exp.init_weight,
         di = exp.init_density,
         limit = opts.search_limit.or(exp.search_limit).map_or(String::new(), |n| format!("  limit: {n}\n")),
+        budget = opts.budget.as_ref().map_or(String::new(), |b| format!("  budget: {b}\n")),
         sigma0 = exp.sigma0,
         trials = opts.trials,
         seed = opts.seed,
@@ -195,7 +207,8 @@ pub fn run(exp: &Experiment, opts: &Options) -> anyhow::Result<Summary> {
     // mergekit-style defaults (density 0.5, weight 1/n).
     let mut rows: Vec<(String, PathBuf)> = Vec::new();
     let vlm = exp.parents.iter().find(|(_, d)| is_vlm(&models.join(d)));
-    for (name, dir) in &exp.parents {
+    let compared: &[(&str, &str)] = if opts.compare { &exp.parents } else { &[] };
+    for (name, dir) in compared {
         let path = models.join(dir);
         match vlm {
             Some((_, vdir)) if !is_vlm(&path) => {
@@ -213,7 +226,7 @@ pub fn run(exp: &Experiment, opts: &Options) -> anyhow::Result<Summary> {
         }
     }
     let n = exp.parents.len() as f64;
-    for method in ["ties", "dare_ties"] {
+    for method in ["ties", "dare_ties"].into_iter().filter(|_| opts.compare) {
         let out = opts.out.join("baselines").join(method);
         let parents: String = model_list.iter().map(|m| format!("  - model: {m}\n    parameters: {{density: 0.5, weight: {}}}\n", 1.0 / n)).collect();
         merge_recipe(
@@ -242,10 +255,8 @@ pub fn run(exp: &Experiment, opts: &Options) -> anyhow::Result<Summary> {
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let evolved = scored.last().context("no rows")?;
-    let best_other = scored[..scored.len() - 1]
-        .iter()
-        .max_by(|a, b| mean(&a.items).total_cmp(&mean(&b.items)))
-        .context("no other rows")?;
+    // Without other rows (`compare: false`) the evolved model is compared with itself (difference 0).
+    let best_other = scored[..scored.len() - 1].iter().max_by(|a, b| mean(&a.items).total_cmp(&mean(&b.items))).unwrap_or(evolved);
     let (diff, lo, hi) = paired_bootstrap(&evolved.items, &best_other.items, 1000, opts.seed);
 
     let best_fitness = best.fitness.unwrap_or(f64::NAN);
@@ -287,6 +298,8 @@ pub fn run(exp: &Experiment, opts: &Options) -> anyhow::Result<Summary> {
         best_other: best_other.name.clone(),
         difference: (diff, lo, hi),
         table,
+        evolved_items: evolved.items.clone(),
+        search_dir,
     })
 }
 
