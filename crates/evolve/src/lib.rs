@@ -3,8 +3,10 @@
 //! Each candidate is merged in memory into one live model through the merge crate's single
 //! tensor-level function, scored by the eval crate, and recorded in a trial journal (SQLite on one machine,
 //! PostgreSQL across machines, where `evomerge worker` processes evaluate queued candidates) from
-//! which an interrupted search resumes exactly. The best candidate is exported as a model directory
-//! with a plain mergekit recipe that reproduces it.
+//! which an interrupted search resumes exactly. A trial may answer fewer search items than all
+//! (`task.budget`: a subset, a race against the incumbent, IRT anchors; [`budget`]), in which case
+//! each phase ends by re-scoring its best candidates on every item. The best candidate is exported as
+//! a model directory with a plain mergekit recipe that reproduces it.
 //!
 //! This is the only crate that knows all the others.
 

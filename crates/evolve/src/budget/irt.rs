@@ -77,22 +77,23 @@ pub fn fit(scores: &[Vec<f64>], sweeps: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>)
 }
 
 /// Choose `n` anchors: items sorted by their mean predicted score over the calibration candidates,
-/// cut into `n` strata of (nearly) equal size, and from each the most discriminating item (lowest
-/// index on ties), so anchors span easy to hard and each tells candidates apart.
+/// cut into `n` strata of (nearly) equal size, and from each its median item, so anchors span easy
+/// to hard and each stands for its stratum. (Taking each stratum's most discriminating item instead
+/// was measured worse on the world's evovlm search: calibrated on one generation, high fitted
+/// discriminations are mostly noise; Spearman correlation of the estimate with the full-set fitness
+/// of the later 140 trials 0.50 against 0.76 with 8 anchors, 0.35 against 0.79 with 20.)
 pub fn choose_anchors(a: &[f64], b: &[f64], thetas: &[f64], n: usize) -> Vec<usize> {
     let items = a.len();
     let n = n.min(items);
     let mean_p = |j: usize| thetas.iter().map(|&t| sigmoid(a[j] * t - b[j])).sum::<f64>() / thetas.len().max(1) as f64;
     let mut by_ease: Vec<(f64, usize)> = (0..items).map(|j| (mean_p(j), j)).collect();
     by_ease.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
-    let mut anchors = Vec::with_capacity(n);
-    for k in 0..n {
-        let (lo, hi) = (k * items / n, (k + 1) * items / n);
-        let pick = by_ease[lo..hi].iter().map(|&(_, j)| j).max_by(|&x, &y| a[x].total_cmp(&a[y]).then(y.cmp(&x)));
-        if let Some(j) = pick {
-            anchors.push(j);
-        }
-    }
+    let mut anchors: Vec<usize> = (0..n)
+        .map(|k| {
+            let (lo, hi) = (k * items / n, (k + 1) * items / n);
+            by_ease[lo + (hi - lo) / 2].1
+        })
+        .collect();
     anchors.sort_unstable();
     anchors
 }
@@ -187,8 +188,8 @@ mod tests {
         assert!(mean_abs_b < 0.3, "mean |b − b_true| = {mean_abs_b}");
     }
 
-    /// On held-out candidates, the anchor estimate tracks the full-set mean far better than the
-    /// plain mean of the same number of random items would be expected to.
+    /// On held-out candidates, the anchor estimate tracks the full-set mean better than the plain
+    /// mean of the same number of random items does.
     #[test]
     fn anchor_estimates_track_full_scores_of_new_candidates() {
         let mut s = 17u64;
@@ -202,6 +203,7 @@ mod tests {
         let model = IrtModel::calibrate(&calibration, 15);
         assert_eq!(model.anchors.len(), 15);
         let mut errors = Vec::new();
+        let mut random_errors = Vec::new();
         let mut full = Vec::new();
         let mut est = Vec::new();
         for _ in 0..40 {
@@ -211,11 +213,14 @@ mod tests {
             let anchor_scores: Vec<f64> = model.anchors.iter().map(|&j| row[j]).collect();
             let e = model.estimate(&anchor_scores);
             errors.push((e - truth).abs());
+            let random: Vec<usize> = super::super::racing::permutation(items, splitmix(&mut s)).into_iter().take(15).collect();
+            random_errors.push((random.iter().map(|&j| row[j]).sum::<f64>() / 15.0 - truth).abs());
             full.push(truth);
             est.push(e);
         }
         let mae = errors.iter().sum::<f64>() / errors.len() as f64;
-        assert!(mae < 0.06, "mean absolute error {mae}");
+        let random_mae = random_errors.iter().sum::<f64>() / random_errors.len() as f64;
+        assert!(mae < 0.9 * random_mae, "mean absolute error {mae}, random 15 items {random_mae}");
         assert!(correlation(&full, &est) > 0.9, "estimates do not rank candidates");
     }
 }
