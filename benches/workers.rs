@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-use evomerge_evolve::journal::{Journal, Location, PhaseKind};
+use evomerge_evolve::journal::{Journal, Location, NewTrial, PhaseKind};
 use evomerge_evolve::TrialOutcome;
 
 fn fixtures() -> PathBuf {
@@ -31,7 +31,7 @@ fn journal_cost(location: &Location, trials: u64) -> f64 {
     let outcome = TrialOutcome { fitness: 0.5, item_scores: vec![0.5; 32], generated_tokens: 0, truncated: 0, merge_seconds: 0.0, item_ids: None };
     let t0 = Instant::now();
     for t in 0..trials {
-        j.enqueue(t, PhaseKind::Ps, t / 8, t % 8, &genome, &params, None).expect("enqueue");
+        j.enqueue(&NewTrial::new(t, PhaseKind::Ps, t / 8, t % 8, &genome, &params)).expect("enqueue");
         let claim = j.claim(Some(PhaseKind::Ps), "bench:1", 60.0).expect("claim").expect("a row");
         j.heartbeat(claim.trial, "bench:1", 60.0).expect("heartbeat");
         assert!(j.finish_trial(claim.trial, "bench:1", Ok(&outcome), 0.0).expect("finish"));

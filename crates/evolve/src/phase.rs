@@ -17,7 +17,7 @@ use crate::budget::{answered_everything, Budgeter, Plan};
 use crate::error::{EvolveError, Result};
 use crate::export;
 use crate::genome::SearchSpace;
-use crate::journal::{worker_id, Journal, PhaseKind, TrialOutcome, TrialRecord, TrialStatus};
+use crate::journal::{worker_id, Journal, NewTrial, PhaseKind, TrialOutcome, TrialRecord, TrialStatus};
 use crate::work::{evaluate_claim, Heartbeat};
 
 /// What a phase searches and how it scores and exports a candidate.
@@ -139,7 +139,9 @@ pub fn run_phase(
                 Some(r) => check_row(journal, &r, kind, generation, x, &plan)?,
                 None => {
                     let described = phase.describe(x);
-                    journal.enqueue_planned(t, kind, generation, c as u64, x, &phase.space().params(x), described.as_deref(), &plan, None)?;
+                    let params = phase.space().params(x);
+                    let row = NewTrial { path: described.as_deref(), plan: &plan, ..NewTrial::new(t, kind, generation, c as u64, x, &params) };
+                    journal.enqueue(&row)?;
                     fresh = true;
                 }
             }
@@ -262,7 +264,11 @@ fn rescore(phase: &mut dyn Phase, queue: &mut Queue, first: u64, end: u64, kind:
                     format!("trial {t} should re-score trial {} on the full search set, but holds {}", r.trial, describe_row(&row)),
                 ))
             }
-            None => journal.enqueue_planned(t, kind, generation, c as u64, &r.genome, &r.params, r.path.as_deref(), &Plan::Full, Some(r.trial))?,
+            None => journal.enqueue(&NewTrial {
+                path: r.path.as_deref(),
+                rescore_of: Some(r.trial),
+                ..NewTrial::new(t, kind, generation, c as u64, &r.genome, &r.params)
+            })?,
         }
     }
     let (rescored, _) = queue.finish(phase, end, again.len())?;

@@ -156,6 +156,29 @@ impl TrialOutcome {
     }
 }
 
+/// A candidate to queue: trial `trial` is candidate `candidate` of `generation` of `phase`.
+#[derive(Debug, Clone)]
+pub struct NewTrial<'a> {
+    pub trial: u64,
+    pub phase: PhaseKind,
+    pub generation: u64,
+    pub candidate: u64,
+    pub genome: &'a [f64],
+    pub params: &'a BTreeMap<String, f64>,
+    /// A data-flow candidate's layer path.
+    pub path: Option<&'a str>,
+    pub plan: &'a Plan,
+    /// Set for the full re-scoring of an earlier trial's candidate.
+    pub rescore_of: Option<u64>,
+}
+
+impl<'a> NewTrial<'a> {
+    /// Candidate `candidate` of `generation`, answering every item.
+    pub fn new(trial: u64, phase: PhaseKind, generation: u64, candidate: u64, genome: &'a [f64], params: &'a BTreeMap<String, f64>) -> Self {
+        NewTrial { trial, phase, generation, candidate, genome, params, path: None, plan: &Plan::Full, rescore_of: None }
+    }
+}
+
 /// A trial a process has claimed: evaluate `genome` in `phase`, then [`Journal::finish_trial`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Claim {
@@ -289,50 +312,23 @@ impl Journal {
 
     /// Queue a candidate (nothing happens if its row exists: a resumed coordinator finds its earlier
     /// generation queued, running or finished, and checks the row instead).
-    #[allow(clippy::too_many_arguments)]
-    pub fn enqueue(
-        &self,
-        trial: u64,
-        phase: PhaseKind,
-        generation: u64,
-        candidate: u64,
-        genome: &[f64],
-        params: &BTreeMap<String, f64>,
-        path: Option<&str>,
-    ) -> Result<()> {
-        self.enqueue_planned(trial, phase, generation, candidate, genome, params, path, &Plan::Full, None)
-    }
-
-    /// [`Journal::enqueue`] with an evaluation plan, or as the full re-scoring of trial `rescore_of`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn enqueue_planned(
-        &self,
-        trial: u64,
-        phase: PhaseKind,
-        generation: u64,
-        candidate: u64,
-        genome: &[f64],
-        params: &BTreeMap<String, f64>,
-        path: Option<&str>,
-        plan: &Plan,
-        rescore_of: Option<u64>,
-    ) -> Result<()> {
-        let genome_json = serde_json::to_string(genome).map_err(|e| EvolveError::Fitness(e.to_string()))?;
-        let params_json = serde_json::to_string(params).map_err(|e| EvolveError::Fitness(e.to_string()))?;
+    pub fn enqueue(&self, t: &NewTrial) -> Result<()> {
+        let genome_json = serde_json::to_string(t.genome).map_err(|e| EvolveError::Fitness(e.to_string()))?;
+        let params_json = serde_json::to_string(t.params).map_err(|e| EvolveError::Fitness(e.to_string()))?;
         self.execute(
             "INSERT INTO trials (trial, generation, candidate, genome, params, status, phase, path, queued_at, plan, rescore_of)
              VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?8, ?9, ?10) ON CONFLICT (trial) DO NOTHING",
             &[
-                trial.into(),
-                generation.into(),
-                candidate.into(),
+                t.trial.into(),
+                t.generation.into(),
+                t.candidate.into(),
                 genome_json.into(),
                 params_json.into(),
-                phase.as_str().into(),
-                path.into(),
+                t.phase.as_str().into(),
+                t.path.into(),
                 now().into(),
-                plan.to_column().into(),
-                rescore_of.into(),
+                t.plan.to_column().into(),
+                t.rescore_of.into(),
             ],
         )?;
         Ok(())
@@ -515,10 +511,10 @@ mod tests {
         assert!(j.bind_recipe("id-2", "recipe: 2").unwrap_err().to_string().contains("another recipe"));
         let genome = vec![0.1 + 0.2, 1.0 / 3.0];
         let params: BTreeMap<String, f64> = [("a.weight".to_string(), genome[0])].into();
-        j.enqueue(0, PhaseKind::Ps, 0, 0, &genome, &params, None).unwrap();
-        j.enqueue(1, PhaseKind::Ps, 0, 1, &genome, &params, None).unwrap();
+        j.enqueue(&NewTrial::new(0, PhaseKind::Ps, 0, 0, &genome, &params)).unwrap();
+        j.enqueue(&NewTrial::new(1, PhaseKind::Ps, 0, 1, &genome, &params)).unwrap();
         // Queuing again changes nothing.
-        j.enqueue(0, PhaseKind::Ps, 0, 0, &[9.0], &params, None).unwrap();
+        j.enqueue(&NewTrial::new(0, PhaseKind::Ps, 0, 0, &[9.0], &params)).unwrap();
         assert_eq!(j.trial(0).unwrap().unwrap().status, TrialStatus::Pending);
         assert_eq!(j.unfinished(None).unwrap(), 2);
         assert!(j.claim(Some(PhaseKind::Dfs), "w1", 60.0).unwrap().is_none());
@@ -561,7 +557,7 @@ mod tests {
         let j = Journal::open(&dir.path().join("journal.sqlite")).unwrap();
         let params = BTreeMap::new();
         for t in 0..2 {
-            j.enqueue(t, PhaseKind::Ps, 0, t, &[0.0], &params, None).unwrap();
+            j.enqueue(&NewTrial::new(t, PhaseKind::Ps, 0, t, &[0.0], &params)).unwrap();
         }
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let dead = child.id();
@@ -594,7 +590,7 @@ mod tests {
         let j = Journal::open_existing(&path).unwrap();
         let t = j.trial(0).unwrap().unwrap();
         assert_eq!((t.phase, t.fitness, t.genome), (PhaseKind::Ps, Some(0.25), vec![0.5]));
-        j.enqueue(1, PhaseKind::Ps, 1, 0, &[0.0], &BTreeMap::new(), None).unwrap();
+        j.enqueue(&NewTrial::new(1, PhaseKind::Ps, 1, 0, &[0.0], &BTreeMap::new())).unwrap();
         assert_eq!(j.trial(1).unwrap().unwrap().status, TrialStatus::Pending);
     }
 }
