@@ -241,7 +241,24 @@ fn default_max_trials() -> u64 {
 }
 
 /// Methods whose numeric parameters `evolve` can search.
-pub const EVOLVABLE_METHODS: [&str; 6] = ["dare_ties", "ties", "task_arithmetic", "linear", "dare_linear", "slerp"];
+pub const EVOLVABLE_METHODS: [&str; 16] = [
+    "dare_ties",
+    "ties",
+    "task_arithmetic",
+    "linear",
+    "dare_linear",
+    "slerp",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "della",
+    "della_linear",
+    "sce",
+    "nearswap",
+    "nuslerp",
+    "multislerp",
+    "ram",
+    "ramplus_tl",
+];
 
 /// The bounds and start of one gene parameter.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -352,17 +369,8 @@ impl EvolveRecipe {
             }
             _ => {}
         }
-        let inputs = g.models.len() + usize::from(g.base_model.is_some());
-        let (lo, hi) = method.input_bounds();
-        if inputs < lo || hi.is_some_and(|h| inputs > h) {
-            return Err(EvolveError::recipe(
-                "genome.models",
-                format!("{} takes {lo}{} models (base included), the genome has {inputs}", method.name(), match hi {
-                    Some(h) if h == lo => String::new(),
-                    Some(h) => format!(" to {h}"),
-                    None => " or more".into(),
-                }),
-            ));
+        if let Some(message) = methods::count_error(method, g.models.len(), g.base_model.is_some()) {
+            return Err(EvolveError::recipe("genome.models", format!("{message} (genome.models plus genome.base_model)")));
         }
         if g.parameters.is_empty() {
             return Err(EvolveError::recipe("genome.parameters", "name at least one merge parameter to evolve"));

@@ -3,7 +3,7 @@
 # `cargo bench -p evomerge-merge --bench merge`. Uses the model set that benchmark writes (run it,
 # or `cargo bench -p evomerge-merge --bench merge -- generate`, first).
 #
-#   crates/merge/bench/mergekit_side_by_side.sh [ties|dare_ties ...]
+#   crates/merge/bench/mergekit_side_by_side.sh [ties|dare_ties|della|sce|... (any recipe of benches/merge.rs)]
 #
 # Env: EVOMERGE_BENCH_DIR (default /tmp/evomerge-bench), MERGEKIT_YAML (default
 # /root/pyref/models/bin/mergekit-yaml, mergekit 0.1.5 on torch CPU), MERGEKIT_THREADS (torch

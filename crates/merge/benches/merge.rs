@@ -5,6 +5,8 @@
 //!     cargo bench -p evomerge-merge --bench merge                 # generate if needed, then both merges
 //!     cargo bench -p evomerge-merge --bench merge -- generate     # only write the model set
 //!     cargo bench -p evomerge-merge --bench merge -- ties         # only one merge
+//!     cargo bench -p evomerge-merge --bench merge -- della        # also: breadcrumbs_ties, sce, model_stock,
+//!                                                                 # nuslerp, multislerp, karcher
 //!
 //! The model set (~6.6 GB) and the recipes are written once to `$EVOMERGE_BENCH_DIR`
 //! (default `/tmp/evomerge-bench`) and reused; `bench/mergekit_side_by_side.sh` runs the same
@@ -28,7 +30,8 @@ const HEADS: usize = 32;
 const KV_HEADS: usize = 4;
 const HEAD_DIM: usize = HIDDEN / HEADS;
 
-const RECIPES: [(&str, &str); 2] = [
+/// The merges, by name; with no argument the first two run (the others: name them).
+const RECIPES: [(&str, &str); 9] = [
     (
         "ties",
         "models:\n  - model: ft1\n    parameters: {weight: 0.5, density: 0.5}\n  - model: ft2\n    parameters: {weight: 0.5, density: 0.5}\nmerge_method: ties\nbase_model: base\ndtype: bfloat16\n",
@@ -36,6 +39,34 @@ const RECIPES: [(&str, &str); 2] = [
     (
         "dare_ties",
         "models:\n  - model: ft1\n    parameters: {weight: 0.5, density: 0.5}\n  - model: ft2\n    parameters: {weight: 0.5, density: 0.5}\nmerge_method: dare_ties\nbase_model: base\ndtype: bfloat16\n",
+    ),
+    (
+        "breadcrumbs_ties",
+        "models:\n  - model: ft1\n    parameters: {weight: 0.5, density: 0.5, gamma: 0.01}\n  - model: ft2\n    parameters: {weight: 0.5, density: 0.5, gamma: 0.01}\nmerge_method: breadcrumbs_ties\nbase_model: base\ndtype: bfloat16\n",
+    ),
+    (
+        "della",
+        "models:\n  - model: ft1\n    parameters: {weight: 0.5, density: 0.5, epsilon: 0.1}\n  - model: ft2\n    parameters: {weight: 0.5, density: 0.5, epsilon: 0.1}\nmerge_method: della\nbase_model: base\ndtype: bfloat16\n",
+    ),
+    (
+        "sce",
+        "models:\n  - model: ft1\n  - model: ft2\nmerge_method: sce\nbase_model: base\nparameters: {select_topk: 0.5}\ndtype: bfloat16\n",
+    ),
+    (
+        "model_stock",
+        "models:\n  - model: ft1\n  - model: ft2\nmerge_method: model_stock\nbase_model: base\ndtype: bfloat16\n",
+    ),
+    (
+        "nuslerp",
+        "models:\n  - model: ft1\n    parameters: {weight: 0.5}\n  - model: ft2\n    parameters: {weight: 0.5}\nmerge_method: nuslerp\nbase_model: base\ndtype: bfloat16\n",
+    ),
+    (
+        "multislerp",
+        "models:\n  - model: ft1\n    parameters: {weight: 0.5}\n  - model: ft2\n    parameters: {weight: 0.5}\nmerge_method: multislerp\nbase_model: base\ndtype: bfloat16\n",
+    ),
+    (
+        "karcher",
+        "models:\n  - model: ft1\n  - model: ft2\nmerge_method: karcher\ndtype: bfloat16\n",
     ),
 ];
 
@@ -129,6 +160,9 @@ fn cpu_seconds() -> f64 {
 }
 
 fn run_merge(dir: &Path, recipe: &str) {
+    // (Re)write the recipe, so a merge added since the model set was generated finds its file.
+    let text = RECIPES.iter().find(|(n, _)| *n == recipe).map(|(_, t)| *t).expect("known recipe");
+    std::fs::write(dir.join(format!("{recipe}.yml")), text).expect("write recipe");
     let mut config = MergeConfig::from_file(&dir.join(format!("{recipe}.yml"))).expect("recipe");
     config.recipe_dir = Some(dir.to_path_buf());
     let threads = std::env::var("EVOMERGE_BENCH_THREADS").ok().and_then(|t| t.parse().ok());
@@ -156,12 +190,15 @@ fn main() {
     match what.first().map(String::as_str) {
         Some("generate") => generate(&dir),
         Some(recipe) if RECIPES.iter().any(|(n, _)| *n == recipe) => run_merge(&dir, recipe),
-        Some(other) => panic!("unknown benchmark `{other}`; use generate, ties or dare_ties"),
+        Some(other) => panic!(
+            "unknown benchmark `{other}`; use generate or one of {}",
+            RECIPES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+        ),
         None => {
             eprintln!("model set: 3 x {:.3} B parameters (bf16) in {}", params as f64 / 1e9, dir.display());
             generate(&dir);
             let exe = std::env::current_exe().expect("bench binary");
-            for (recipe, _) in RECIPES {
+            for (recipe, _) in &RECIPES[..2] {
                 let status = Command::new(&exe).arg(recipe).status().expect("run merge");
                 assert!(status.success(), "{recipe} failed");
             }

@@ -72,7 +72,9 @@ pub fn parse_dtype(name: &str) -> Option<evomerge_checkpoint::Dtype> {
 impl MergeConfig {
     /// Parse and validate a recipe from YAML text.
     pub fn from_yaml(text: &str) -> Result<Self, MergeError> {
-        let config: MergeConfig = serde_norway::from_str(text).map_err(|e| MergeError::Yaml(e.to_string()))?;
+        check_single_document(text)?;
+        let config: MergeConfig =
+            serde_norway::from_str(text).map_err(|e| MergeError::Yaml(explain_unknown_field(&e.to_string())))?;
         config.validate()?;
         Ok(config)
     }
@@ -153,6 +155,72 @@ impl MergeConfig {
         }
         Ok(())
     }
+}
+
+/// Refuse a multi-document file (mergekit-multi's format: named merges whose names later documents
+/// use as models) with a message saying what it is and how to run it, rather than a parse error
+/// about its `name` keys.
+fn check_single_document(text: &str) -> Result<(), MergeError> {
+    use serde::Deserialize;
+    let mut names = Vec::new();
+    let mut count = 0;
+    for document in serde_norway::Deserializer::from_str(text) {
+        // A document that does not parse is reported by the ordinary parse below.
+        let Ok(value) = serde_norway::Value::deserialize(document) else { return Ok(()) };
+        if value.is_null() {
+            continue;
+        }
+        count += 1;
+        names.push(value.get("name").and_then(|n| n.as_str()).map(str::to_string));
+    }
+    if count > 1 {
+        let listed: Vec<String> =
+            names.iter().map(|n| n.as_ref().map_or("(unnamed, the final merge)".to_string(), |n| format!("`{n}`"))).collect();
+        return Err(MergeError::Yaml(format!(
+            "this file holds {count} recipes ({}): a multi-document recipe, as `mergekit-multi` runs them (named \
+             intermediate merges that later documents use as models). evomerge merges one recipe per file: put each \
+             document in its own file, merge them in order with `evomerge merge`, and in later recipes replace each \
+             intermediate's name with the directory it was merged into",
+            listed.join(", ")
+        )));
+    }
+    if let Some(Some(name)) = names.first() {
+        return Err(MergeError::Yaml(format!(
+            "`name: {name}` names a merge inside a `mergekit-multi` file; `mergekit-yaml` ignores it. \
+             Remove the `name` key to merge this recipe on its own"
+        )));
+    }
+    Ok(())
+}
+
+/// Keys mergekit 0.1.5 reads that evomerge does not support yet: (key, what mergekit does with it).
+const MERGEKIT_ONLY_KEYS: [(&str, &str); 4] = [
+    ("tokenizer", "builds the output tokenizer from it (sources, added tokens)"),
+    ("chat_template", "writes this chat template into the output tokenizer config"),
+    ("modules", "merges each module of a multimodal model with its own recipe"),
+    ("residual_weight", "scales the slice's residual stream"),
+];
+
+/// Add to serde's "unknown field" message what mergekit would have done and how to proceed.
+fn explain_unknown_field(message: &str) -> String {
+    let Some(rest) = message.split("unknown field `").nth(1) else { return message.to_string() };
+    let Some(key) = rest.split('`').next() else { return message.to_string() };
+    if let Some((_, does)) = MERGEKIT_ONLY_KEYS.iter().find(|(k, _)| *k == key) {
+        return format!(
+            "{message}. mergekit 0.1.5 reads `{key}` (it {does}); evomerge does not support it yet. Remove it to \
+             merge without it (the result then differs from mergekit's)"
+        );
+    }
+    let is_parameter = methods::registry().iter().any(|m| m.parameters().iter().any(|p| p.name == key));
+    let hint = if is_parameter {
+        format!("`{key}` is a merge parameter: put it under `parameters:`")
+    } else {
+        "fix the spelling or remove the key".to_string()
+    };
+    format!(
+        "{message}. mergekit 0.1.5 would silently ignore `{key}` and merge as if it were absent, so a misspelt \
+         key never takes effect; {hint}"
+    )
 }
 
 fn check_parameters(

@@ -216,3 +216,25 @@ fn new_methods_check_their_model_counts_and_base() {
         }
     }
 }
+
+#[test]
+fn unknown_keys_say_what_mergekit_would_have_done() {
+    let err = MergeConfig::from_yaml("models:\n  - model: a\nmerge_method: linear\ndype: bfloat16\n").unwrap_err().to_string();
+    assert!(err.contains("unknown field `dype`") && err.contains("silently ignore `dype`") && err.contains("spelling"), "{err}");
+    let err = MergeConfig::from_yaml("models:\n  - model: a\nmerge_method: linear\nnormalize: false\n").unwrap_err().to_string();
+    assert!(err.contains("silently ignore `normalize`") && err.contains("under `parameters:`"), "{err}");
+    let err = MergeConfig::from_yaml("models:\n  - model: a\nmerge_method: linear\nchat_template: chatml\n").unwrap_err().to_string();
+    assert!(err.contains("mergekit 0.1.5 reads `chat_template`") && err.contains("does not support it yet"), "{err}");
+}
+
+#[test]
+fn multi_document_recipes_are_recognised() {
+    let text = "name: first\nmodels:\n  - model: a\nmerge_method: linear\n---\nname: second\nmodels:\n  - model: first\nmerge_method: linear\n---\nmodels:\n  - model: second\nmerge_method: linear\n";
+    let err = MergeConfig::from_yaml(text).unwrap_err().to_string();
+    assert!(!err.contains("unknown field"), "{err}");
+    assert!(err.contains("3 recipes") && err.contains("`first`, `second`, (unnamed") && err.contains("mergekit-multi"), "{err}");
+    let err = MergeConfig::from_yaml("name: only\nmodels:\n  - model: a\nmerge_method: linear\n").unwrap_err().to_string();
+    assert!(err.contains("`name: only`") && err.contains("Remove the `name` key"), "{err}");
+    // A leading document marker alone is still one recipe.
+    MergeConfig::from_yaml("---\nmodels:\n  - model: a\n    parameters: {weight: 1}\nmerge_method: linear\n").unwrap();
+}
