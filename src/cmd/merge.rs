@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use evomerge_merge::{merge_to_dir, MergeConfig, MergeOptions};
+use evomerge_merge::{merge_to_dir, ComputeDtype, MergeConfig, MergeOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -28,6 +28,19 @@ pub struct Args {
     /// Working memory the merge may use for tensor buffers, e.g. 1GB.
     #[arg(long, default_value = "1GiB", value_parser = parse_size)]
     pub memory: u64,
+    /// What the merge computes in: `f32` (default; most accurate) or `recipe`, the recipe's
+    /// `dtype` as mergekit does (reproduces its bf16/f16 outputs for linear, slerp,
+    /// task_arithmetic and ties).
+    #[arg(long, default_value = "f32", value_parser = parse_compute_dtype)]
+    pub compute_dtype: ComputeDtype,
+}
+
+fn parse_compute_dtype(text: &str) -> Result<ComputeDtype, String> {
+    match text {
+        "f32" | "float32" => Ok(ComputeDtype::F32),
+        "recipe" => Ok(ComputeDtype::Recipe),
+        other => Err(format!("unknown compute dtype `{other}`; use `f32` or `recipe` (the recipe's dtype, as mergekit)")),
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -39,6 +52,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         max_shard_bytes: args.shard_size,
         progress: true,
         memory_budget_bytes: usize::try_from(args.memory).unwrap_or(usize::MAX),
+        compute_dtype: args.compute_dtype,
     };
     let report = merge_to_dir(&config, &args.out, &options)
         .with_context(|| format!("merge of {} failed; nothing was written to {}", args.config.display(), args.out.display()))?;

@@ -21,6 +21,8 @@ pub(crate) struct Executor<'a> {
     pub seed: u64,
     /// Where f32 buffers come from and go back to (the streaming merger); `None`: plain allocations.
     pub pool: Option<&'a BufferPool>,
+    /// Round inputs to this dtype and merge in it, as mergekit does (`None`: f32).
+    pub compute: Option<Dtype>,
 }
 
 impl<'a> Executor<'a> {
@@ -58,6 +60,12 @@ impl<'a> Executor<'a> {
                 if let Some(d) = donor.as_ref() {
                     values.extend_from_slice(&d[values.len()..want]);
                 }
+            }
+        }
+        // mergekit casts every input to the recipe's dtype as it loads it.
+        if let Some(dtype) = self.compute {
+            for v in values.iter_mut() {
+                *v = crate::methods::round_to(dtype, *v);
             }
         }
         Ok(values)
@@ -126,7 +134,13 @@ impl<'a> Executor<'a> {
                     .collect();
                 // Every method writes every output value.
                 let mut out = self.take_for_output(tensor.numel());
-                let ctx = TensorContext { name: &tensor.canonical, layer: tensor.layer, seed: self.seed, shape: &tensor.shape };
+                let ctx = TensorContext {
+                    name: &tensor.canonical,
+                    layer: tensor.layer,
+                    seed: self.seed,
+                    shape: &tensor.shape,
+                    compute: self.compute,
+                };
                 let merged = merge_tensor(self.plan.method, &ctx, shared, base_values.as_deref(), &model_tensors, &mut out);
                 drop(model_tensors);
                 for buffer in input_values.into_iter().chain(base_values) {

@@ -4,7 +4,9 @@
 //! every output tensor gets its inputs, per-tensor parameters (scalars, per-layer gradients,
 //! name filters) and vocabulary handling. Each tensor is then merged by one function,
 //! [`merge_tensor`], which runs a method from the registry ([`methods::get`]): `linear`,
-//! `task_arithmetic`, `ties`, `dare_ties`, `dare_linear`, `slerp`, `passthrough`.
+//! `task_arithmetic`, `ties`, `dare_ties`, `dare_linear`, `breadcrumbs`, `breadcrumbs_ties`,
+//! `della`, `della_linear`, `sce`, `model_stock`, `nearswap`, `arcee_fusion`, `ram`, `ramplus_tl`,
+//! `slerp`, `nuslerp`, `multislerp`, `karcher`, `passthrough` (all 20 of mergekit 0.1.5).
 //!
 //! Two drivers share that path: [`merge_to_dir`] streams a merge from checkpoints on disk to a new
 //! checkpoint (worker threads, bounded memory, atomic output), and [`InMemoryMerger`] hands merged
@@ -36,4 +38,4 @@ pub use methods::{merge_tensor, BasePolicy, MergeMethod, ModelTensor, TensorCont
 pub use params::{ParamSet, ParamValue, Parameters, Setting};
 pub use plan::{model_refs, MergePlan, PlannedTensor, TensorJob};
 pub use source::{MemorySource, ResidentSource, TensorSource};
-pub use stream::{merge_to_dir, open_models, resolve_model_ref, write_plan, MergeOptions, MergeReport};
+pub use stream::{merge_to_dir, open_models, resolve_model_ref, write_plan, ComputeDtype, MergeOptions, MergeReport};

@@ -8,7 +8,7 @@ use crate::config::MergeConfig;
 use crate::execute::{Executor, TensorOutput};
 use crate::plan::{model_refs, MergePlan, PlannedTensor};
 use crate::source::TensorSource;
-use crate::MergeError;
+use crate::{ComputeDtype, MergeError};
 
 /// One merged output tensor.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +30,7 @@ pub struct InMemoryMerger<'a> {
     pool: BufferPool,
     /// Working memory (f32 values) merged at once by [`InMemoryMerger::merge_into`].
     batch_bytes: usize,
+    compute: ComputeDtype,
 }
 
 /// What [`InMemoryMerger::merge_into`] hands the sink: one merged tensor of the plan.
@@ -55,7 +56,10 @@ impl<'a> InMemoryMerger<'a> {
     /// Same as [`InMemoryMerger::new`] with sources in [`model_refs`] order.
     pub fn from_sources(config: &MergeConfig, sources: Vec<&'a dyn TensorSource>, seed: u64) -> Result<Self, MergeError> {
         let plan = MergePlan::new(config, &sources)?;
-        Ok(InMemoryMerger { plan, sources, seed, pool: BufferPool::new(DEFAULT_BATCH_BYTES * 2), batch_bytes: DEFAULT_BATCH_BYTES })
+        Ok(InMemoryMerger { plan, sources, seed, pool: BufferPool::new(DEFAULT_BATCH_BYTES * 2),
+            batch_bytes: DEFAULT_BATCH_BYTES,
+            compute: ComputeDtype::F32,
+        })
     }
 
     /// Bound on the f32 working memory of one [`InMemoryMerger::merge_into`] batch (default 1 GiB).
@@ -79,6 +83,12 @@ impl<'a> InMemoryMerger<'a> {
         Ok(())
     }
 
+    /// What the following merges compute in (see [`ComputeDtype`]; default f32).
+    pub fn with_compute_dtype(mut self, compute: ComputeDtype) -> Self {
+        self.compute = compute;
+        self
+    }
+
     /// Seed of DARE masks for the following merges.
     pub fn set_seed(&mut self, seed: u64) {
         self.seed = seed;
@@ -93,7 +103,13 @@ impl<'a> InMemoryMerger<'a> {
     }
 
     fn executor(&self) -> Executor<'_> {
-        Executor { plan: &self.plan, sources: &self.sources, seed: self.seed, pool: Some(&self.pool) }
+        Executor {
+            plan: &self.plan,
+            sources: &self.sources,
+            seed: self.seed,
+            pool: Some(&self.pool),
+            compute: self.compute.rounding(&self.plan),
+        }
     }
 
     /// Merge one planned tensor (by position in `plan().tensors`).
@@ -102,7 +118,13 @@ impl<'a> InMemoryMerger<'a> {
             tensor: format!("#{index}"),
             message: format!("the plan has {} tensors", self.plan.tensors.len()),
         })?;
-        let executor = Executor { plan: &self.plan, sources: &self.sources, seed: self.seed, pool: None };
+        let executor = Executor {
+            plan: &self.plan,
+            sources: &self.sources,
+            seed: self.seed,
+            pool: None,
+            compute: self.compute.rounding(&self.plan),
+        };
         let values = match executor.run(tensor)? {
             TensorOutput::Values(v) => v,
             TensorOutput::Raw(dtype, bytes) => {

@@ -127,6 +127,8 @@ pub struct MergePlan {
     /// Model whose processor files (preprocessor/processor settings, chat templates) go with the
     /// output: the output model when it is a VLM, else `files_from`.
     pub processor_files_from: usize,
+    /// The recipe's `dtype`: what mergekit computes in (see [`crate::ComputeDtype`]).
+    pub recipe_dtype: Option<Dtype>,
 }
 
 impl std::fmt::Debug for dyn MergeMethod {
@@ -297,6 +299,7 @@ impl MergePlan {
             output_layout: out_info.layout,
             files_from,
             processor_files_from: if out_info.layout.is_vlm() { out_model } else { files_from },
+            recipe_dtype: config.dtype.as_deref().and_then(parse_dtype),
         })
     }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
-use evomerge_checkpoint::{Checkpoint, CheckpointWriter, TensorPlan, WriteOptions, DEFAULT_MAX_SHARD_BYTES};
+use evomerge_checkpoint::{Checkpoint, CheckpointWriter, Dtype, TensorPlan, WriteOptions, DEFAULT_MAX_SHARD_BYTES};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::buffers::{encode_in_place, BufferPool};
@@ -31,6 +31,32 @@ pub struct MergeOptions {
     pub progress: bool,
     /// Working memory (f32 buffers) the workers may hold at once; a tensor needing more runs alone.
     pub memory_budget_bytes: usize,
+    /// What the kernels compute in (default f32).
+    pub compute_dtype: ComputeDtype,
+}
+
+/// What a merge computes in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ComputeDtype {
+    /// f32 whatever the recipe's `dtype` (only the output is rounded to it): the most accurate
+    /// result, and the same for a recipe whatever dtype it stores.
+    #[default]
+    F32,
+    /// The recipe's `dtype`, as mergekit does: inputs are rounded to it and, for the methods that
+    /// mergekit runs in that dtype, every operation is rounded as torch rounds it. Reproduces
+    /// mergekit's bf16/f16 outputs for `linear`, `slerp`, `task_arithmetic` and `ties`; other
+    /// methods refuse this mode with bf16/f16 recipes.
+    Recipe,
+}
+
+impl ComputeDtype {
+    /// The dtype kernels must round to for `plan`, `None` for plain f32.
+    pub(crate) fn rounding(self, plan: &MergePlan) -> Option<Dtype> {
+        match self {
+            ComputeDtype::F32 => None,
+            ComputeDtype::Recipe => plan.recipe_dtype.filter(|d| *d != Dtype::F32),
+        }
+    }
 }
 
 impl Default for MergeOptions {
@@ -42,6 +68,7 @@ impl Default for MergeOptions {
             max_shard_bytes: DEFAULT_MAX_SHARD_BYTES,
             progress: true,
             memory_budget_bytes: 1 << 30,
+            compute_dtype: ComputeDtype::F32,
         }
     }
 }
@@ -118,7 +145,8 @@ pub fn write_plan(
     };
 
     let buffers = BufferPool::new(options.memory_budget_bytes);
-    let executor = Executor { plan, sources, seed: options.seed, pool: Some(&buffers) };
+    let executor =
+        Executor { plan, sources, seed: options.seed, pool: Some(&buffers), compute: options.compute_dtype.rounding(plan) };
     let budget = Budget::new(options.memory_budget_bytes);
     let run_one = |tensor: &crate::plan::PlannedTensor| -> Result<(), MergeError> {
         match executor.run(tensor)? {

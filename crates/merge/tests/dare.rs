@@ -29,7 +29,7 @@ fn merge_single(method: &str, density: f64, seed: u64, base: &[f32], model: &[f3
     let params = ParamSet::new().with_float("weight", 1.0).with_float("density", density);
     let inputs = [ModelTensor { model: 1, data: model, params: &params }];
     let shape = [base.len()];
-    let ctx = TensorContext { name: "model.layers.0.mlp.up_proj.weight", layer: Some(0), seed, shape: &shape };
+    let ctx = TensorContext { name: "model.layers.0.mlp.up_proj.weight", layer: Some(0), seed, shape: &shape, compute: None };
     let mut out = vec![0f32; base.len()];
     merge_tensor(get(method).unwrap(), &ctx, shared, Some(base), &inputs, &mut out).unwrap();
     out

@@ -6,7 +6,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use evomerge_checkpoint::Checkpoint;
-use evomerge_merge::{merge_to_dir, open_models, InMemoryMerger, MergeConfig, MergeOptions, TensorSource};
+use evomerge_checkpoint::Dtype;
+use evomerge_merge::methods::round_to;
+use evomerge_merge::{
+    merge_to_dir, open_models, ComputeDtype, InMemoryMerger, MergeConfig, MergeOptions, TensorSource,
+};
 
 const TOLERANCE: f32 = 1e-6;
 
@@ -27,8 +31,17 @@ fn expected(recipe: &str) -> Expected {
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut tensors = BTreeMap::new();
     for (name, view) in st.tensors() {
-        assert_eq!(view.dtype(), safetensors::Dtype::F32);
-        let values = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let values = match view.dtype() {
+            safetensors::Dtype::F32 => {
+                view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+            }
+            safetensors::Dtype::BF16 => view
+                .data()
+                .chunks_exact(2)
+                .map(|c| evomerge_checkpoint::bf16_bits_to_f32(u16::from_le_bytes([c[0], c[1]])))
+                .collect(),
+            other => panic!("{recipe}: unexpected dtype {other:?}"),
+        };
         tensors.insert(name.to_string(), (view.shape().to_vec(), values));
     }
     Expected { tensors, layers: meta["num_hidden_layers"].parse().unwrap(), vocab: meta["vocab_size"].parse().unwrap() }
@@ -134,4 +147,138 @@ parity!(
     nuslerp_columns,
     karcher,
     karcher_short,
+    ram,
+    ram_defaults,
+    ramplus_tl,
+    ramplus_tl_defaults,
 );
+
+/// Entries of `got` whose value differs from mergekit's (bit for bit, after rounding to bf16).
+fn bf16_mismatches(got: &BTreeMap<String, (Vec<usize>, Vec<f32>)>, want: &Expected) -> usize {
+    assert_eq!(got.keys().collect::<Vec<_>>(), want.tensors.keys().collect::<Vec<_>>());
+    got.iter()
+        .map(|(name, (shape, values))| {
+            let (want_shape, want_values) = &want.tensors[name];
+            assert_eq!(shape, want_shape, "shape of {name}");
+            values.iter().zip(want_values).filter(|(a, b)| round_to(Dtype::BF16, **a).to_bits() != b.to_bits()).count()
+        })
+        .sum()
+}
+
+fn streamed(recipe: &str, compute_dtype: ComputeDtype) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("merged");
+    let options = MergeOptions { threads: Some(2), progress: false, compute_dtype, ..Default::default() };
+    merge_to_dir(&recipe_config(recipe), &out, &options).unwrap();
+    let merged = Checkpoint::open_dir(&out).unwrap();
+    merged
+        .tensor_names()
+        .into_iter()
+        .map(|n| {
+            let view = merged.tensor(n).unwrap();
+            assert_eq!(view.dtype, Dtype::BF16, "{recipe}: {n} is not written in the recipe dtype");
+            (n.to_string(), (view.shape.to_vec(), view.to_f32()))
+        })
+        .collect()
+}
+
+fn in_memory(recipe: &str, compute_dtype: ComputeDtype) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    let config = recipe_config(recipe);
+    let models = open_models(&config).unwrap();
+    let sources: Vec<&dyn TensorSource> = models.iter().map(|m| m as &dyn TensorSource).collect();
+    let merger = InMemoryMerger::from_sources(&config, sources, 0).unwrap().with_compute_dtype(compute_dtype);
+    merger.merge_all().unwrap().into_iter().map(|t| (t.name, (t.shape, t.values))).collect()
+}
+
+/// `--compute-dtype recipe` gives mergekit's bf16 output bit for bit, streaming and in memory.
+fn check_bf16(recipe: &str) {
+    let want = expected(recipe);
+    let streaming = bf16_mismatches(&streamed(recipe, ComputeDtype::Recipe), &want);
+    let memory = bf16_mismatches(&in_memory(recipe, ComputeDtype::Recipe), &want);
+    let f32_mode = bf16_mismatches(&streamed(recipe, ComputeDtype::F32), &want);
+    let total: usize = want.tensors.values().map(|(_, v)| v.len()).sum();
+    eprintln!("{recipe}: {streaming} / {memory} of {total} entries differ from mergekit (recipe dtype, streaming / in memory); {f32_mode} in f32");
+    assert_eq!((streaming, memory), (0, 0), "{recipe}: entries differing from mergekit in bf16");
+}
+
+macro_rules! parity_bf16 {
+    ($($name:ident),* $(,)?) => {$(
+        #[test]
+        fn $name() {
+            check_bf16(stringify!($name));
+        }
+    )*};
+}
+
+parity_bf16!(linear_bf16, task_arithmetic_bf16, ties_bf16, slerp_bf16);
+
+/// The default f32 arithmetic is not mergekit's in bf16: TIES keeps other entries (this is why
+/// the recipe mode exists, and checks the comparison above can see a difference).
+#[test]
+fn f32_compute_differs_from_mergekit_bf16_ties() {
+    let want = expected("ties_bf16");
+    assert!(bf16_mismatches(&streamed("ties_bf16", ComputeDtype::F32), &want) > 0);
+}
+
+/// Methods whose low-precision arithmetic is not reproduced refuse the mode rather than give
+/// something else.
+#[test]
+fn recipe_dtype_refuses_other_methods() {
+    let mut config = recipe_config("nearswap");
+    config.dtype = Some("bfloat16".into());
+    let tmp = tempfile::tempdir().unwrap();
+    let options = MergeOptions { progress: false, compute_dtype: ComputeDtype::Recipe, ..Default::default() };
+    let e = merge_to_dir(&config, &tmp.path().join("out"), &options).unwrap_err().to_string();
+    assert!(e.contains("nearswap") && e.contains("--compute-dtype recipe"), "{e}");
+}
+
+/// `arcee_fusion` picks, per entry, the base's or the model's value by comparing an importance
+/// with a threshold; torch's f32 KL divergence differs from ours by ~1e-4 relative (cancellation),
+/// so entries that close to the threshold may be picked differently. Everything else must match:
+/// each entry is mergekit's value, or the other of (base, model) at a borderline entry, and such
+/// flips stay rare.
+fn check_arcee(recipe: &str, model: &str) {
+    let want = expected(recipe);
+    let read = |m: &str| Checkpoint::open_dir(&fixtures().join("models").join(m)).unwrap();
+    let (base, other) = (read("base"), read(model));
+    for (path, got) in [("streaming", streamed_f32(recipe)), ("in-memory", in_memory(recipe, ComputeDtype::F32))] {
+        let (mut flips, mut total) = (0, 0);
+        for (name, (_, values)) in &got {
+            let (_, want_values) = &want.tensors[name];
+            let b = base.tensor(name).unwrap().to_f32();
+            let x = other.tensor(name).unwrap().to_f32();
+            for (j, (&g, &w)) in values.iter().zip(want_values).enumerate() {
+                total += 1;
+                if (g - w).abs() <= TOLERANCE {
+                    continue;
+                }
+                let picked = |v: f32| if (v - b[j]).abs() <= TOLERANCE { 'b' } else if (v - x[j]).abs() <= TOLERANCE { 'x' } else { '?' };
+                assert!(
+                    matches!((picked(g), picked(w)), ('b', 'x') | ('x', 'b')),
+                    "{recipe} ({path}): {name}[{j}] = {g} is neither a match nor a flip of mergekit's {w}"
+                );
+                flips += 1;
+            }
+        }
+        eprintln!("{recipe} ({path}): {flips} of {total} entries pick the other input than mergekit");
+        assert!(flips * 1000 <= total, "{recipe} ({path}): {flips} of {total} entries differ from mergekit");
+    }
+}
+
+fn streamed_f32(recipe: &str) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("merged");
+    merge_to_dir(&recipe_config(recipe), &out, &MergeOptions { progress: false, ..Default::default() }).unwrap();
+    let merged = Checkpoint::open_dir(&out).unwrap();
+    merged.tensor_names().into_iter().map(|n| (n.to_string(), (merged.tensor(n).unwrap().shape.to_vec(), merged.tensor(n).unwrap().to_f32()))).collect()
+}
+
+#[test]
+fn arcee_fusion() {
+    check_arcee("arcee_fusion", "ft1");
+}
+
+#[test]
+fn arcee_fusion_slices() {
+    check_arcee("arcee_fusion_slices", "ft2");
+}

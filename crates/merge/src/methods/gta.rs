@@ -142,7 +142,7 @@ pub(crate) fn input_f64s(
 }
 
 impl GeneralizedTaskArithmetic {
-    fn rescale(&self, shared: &ParamSet) -> Rescale {
+    pub(crate) fn rescale(&self, shared: &ParamSet) -> Rescale {
         let natural = match self.sparsification {
             Sparsification::Random | Sparsification::Della => Rescale::InverseDensity,
             _ => Rescale::L1,
@@ -187,6 +187,23 @@ impl MergeMethod for GeneralizedTaskArithmetic {
         (1, None)
     }
 
+    fn merge_rounded(
+        &self,
+        dtype: evomerge_checkpoint::Dtype,
+        ctx: &TensorContext,
+        shared: &ParamSet,
+        base: Option<&[f32]>,
+        inputs: &[ModelTensor],
+        out: &mut [f32],
+    ) -> Option<Result<(), MergeError>> {
+        let Some(base) = base else {
+            return Some(Err(MergeError::InvalidInputs {
+                tensor: ctx.name.into(),
+                message: format!("{} needs a base model", self.name),
+            }));
+        };
+        self.gta_rounded(dtype, ctx, shared, base, inputs, out)
+    }
     fn merge(
         &self,
         ctx: &TensorContext,

@@ -26,6 +26,19 @@ impl MergeMethod for Linear {
     fn input_bounds(&self) -> (usize, Option<usize>) {
         (1, None)
     }
+    /// mergekit upcasts to f32 inside `linear_merge` and accumulates with `addcmul_`, a fused
+    /// multiply-add: with inputs rounded to the dtype, that is its whole arithmetic.
+    fn merge_rounded(
+        &self,
+        _dtype: evomerge_checkpoint::Dtype,
+        ctx: &TensorContext,
+        shared: &ParamSet,
+        _base: Option<&[f32]>,
+        inputs: &[ModelTensor],
+        out: &mut [f32],
+    ) -> Option<Result<(), MergeError>> {
+        Some(self.run(ctx, shared, inputs, out, true))
+    }
     fn merge(
         &self,
         ctx: &TensorContext,
@@ -34,6 +47,13 @@ impl MergeMethod for Linear {
         inputs: &[ModelTensor],
         out: &mut [f32],
     ) -> Result<(), MergeError> {
+        // Unfused: a software fma per entry costs far more than the last-bit difference is worth.
+        self.run(ctx, shared, inputs, out, false)
+    }
+}
+
+impl Linear {
+    fn run(&self, ctx: &TensorContext, shared: &ParamSet, inputs: &[ModelTensor], out: &mut [f32], fused: bool) -> Result<(), MergeError> {
         let weights = super::gta::input_floats(ctx, inputs, "weight", self.name())?;
         let normalize = shared.bool("normalize").unwrap_or(true);
         // mergekit sums the f32 weights; a zero sum divides by zero there too (inf/nan), so refuse.
@@ -49,8 +69,14 @@ impl MergeMethod for Linear {
             chunk.fill(0.0);
             for (input, &w) in inputs.iter().zip(&weights) {
                 let src = &input.data[start..start + chunk.len()];
-                for (o, &x) in chunk.iter_mut().zip(src) {
-                    *o += x * w;
+                if fused {
+                    for (o, &x) in chunk.iter_mut().zip(src) {
+                        *o = x.mul_add(w, *o);
+                    }
+                } else {
+                    for (o, &x) in chunk.iter_mut().zip(src) {
+                        *o += x * w;
+                    }
                 }
             }
             if normalize {

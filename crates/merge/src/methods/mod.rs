@@ -1,6 +1,7 @@
 //! Merge methods: one module per method behind [`MergeMethod`], found by name in a static registry,
 //! all called through [`merge_tensor`].
 
+mod arcee_fusion;
 mod breadcrumbs;
 mod dare;
 mod della;
@@ -12,12 +13,17 @@ mod multislerp;
 mod nearswap;
 mod nuslerp;
 mod passthrough;
+mod ram;
+mod rounded;
 mod sce;
 mod slerp;
 mod task_arithmetic;
 mod ties;
 
 pub use gta::{Consensus, GeneralizedTaskArithmetic, Rescale, Sparsification};
+pub use rounded::{round_to, torch_argsort_descending};
+
+use evomerge_checkpoint::Dtype;
 
 use crate::params::{ParamScope, ParamSet, ParamSpec};
 use crate::MergeError;
@@ -34,6 +40,9 @@ pub struct TensorContext<'a> {
     /// Recipe seed (DARE masks are a pure function of seed, tensor name and model index).
     pub seed: u64,
     pub shape: &'a [usize],
+    /// Merge in this dtype, as mergekit does with a bf16/f16 recipe (`None`: f32; see
+    /// [`crate::ComputeDtype`]). Inputs are already rounded to it.
+    pub compute: Option<Dtype>,
 }
 
 /// One input of a tensor merge: which model it comes from, its values (f32, row-major) and its
@@ -81,6 +90,19 @@ pub trait MergeMethod: Send + Sync {
         inputs: &[ModelTensor],
         out: &mut [f32],
     ) -> Result<(), MergeError>;
+    /// Merge as mergekit 0.1.5 does when it computes in `dtype` (bf16 or f16), inputs already
+    /// rounded to it; `None` when evomerge does not reproduce this method in that dtype.
+    fn merge_rounded(
+        &self,
+        _dtype: Dtype,
+        _ctx: &TensorContext,
+        _shared: &ParamSet,
+        _base: Option<&[f32]>,
+        _inputs: &[ModelTensor],
+        _out: &mut [f32],
+    ) -> Option<Result<(), MergeError>> {
+        None
+    }
 }
 
 static LINEAR: linear::Linear = linear::Linear;
@@ -92,9 +114,10 @@ static NEARSWAP: nearswap::NearSwap = nearswap::NearSwap;
 static MULTISLERP: multislerp::MultiSlerp = multislerp::MultiSlerp;
 static NUSLERP: nuslerp::NuSlerp = nuslerp::NuSlerp;
 static KARCHER: karcher::Karcher = karcher::Karcher;
+static ARCEE_FUSION: arcee_fusion::ArceeFusion = arcee_fusion::ArceeFusion;
 
 /// All registered methods, in the order they are listed to users.
-pub fn registry() -> [&'static dyn MergeMethod; 17] {
+pub fn registry() -> [&'static dyn MergeMethod; 20] {
     [
         &LINEAR,
         &task_arithmetic::TASK_ARITHMETIC,
@@ -108,6 +131,9 @@ pub fn registry() -> [&'static dyn MergeMethod; 17] {
         &SCE,
         &MODEL_STOCK,
         &NEARSWAP,
+        &ARCEE_FUSION,
+        &ram::RAM,
+        &ram::RAMPLUS_TL,
         &SLERP,
         &NUSLERP,
         &MULTISLERP,
@@ -161,7 +187,19 @@ pub fn merge_tensor(
     if let Some(message) = count_error(method, inputs.len(), base.is_some()) {
         return Err(invalid(message));
     }
-    method.merge(ctx, shared, base, inputs, out)
+    match ctx.compute {
+        Some(dtype) if dtype != Dtype::F32 => {
+            method.merge_rounded(dtype, ctx, shared, base, inputs, out).unwrap_or_else(|| {
+                Err(MergeError::Unsupported(format!(
+                    "computing `{}` in the recipe's dtype ({dtype:?}, --compute-dtype recipe): only linear, slerp, \
+                     task_arithmetic and ties (without rescale) reproduce mergekit's low-precision arithmetic; \
+                     merge in f32 (the default) instead",
+                    method.name()
+                )))
+            })
+        }
+        _ => method.merge(ctx, shared, base, inputs, out),
+    }
 }
 
 /// Why `non_base` inputs plus an optional base do not fit the method, if they do not.

@@ -45,6 +45,19 @@ impl MergeMethod for Slerp {
     fn input_bounds(&self) -> (usize, Option<usize>) {
         (2, Some(2))
     }
+    /// mergekit upcasts to f32 inside slerp: with inputs rounded to the dtype, the f32 kernel is
+    /// its arithmetic (the output is rounded when written).
+    fn merge_rounded(
+        &self,
+        _dtype: evomerge_checkpoint::Dtype,
+        ctx: &TensorContext,
+        shared: &ParamSet,
+        base: Option<&[f32]>,
+        inputs: &[ModelTensor],
+        out: &mut [f32],
+    ) -> Option<Result<(), MergeError>> {
+        Some(self.merge(ctx, shared, base, inputs, out))
+    }
     fn merge(
         &self,
         ctx: &TensorContext,

@@ -1,0 +1,358 @@
+//! mergekit's arithmetic in a bf16/f16 recipe dtype (`--compute-dtype recipe`): torch computes
+//! each elementwise operation on half-precision tensors in f32 and rounds the result to the dtype,
+//! and sums over models (`sum(dim=0)`) in f32 rounded once at the end. TIES keeps the top `k`
+//! magnitudes by `torch.argsort(descending=True)`, which on the CPU is libstdc++'s `std::sort`
+//! (introsort): with bf16's many equal magnitudes, which of the tied entries survive depends on
+//! that algorithm, so it is reproduced step for step here.
+
+use evomerge_checkpoint::{f32_to_bf16_bits, Dtype};
+use half::f16;
+
+use super::gta::{Consensus, GeneralizedTaskArithmetic, Rescale, Sparsification};
+use super::{ModelTensor, TensorContext};
+use crate::params::ParamSet;
+use crate::MergeError;
+
+/// `v` rounded to the nearest `dtype` value (ties to even, as torch's casts), as f32.
+#[inline]
+pub fn round_to(dtype: Dtype, v: f32) -> f32 {
+    match dtype {
+        Dtype::F32 => v,
+        Dtype::BF16 => f32::from_bits(u32::from(f32_to_bf16_bits(v)) << 16),
+        Dtype::F16 => f16::from_f32(v).to_f32(),
+    }
+}
+
+/// A Python float (f64) rounded straight to `dtype`, as `torch.tensor([...], dtype=...)` does.
+/// Going through f32 first could round twice; only a value landing exactly halfway between two
+/// bf16 values can differ, and then the f64 says which way.
+fn round_f64_to(dtype: Dtype, v: f64) -> f32 {
+    match dtype {
+        Dtype::F32 => v as f32,
+        Dtype::F16 => f16::from_f64(v).to_f32(),
+        Dtype::BF16 => {
+            let f = v as f32;
+            let bits = f.to_bits();
+            if bits & 0xFFFF == 0x8000 && f as f64 != v && f.is_finite() {
+                // Nudge one f32 step towards the true value so the tie is broken its way.
+                let towards_larger = v.abs() > (f as f64).abs();
+                let nudged = f32::from_bits(if towards_larger { bits + 1 } else { bits - 1 });
+                return round_to(Dtype::BF16, nudged);
+            }
+            round_to(Dtype::BF16, f)
+        }
+    }
+}
+
+/// torch's descending comparison on the CPU: larger first, NaN before everything.
+#[inline]
+fn before(a: (f32, u32), b: (f32, u32)) -> bool {
+    a.0 > b.0 || (a.0.is_nan() && !b.0.is_nan())
+}
+
+/// The permutation `torch.argsort(values, descending=True)` returns on the CPU (libstdc++'s
+/// introsort: median-of-three quicksort down to runs of 16, heapsort past depth 2·log2 n, then
+/// one insertion sort).
+pub fn torch_argsort_descending(values: &[f32]) -> Vec<u32> {
+    let mut v: Vec<(f32, u32)> = values.iter().zip(0u32..).map(|(&x, i)| (x, i)).collect();
+    let n = v.len();
+    if n > 1 {
+        let depth = 2 * (usize::BITS - 1 - n.leading_zeros()) as usize;
+        introsort_loop(&mut v, 0, n, depth);
+        final_insertion_sort(&mut v);
+    }
+    v.into_iter().map(|(_, i)| i).collect()
+}
+
+const THRESHOLD: usize = 16;
+
+fn introsort_loop(v: &mut [(f32, u32)], first: usize, mut last: usize, mut depth: usize) {
+    while last - first > THRESHOLD {
+        if depth == 0 {
+            heap_sort(&mut v[first..last]);
+            return;
+        }
+        depth -= 1;
+        let mid = first + (last - first) / 2;
+        move_median_to_first(v, first, first + 1, mid, last - 1);
+        let cut = unguarded_partition(v, first + 1, last, first);
+        introsort_loop(v, cut, last, depth);
+        last = cut;
+    }
+}
+
+fn move_median_to_first(v: &mut [(f32, u32)], result: usize, a: usize, b: usize, c: usize) {
+    let pick = if before(v[a], v[b]) {
+        if before(v[b], v[c]) {
+            b
+        } else if before(v[a], v[c]) {
+            c
+        } else {
+            a
+        }
+    } else if before(v[a], v[c]) {
+        a
+    } else if before(v[b], v[c]) {
+        c
+    } else {
+        b
+    };
+    v.swap(result, pick);
+}
+
+fn unguarded_partition(v: &mut [(f32, u32)], mut first: usize, mut last: usize, pivot: usize) -> usize {
+    loop {
+        while before(v[first], v[pivot]) {
+            first += 1;
+        }
+        last -= 1;
+        while before(v[pivot], v[last]) {
+            last -= 1;
+        }
+        if first >= last {
+            return first;
+        }
+        v.swap(first, last);
+        first += 1;
+    }
+}
+
+fn unguarded_linear_insert(v: &mut [(f32, u32)], mut last: usize) {
+    let value = v[last];
+    while before(value, v[last - 1]) {
+        v[last] = v[last - 1];
+        last -= 1;
+    }
+    v[last] = value;
+}
+
+fn insertion_sort(v: &mut [(f32, u32)]) {
+    for i in 1..v.len() {
+        if before(v[i], v[0]) {
+            let value = v[i];
+            v.copy_within(0..i, 1);
+            v[0] = value;
+        } else {
+            unguarded_linear_insert(v, i);
+        }
+    }
+}
+
+fn final_insertion_sort(v: &mut [(f32, u32)]) {
+    if v.len() > THRESHOLD {
+        insertion_sort(&mut v[..THRESHOLD]);
+        for i in THRESHOLD..v.len() {
+            unguarded_linear_insert(v, i);
+        }
+    } else {
+        insertion_sort(v);
+    }
+}
+
+/// libstdc++'s `__make_heap` + `__sort_heap` (its `__partial_sort` over the whole range).
+fn heap_sort(v: &mut [(f32, u32)]) {
+    let len = v.len();
+    if len < 2 {
+        return;
+    }
+    let mut parent = (len - 2) / 2;
+    loop {
+        let value = v[parent];
+        adjust_heap(v, parent, len, value);
+        if parent == 0 {
+            break;
+        }
+        parent -= 1;
+    }
+    let mut last = len;
+    while last > 1 {
+        last -= 1;
+        let value = v[last];
+        v[last] = v[0];
+        adjust_heap(&mut v[..last], 0, last, value);
+    }
+}
+
+fn adjust_heap(v: &mut [(f32, u32)], mut hole: usize, len: usize, value: (f32, u32)) {
+    let top = hole;
+    let mut child = hole;
+    while child < (len - 1) / 2 {
+        child = 2 * (child + 1);
+        if before(v[child], v[child - 1]) {
+            child -= 1;
+        }
+        v[hole] = v[child];
+        hole = child;
+    }
+    if len % 2 == 0 && child == (len - 2) / 2 {
+        child = 2 * (child + 1);
+        v[hole] = v[child - 1];
+        hole = child - 1;
+    }
+    // push_heap
+    let mut parent = hole.wrapping_sub(1) / 2;
+    while hole > top && before(v[parent], value) {
+        v[hole] = v[parent];
+        hole = parent;
+        parent = hole.wrapping_sub(1) / 2;
+    }
+    v[hole] = value;
+}
+
+impl GeneralizedTaskArithmetic {
+    /// mergekit's `GeneralizedTaskArithmeticMerge.merge_group` in a half-precision dtype, for the
+    /// variants it is reproduced for (no sparsification or magnitude without rescale; `None` else).
+    pub(crate) fn gta_rounded(
+        &self,
+        dtype: Dtype,
+        ctx: &TensorContext,
+        shared: &ParamSet,
+        base: &[f32],
+        inputs: &[ModelTensor],
+        out: &mut [f32],
+    ) -> Option<Result<(), MergeError>> {
+        let supported = matches!(self.sparsification, Sparsification::None | Sparsification::Magnitude);
+        if !supported || (self.sparsification != Sparsification::None && self.rescale(shared) != Rescale::None) {
+            return None;
+        }
+        Some(self.gta_rounded_supported(dtype, ctx, shared, base, inputs, out))
+    }
+
+    fn gta_rounded_supported(
+        &self,
+        dtype: Dtype,
+        ctx: &TensorContext,
+        shared: &ParamSet,
+        base: &[f32],
+        inputs: &[ModelTensor],
+        out: &mut [f32],
+    ) -> Result<(), MergeError> {
+        let r = |v: f32| round_to(dtype, v);
+        if inputs.is_empty() {
+            out.copy_from_slice(base);
+            return Ok(());
+        }
+        let n = base.len();
+        let weights: Vec<f32> = super::gta::input_f64s(ctx, inputs, "weight", self.name)?
+            .into_iter()
+            .map(|w| round_f64_to(dtype, w))
+            .collect();
+        let normalize = shared.bool("normalize").unwrap_or(self.default_normalize);
+        let lambda = shared.float("lambda").unwrap_or(1.0);
+        let consensus = match (self.consensus, shared.text("consensus_method")) {
+            (false, _) => None,
+            (true, Some("count")) => Some(Consensus::Count),
+            (true, _) => Some(Consensus::Sum),
+        };
+
+        // Weighted, sparsified deltas, each rounded as torch rounds it.
+        let mut deltas: Vec<Vec<f32>> = Vec::with_capacity(inputs.len());
+        for (input, &w) in inputs.iter().zip(&weights) {
+            let mut d: Vec<f32> = input.data.iter().zip(base).map(|(&x, &b)| r(x - b)).collect();
+            let density = input.params.float("density").unwrap_or(1.0);
+            if self.sparsification == Sparsification::Magnitude && density < 1.0 {
+                let mut keep = vec![false; n];
+                if density > 0.0 && n > 0 {
+                    // As mergekit: k = max(1, int(density · numel)) in Python floats.
+                    let k = ((density * n as f64) as usize).max(1);
+                    let magnitudes: Vec<f32> = d.iter().map(|v| v.abs()).collect();
+                    for &i in torch_argsort_descending(&magnitudes).iter().take(k) {
+                        keep[i as usize] = true;
+                    }
+                }
+                for (v, kept) in d.iter_mut().zip(keep) {
+                    if !kept {
+                        *v *= 0.0;
+                    }
+                }
+            }
+            for v in d.iter_mut() {
+                *v = r(*v * w);
+            }
+            deltas.push(d);
+        }
+
+        let weight_sum = r(weights.iter().sum::<f32>());
+        let plain_divisor = if weight_sum.abs() < 1e-8 { 1.0 } else { weight_sum };
+        let lambda = (lambda != 1.0).then_some(lambda as f32);
+        for (j, o) in out.iter_mut().enumerate() {
+            let (mixed, divisor) = match consensus {
+                None => (r(deltas.iter().map(|d| d[j]).sum::<f32>()), plain_divisor),
+                Some(rule) => {
+                    let vote: f32 = match rule {
+                        Consensus::Sum => deltas.iter().map(|d| d[j]).sum(),
+                        Consensus::Count => deltas.iter().map(|d| sign(d[j])).sum(),
+                    };
+                    let elected = if vote >= 0.0 { 1.0 } else { -1.0 };
+                    let (mut mixed, mut divisor) = (0f32, 0f32);
+                    for (d, &w) in deltas.iter().zip(&weights) {
+                        if sign(d[j]) == elected {
+                            mixed += d[j];
+                            divisor += w;
+                        }
+                    }
+                    let divisor = r(divisor);
+                    (r(mixed), if divisor == 0.0 { 1.0 } else { divisor })
+                }
+            };
+            let mut mixed = if normalize { r(mixed / divisor) } else { mixed };
+            if let Some(l) = lambda {
+                // torch multiplies by a Python scalar in f32 before rounding.
+                mixed = r(mixed * l);
+            }
+            *o = r(base[j] + mixed);
+        }
+        Ok(())
+    }
+}
+
+#[inline]
+fn sign(x: f32) -> f32 {
+    ((x > 0.0) as i32 - (x < 0.0) as i32) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Any permutation that orders the values descending is acceptable as a sort; the heapsort
+    /// fallback and the quicksort path must both give one.
+    fn is_descending_permutation(values: &[f32], order: &[u32]) -> bool {
+        let mut seen = vec![false; values.len()];
+        order.iter().all(|&i| !std::mem::replace(&mut seen[i as usize], true))
+            && order.windows(2).all(|w| values[w[0] as usize] >= values[w[1] as usize])
+            && order.len() == values.len()
+    }
+
+    #[test]
+    fn argsort_orders_descending_with_many_ties() {
+        let values: Vec<f32> = (0..5000u32).map(|i| ((i * 7919) % 97) as f32 / 8.0).collect();
+        assert!(is_descending_permutation(&values, &torch_argsort_descending(&values)));
+    }
+
+    #[test]
+    fn heap_sort_orders_descending() {
+        let values: Vec<f32> = (0..1001u32).map(|i| ((i * 613) % 101) as f32).collect();
+        let mut v: Vec<(f32, u32)> = values.iter().zip(0u32..).map(|(&x, i)| (x, i)).collect();
+        heap_sort(&mut v);
+        let order: Vec<u32> = v.iter().map(|p| p.1).collect();
+        assert!(is_descending_permutation(&values, &order));
+    }
+
+    #[test]
+    fn argsort_breaks_ties_as_torch() {
+        // torch 2.15 `torch.argsort(x, descending=True)` for this x on the CPU (not index order).
+        let x = [1.0f32, 2.0, 1.0, 2.0, 1.0, 2.0, 1.0, 2.0, 1.0, 2.0, 1.0, 2.0, 1.0, 2.0, 1.0, 2.0, 1.0, 2.0, 1.0, 2.0];
+        let torch = [1u32, 19, 17, 15, 13, 11, 9, 7, 5, 3, 8, 6, 10, 12, 4, 14, 16, 2, 18, 0];
+        assert_eq!(torch_argsort_descending(&x), torch);
+    }
+
+    #[test]
+    fn f64_weights_round_once() {
+        assert_eq!(round_f64_to(Dtype::BF16, 0.3), round_to(Dtype::BF16, 0.3));
+        // 1 + 2^-8 + 2^-30 is above the bf16 midpoint 1 + 2^-8 but rounds to it in f32.
+        let v = 1.0 + 2f64.powi(-8) + 2f64.powi(-30);
+        assert_eq!(round_f64_to(Dtype::BF16, v), 1.0 + 2f32.powi(-7));
+        assert_eq!(round_to(Dtype::BF16, v as f32), 1.0);
+    }
+}
