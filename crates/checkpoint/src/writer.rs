@@ -107,6 +107,8 @@ pub struct CheckpointWriter {
     bytes_written: AtomicU64,
     fail_after_bytes: Option<u64>,
     finished: bool,
+    /// Chat template to write over the copied tokenizer's (see [`CheckpointWriter::set_chat_template`]).
+    chat_template: Option<String>,
 }
 
 impl std::fmt::Debug for CheckpointWriter {
@@ -183,6 +185,7 @@ impl CheckpointWriter {
             bytes_written: AtomicU64::new(0),
             fail_after_bytes,
             finished: false,
+            chat_template: None,
         };
         writer.lay_out(plan, opts.max_shard_bytes)?;
         Ok(writer)
@@ -337,6 +340,14 @@ impl CheckpointWriter {
     /// processor settings, chat templates) copied from `processor_files_from` and the other
     /// auxiliary files (tokenizer, generation settings) from `files_from`. A merged VLM whose
     /// tokenizer comes from another model needs the two apart.
+    /// Give the output this chat template instead of the copied tokenizer's: written as
+    /// `chat_template.jinja` (where transformers 5 saves and looks first), with any other copy of a
+    /// template (`chat_template.json`, `tokenizer_config.json`'s `chat_template`) removed so only
+    /// this one is found.
+    pub fn set_chat_template(&mut self, template: Option<String>) {
+        self.chat_template = template;
+    }
+
     pub fn finish_with_processor(
         mut self,
         config: &Value,
@@ -363,6 +374,9 @@ impl CheckpointWriter {
         }
         if let Some(source) = processor_files_from {
             copy_auxiliary_files(source, &self.temp_dir, is_processor_file)?;
+        }
+        if let Some(template) = &self.chat_template {
+            write_chat_template(&self.temp_dir, template)?;
         }
         sync_dir(&self.temp_dir)?;
         self.move_into_place()?;
@@ -502,6 +516,26 @@ fn copy_auxiliary_files(source: &Path, dest: &Path, keep: impl Fn(&str) -> bool)
         File::open(&to).and_then(|f| f.sync_all()).map_err(|e| CheckpointError::io(&to, e))?;
     }
     Ok(())
+}
+
+fn write_chat_template(dir: &Path, template: &str) -> Result<(), CheckpointError> {
+    let json = dir.join("chat_template.json");
+    if json.exists() {
+        std::fs::remove_file(&json).map_err(|e| CheckpointError::io(&json, e))?;
+    }
+    let config_path = dir.join("tokenizer_config.json");
+    if config_path.is_file() {
+        let text = std::fs::read_to_string(&config_path).map_err(|e| CheckpointError::io(&config_path, e))?;
+        // A tokenizer config that is not a JSON object is left as it was copied.
+        if let Ok(Value::Object(mut config)) = serde_json::from_str::<Value>(&text) {
+            if config.remove("chat_template").is_some() {
+                write_json(&config_path, &Value::Object(config))?;
+            }
+        }
+    }
+    let path = dir.join("chat_template.jinja");
+    std::fs::write(&path, template).map_err(|e| CheckpointError::io(&path, e))?;
+    File::open(&path).and_then(|f| f.sync_all()).map_err(|e| CheckpointError::io(&path, e))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {

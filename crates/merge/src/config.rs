@@ -22,8 +22,8 @@ pub struct MergeConfig {
     pub base_model: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Option<Parameters>,
-    /// Dtype mergekit computes in; evomerge always computes in f32 and uses this as the output
-    /// dtype when `out_dtype` is absent.
+    /// Dtype mergekit computes in; evomerge computes in f32 unless told to do as mergekit (see
+    /// [`crate::ComputeDtype`]) and uses this as the output dtype when `out_dtype` is absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dtype: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -31,6 +31,10 @@ pub struct MergeConfig {
     /// `base` (default), or a model reference; gives the vocabulary size and the extra rows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer_source: Option<String>,
+    /// Chat template of the output: `auto` (the one most input models have), a built-in name
+    /// (`chatml`), or the Jinja template itself. Written as the output's `chat_template.jinja`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<String>,
     /// Directory that relative model paths are resolved against when they do not exist relative
     /// to the working directory (set by [`MergeConfig::from_file`] to the recipe's directory).
     #[serde(skip)]
@@ -118,6 +122,9 @@ impl MergeConfig {
                 }
             }
         }
+        if let Some(template) = &self.chat_template {
+            chat_template_text(template)?;
+        }
         if self.tokenizer_source.as_deref() == Some("union") {
             return Err(MergeError::Unsupported("tokenizer_source: union (use `base` or a model)".into()));
         }
@@ -157,6 +164,37 @@ impl MergeConfig {
     }
 }
 
+/// ChatML, the one template mergekit bundles that evomerge does too (it is the format's
+/// definition, not a model's).
+const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}\n{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}\n";
+
+/// The template a `chat_template` value names (`None` for `auto`, which needs the models), or
+/// why it names none. Like mergekit: a short word is a built-in name, else the text must look
+/// like a template (at least 20 characters with a `{`).
+pub fn chat_template_text(value: &str) -> Result<Option<String>, MergeError> {
+    if value == "auto" {
+        return Ok(None);
+    }
+    let looks_like_name = value.len() < 256 && !value.contains('\n') && !value.contains('{');
+    if looks_like_name {
+        return match value {
+            "chatml" => Ok(Some(CHATML.to_string())),
+            "alpaca" | "exaone" | "llama3" | "mistral" => Err(MergeError::config(
+                "chat_template",
+                format!("`{value}` is one of mergekit's bundled templates that evomerge does not bundle; paste the template text instead (or use `chatml` or `auto`)"),
+            )),
+            _ => Err(MergeError::config(
+                "chat_template",
+                format!("`{value}` is neither `auto`, a built-in template (`chatml`) nor a Jinja template (one contains `{{`)"),
+            )),
+        };
+    }
+    if value.len() < 20 || !value.contains('{') {
+        return Err(MergeError::config("chat_template", "is not a chat template (too short or no `{`)"));
+    }
+    Ok(Some(value.to_string()))
+}
+
 /// Refuse a multi-document file (mergekit-multi's format: named merges whose names later documents
 /// use as models) with a message saying what it is and how to run it, rather than a parse error
 /// about its `name` keys.
@@ -194,9 +232,8 @@ fn check_single_document(text: &str) -> Result<(), MergeError> {
 }
 
 /// Keys mergekit 0.1.5 reads that evomerge does not support yet: (key, what mergekit does with it).
-const MERGEKIT_ONLY_KEYS: [(&str, &str); 4] = [
+const MERGEKIT_ONLY_KEYS: [(&str, &str); 3] = [
     ("tokenizer", "builds the output tokenizer from it (sources, added tokens)"),
-    ("chat_template", "writes this chat template into the output tokenizer config"),
     ("modules", "merges each module of a multimodal model with its own recipe"),
     ("residual_weight", "scales the slice's residual stream"),
 ];

@@ -129,6 +129,9 @@ pub struct MergePlan {
     pub processor_files_from: usize,
     /// The recipe's `dtype`: what mergekit computes in (see [`crate::ComputeDtype`]).
     pub recipe_dtype: Option<Dtype>,
+    /// Chat template the output gets instead of its tokenizer's (the recipe's `chat_template`,
+    /// resolved; `None`: keep the copied one).
+    pub chat_template: Option<String>,
 }
 
 impl std::fmt::Debug for dyn MergeMethod {
@@ -300,6 +303,7 @@ impl MergePlan {
             files_from,
             processor_files_from: if out_info.layout.is_vlm() { out_model } else { files_from },
             recipe_dtype: config.dtype.as_deref().and_then(parse_dtype),
+            chat_template: resolve_chat_template(config, sources)?,
         })
     }
 
@@ -661,4 +665,34 @@ mod tests {
         update_config(&mut bare, Layout::LlavaNested, 3, None, None);
         assert_eq!(bare, json!({"model_type": "llava", "text_config": {"num_hidden_layers": 3}}));
     }
+}
+
+/// The recipe's `chat_template` as text. `auto` takes the template most input models have
+/// (as mergekit; on a tie the first in recipe order), or none when no model has one.
+fn resolve_chat_template(config: &MergeConfig, sources: &[&dyn TensorSource]) -> Result<Option<String>, MergeError> {
+    let Some(value) = config.chat_template.as_deref() else { return Ok(None) };
+    if let Some(text) = crate::config::chat_template_text(value)? {
+        return Ok(Some(text));
+    }
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for source in sources {
+        let Some(template) = source.files_dir().and_then(model_chat_template) else { continue };
+        match counts.iter_mut().find(|(t, _)| *t == template) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((template, 1)),
+        }
+    }
+    // `max_by_key` keeps the last maximum; reverse so the first in recipe order wins ties.
+    Ok(counts.into_iter().rev().max_by_key(|(_, n)| *n).map(|(t, _)| t))
+}
+
+/// A model directory's chat template (`chat_template.jinja`, else `tokenizer_config.json`'s
+/// string `chat_template`), trimmed as mergekit compares them.
+fn model_chat_template(dir: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("chat_template.jinja")).ok().or_else(|| {
+        let config: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?).ok()?;
+        config.get("chat_template")?.as_str().map(str::to_string)
+    })?;
+    let trimmed = text.trim();
+    (!trimmed.is_empty()).then(|| trimmed.to_string())
 }

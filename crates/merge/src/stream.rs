@@ -128,7 +128,7 @@ pub fn write_plan(
     let writer_plan: Vec<TensorPlan> =
         plan.tensors.iter().map(|t| TensorPlan::new(t.name.clone(), t.dtype, t.shape.clone())).collect();
     let bytes_written: u64 = writer_plan.iter().map(|t| t.size_in_bytes() as u64).sum();
-    let writer = CheckpointWriter::create(
+    let mut writer = CheckpointWriter::create(
         out,
         writer_plan,
         WriteOptions { max_shard_bytes: options.max_shard_bytes, force: options.force },
@@ -203,6 +203,7 @@ pub fn write_plan(
     result?; // dropping `writer` on error removes its temporary directory
     let files_from = sources[plan.files_from].files_dir();
     let processor_files_from = sources[plan.processor_files_from].files_dir();
+    writer.set_chat_template(plan.chat_template.clone());
     let out_dir = writer.finish_with_processor(&plan.config, files_from, processor_files_from)?;
     Ok(MergeReport {
         out_dir,
