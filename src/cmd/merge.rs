@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use evomerge_merge::{merge_to_dir, ComputeDtype, MergeConfig, MergeOptions};
+use evomerge_merge::{merge_documents_to_dir, merge_to_dir, ComputeDtype, MergeConfig, MergeOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -44,7 +44,7 @@ fn parse_compute_dtype(text: &str) -> Result<ComputeDtype, String> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let config = MergeConfig::from_file(&args.config)?;
+    let documents = MergeConfig::documents_from_file(&args.config)?;
     let options = MergeOptions {
         seed: args.seed,
         threads: args.threads,
@@ -54,19 +54,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         memory_budget_bytes: usize::try_from(args.memory).unwrap_or(usize::MAX),
         compute_dtype: args.compute_dtype,
     };
-    let report = merge_to_dir(&config, &args.out, &options)
-        .with_context(|| format!("merge of {} failed; nothing was written to {}", args.config.display(), args.out.display()))?;
-    eprintln!(
-        "merged {} tensors with {} into {} in {:.1}s ({:.2} GB read, {:.2} GB/s)",
-        report.tensors,
-        config.merge_method,
-        report.out_dir.display(),
-        report.seconds,
-        report.bytes_read as f64 / 1e9,
-        report.bytes_read as f64 / 1e9 / report.seconds.max(1e-9),
-    );
-    if let Some(vlm) = &report.output_vlm {
-        eprintln!("the output is a VLM: vision tower, projector, config and processor files from {vlm}");
+    let failed = || format!("merge of {} failed; nothing was written to {}", args.config.display(), args.out.display());
+    let reports = if documents.len() == 1 {
+        vec![merge_to_dir(&documents[0].config, &args.out, &options).with_context(failed)?]
+    } else {
+        // A mergekit-multi file: named documents into OUT/<name>, the final one into OUT.
+        merge_documents_to_dir(&documents, &args.out, &options).with_context(failed)?
+    };
+    for (document, report) in documents.iter().zip(&reports) {
+        eprintln!(
+            "merged {} tensors with {} into {} in {:.1}s ({:.2} GB read, {:.2} GB/s)",
+            report.tensors,
+            document.config.merge_method,
+            report.out_dir.display(),
+            report.seconds,
+            report.bytes_read as f64 / 1e9,
+            report.bytes_read as f64 / 1e9 / report.seconds.max(1e-9),
+        );
+        if let Some(vlm) = &report.output_vlm {
+            eprintln!("the output is a VLM: vision tower, projector, config and processor files from {vlm}");
+        }
     }
     Ok(())
 }

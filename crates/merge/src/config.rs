@@ -41,6 +41,14 @@ pub struct MergeConfig {
     pub recipe_dir: Option<PathBuf>,
 }
 
+/// One document of a recipe file: `name` (intermediate merges of a `mergekit-multi` file, which
+/// later documents use as a model) and its recipe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecipeDocument {
+    pub name: Option<String>,
+    pub config: MergeConfig,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InputModel {
@@ -93,6 +101,86 @@ impl MergeConfig {
         })?;
         config.recipe_dir = path.parent().map(Path::to_path_buf);
         Ok(config)
+    }
+
+    /// Every document of a recipe text, in order: a plain recipe, or a `mergekit-multi` file
+    /// (named intermediate merges, then at most one unnamed final merge, which must be last).
+    pub fn documents_from_yaml(text: &str) -> Result<Vec<RecipeDocument>, MergeError> {
+        use serde::Deserialize;
+        let mut documents: Vec<RecipeDocument> = Vec::new();
+        for (index, document) in serde_norway::Deserializer::from_str(text).enumerate() {
+            let mut value = serde_norway::Value::deserialize(document).map_err(|e| MergeError::Yaml(e.to_string()))?;
+            if value.is_null() {
+                continue;
+            }
+            let at = |m: String| MergeError::config(format!("document {}", index + 1), m);
+            let name = match value.as_mapping_mut().and_then(|m| m.remove("name")) {
+                None => None,
+                Some(serde_norway::Value::String(n)) => Some(n),
+                Some(other) => return Err(at(format!("`name` must be a string, got {other:?}"))),
+            };
+            if let Some(n) = &name {
+                let plain = !n.is_empty() && !n.starts_with('.') && n.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+                if !plain {
+                    return Err(at(format!("`name: {n}` becomes a directory name: use letters, digits, `.`, `_`, `-` (not first `.`)")));
+                }
+                if documents.iter().any(|d| d.name.as_deref() == Some(n.as_str())) {
+                    return Err(at(format!("`name: {n}` is used by an earlier document too")));
+                }
+            }
+            if documents.last().is_some_and(|d| d.name.is_none()) {
+                return Err(at("only the last document may be unnamed (the final merge); name the earlier one".into()));
+            }
+            let config: MergeConfig =
+                serde_norway::from_value(value).map_err(|e| MergeError::Yaml(format!("document {}: {}", index + 1, explain_unknown_field(&e.to_string()))))?;
+            config.validate().map_err(|e| match e {
+                MergeError::Config { key, message } => MergeError::Config { key: format!("document {}: {key}", index + 1), message },
+                other => other,
+            })?;
+            documents.push(RecipeDocument { name, config });
+        }
+        if documents.is_empty() {
+            return Err(MergeError::Yaml("the file holds no recipe".into()));
+        }
+        Ok(documents)
+    }
+
+    /// [`MergeConfig::documents_from_yaml`] of a file; relative model paths may be given relative
+    /// to the file's directory.
+    pub fn documents_from_file(path: &Path) -> Result<Vec<RecipeDocument>, MergeError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| MergeError::Io { context: format!("cannot read recipe {}", path.display()), source })?;
+        let mut documents = Self::documents_from_yaml(&text).map_err(|e| match e {
+            MergeError::Yaml(m) => MergeError::Yaml(format!("{}: {m}", path.display())),
+            other => other,
+        })?;
+        for d in &mut documents {
+            d.config.recipe_dir = path.parent().map(Path::to_path_buf);
+        }
+        Ok(documents)
+    }
+
+    /// Every model reference of the recipe (models, slice sources, base models, tokenizer source).
+    pub(crate) fn model_refs_mut(&mut self) -> Vec<&mut String> {
+        let mut refs: Vec<&mut String> = Vec::new();
+        for m in self.models.iter_mut().flatten() {
+            refs.push(&mut m.model);
+        }
+        for s in self.slices.iter_mut().flatten() {
+            for source in &mut s.sources {
+                refs.push(&mut source.model);
+            }
+            if let Some(b) = &mut s.base_model {
+                refs.push(b);
+            }
+        }
+        if let Some(b) = &mut self.base_model {
+            refs.push(b);
+        }
+        if let Some(t) = self.tokenizer_source.as_mut().filter(|t| *t != "base" && *t != "union") {
+            refs.push(t);
+        }
+        refs
     }
 
     pub fn to_yaml(&self) -> Result<String, MergeError> {
@@ -216,9 +304,9 @@ fn check_single_document(text: &str) -> Result<(), MergeError> {
             names.iter().map(|n| n.as_ref().map_or("(unnamed, the final merge)".to_string(), |n| format!("`{n}`"))).collect();
         return Err(MergeError::Yaml(format!(
             "this file holds {count} recipes ({}): a multi-document recipe, as `mergekit-multi` runs them (named \
-             intermediate merges that later documents use as models). evomerge merges one recipe per file: put each \
-             document in its own file, merge them in order with `evomerge merge`, and in later recipes replace each \
-             intermediate's name with the directory it was merged into",
+             intermediate merges that later documents use as models). `evomerge merge` runs them in order (each \
+             named one into OUT/<name>, the final one into OUT); in code, read it with \
+             `MergeConfig::documents_from_yaml` and run it with `merge_documents_to_dir`",
             listed.join(", ")
         )));
     }

@@ -30,7 +30,7 @@ mod select;
 pub mod sparsify;
 mod stream;
 
-pub use config::{InputModel, InputSlice, MergeConfig, OutputSlice};
+pub use config::{InputModel, InputSlice, MergeConfig, OutputSlice, RecipeDocument};
 pub use error::MergeError;
 pub use execute::TensorOutput;
 pub use memory::{InMemoryMerger, MergedTensor, MergedView};
@@ -38,4 +38,4 @@ pub use methods::{merge_tensor, BasePolicy, MergeMethod, ModelTensor, TensorCont
 pub use params::{ParamSet, ParamValue, Parameters, Setting};
 pub use plan::{model_refs, MergePlan, PlannedTensor, TensorJob};
 pub use source::{MemorySource, ResidentSource, TensorSource};
-pub use stream::{merge_to_dir, open_models, resolve_model_ref, write_plan, ComputeDtype, MergeOptions, MergeReport};
+pub use stream::{merge_documents_to_dir, merge_to_dir, open_models, resolve_model_ref, write_plan, ComputeDtype, MergeOptions, MergeReport};

@@ -117,6 +117,76 @@ pub fn merge_to_dir(config: &MergeConfig, out: &Path, options: &MergeOptions) ->
     write_plan(&plan, &sources, out, options)
 }
 
+/// Run the documents of a recipe file in order (`mergekit-multi`'s format): each named one into
+/// `out/<name>`, the last one into `out`. A document names an earlier one's merge by its `name`.
+/// The intermediates are staged next to `out` (so writing `out` stays atomic) and moved into it at
+/// the end; on failure nothing is left in `out`.
+pub fn merge_documents_to_dir(
+    documents: &[crate::RecipeDocument],
+    out: &Path,
+    options: &MergeOptions,
+) -> Result<Vec<MergeReport>, MergeError> {
+    let Some((last, intermediates)) = documents.split_last() else {
+        return Err(MergeError::config("documents", "there is no recipe to merge"));
+    };
+    if intermediates.is_empty() {
+        return Ok(vec![merge_to_dir(&last.config, out, options)?]);
+    }
+    if out.exists() && !options.force {
+        return Err(MergeError::config("out", format!("{} exists; pass --force to replace it", out.display())));
+    }
+    let out = std::path::absolute(out).map_err(|source| MergeError::Io { context: format!("cannot resolve {}", out.display()), source })?;
+    let out_name = out.file_name().and_then(|n| n.to_str()).unwrap_or("model");
+    let staging = out.with_file_name(format!(".{out_name}.intermediates-{}", std::process::id()));
+    let result = run_documents(intermediates, last, &out, &staging, options);
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    result
+}
+
+fn run_documents(
+    intermediates: &[crate::RecipeDocument],
+    last: &crate::RecipeDocument,
+    out: &Path,
+    staging: &Path,
+    options: &MergeOptions,
+) -> Result<Vec<MergeReport>, MergeError> {
+    let names: Vec<&str> = intermediates.iter().filter_map(|d| d.name.as_deref()).collect();
+    let mut reports = Vec::new();
+    for (index, document) in intermediates.iter().chain(std::iter::once(last)).enumerate() {
+        let mut config = document.config.clone();
+        for model in config.model_refs_mut() {
+            if let Some(position) = names.iter().position(|n| *n == model.as_str()) {
+                if position >= index {
+                    return Err(MergeError::config(
+                        format!("document {}", index + 1),
+                        format!("uses `{model}` before it is merged: documents run in order, so move `{model}` up"),
+                    ));
+                }
+                *model = staging.join(names[position]).to_string_lossy().into_owned();
+            }
+        }
+        let target = match &document.name {
+            Some(name) if index < intermediates.len() => staging.join(name),
+            _ => out.to_path_buf(),
+        };
+        reports.push(merge_to_dir(&config, &target, options)?);
+    }
+    for name in &names {
+        let (from, to) = (staging.join(name), out.join(name));
+        if to.exists() {
+            return Err(MergeError::config("name", format!("`{name}` collides with {} of the final merge", to.display())));
+        }
+        std::fs::rename(&from, &to).map_err(|source| MergeError::Io { context: format!("cannot move {} into {}", from.display(), out.display()), source })?;
+        if let Some(report) = reports.iter_mut().find(|r| r.out_dir == from) {
+            report.out_dir = to;
+        }
+    }
+    let _ = std::fs::remove_dir(staging);
+    Ok(reports)
+}
+
 /// Execute a plan over opened sources and write the result to `out`.
 pub fn write_plan(
     plan: &MergePlan,
