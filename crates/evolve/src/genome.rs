@@ -168,6 +168,7 @@ impl GenomeSpace {
             dtype: Some(self.dtype.clone()),
             out_dtype: None,
             tokenizer_source: None,
+            tokenizer: None,
             chat_template: None,
             recipe_dir: None,
         };

@@ -31,6 +31,10 @@ pub struct MergeConfig {
     /// `base` (default), or a model reference; gives the vocabulary size and the extra rows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer_source: Option<String>,
+    /// mergekit's newer `tokenizer:` section; only `source` is supported (the same as
+    /// `tokenizer_source`: mergekit 0.1.5 gives the same output for both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<TokenizerSection>,
     /// Chat template of the output: `auto` (the one most input models have), a built-in name
     /// (`chatml`), or the Jinja template itself. Written as the output's `chat_template.jinja`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -39,6 +43,20 @@ pub struct MergeConfig {
     /// to the working directory (set by [`MergeConfig::from_file`] to the recipe's directory).
     #[serde(skip)]
     pub recipe_dir: Option<PathBuf>,
+}
+
+/// The recipe's `tokenizer:` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerSection {
+    /// `base` or a model (mergekit's default, `union`, is not supported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Embeddings of chosen tokens (not supported; kept to say so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<serde_norway::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pad_to_multiple_of: Option<serde_norway::Value>,
 }
 
 /// One document of a recipe file: `name` (intermediate merges of a `mergekit-multi` file, which
@@ -180,7 +198,15 @@ impl MergeConfig {
         if let Some(t) = self.tokenizer_source.as_mut().filter(|t| *t != "base" && *t != "union") {
             refs.push(t);
         }
+        if let Some(t) = self.tokenizer.as_mut().and_then(|t| t.source.as_mut()).filter(|t| *t != "base" && *t != "union") {
+            refs.push(t);
+        }
         refs
+    }
+
+    /// `tokenizer_source`, or `tokenizer.source` (the same thing in mergekit's newer spelling).
+    pub fn tokenizer_source(&self) -> Option<&str> {
+        self.tokenizer_source.as_deref().or_else(|| self.tokenizer.as_ref().and_then(|t| t.source.as_deref()))
     }
 
     pub fn to_yaml(&self) -> Result<String, MergeError> {
@@ -212,6 +238,22 @@ impl MergeConfig {
         }
         if let Some(template) = &self.chat_template {
             chat_template_text(template)?;
+        }
+        if let Some(section) = &self.tokenizer {
+            if self.tokenizer_source.is_some() {
+                return Err(MergeError::config("tokenizer", "give `tokenizer_source` or `tokenizer.source`, not both"));
+            }
+            if section.tokens.is_some() || section.pad_to_multiple_of.is_some() {
+                let key = if section.tokens.is_some() { "tokens" } else { "pad_to_multiple_of" };
+                return Err(MergeError::Unsupported(format!(
+                    "tokenizer.{key} (mergekit builds chosen token embeddings / pads the vocabulary); only `tokenizer.source` is supported"
+                )));
+            }
+            if section.source.as_deref().unwrap_or("union") == "union" {
+                return Err(MergeError::Unsupported(
+                    "tokenizer.source: union (mergekit's default when `source` is absent); set `source: base` or a model".into(),
+                ));
+            }
         }
         if self.tokenizer_source.as_deref() == Some("union") {
             return Err(MergeError::Unsupported("tokenizer_source: union (use `base` or a model)".into()));
@@ -320,8 +362,7 @@ fn check_single_document(text: &str) -> Result<(), MergeError> {
 }
 
 /// Keys mergekit 0.1.5 reads that evomerge does not support yet: (key, what mergekit does with it).
-const MERGEKIT_ONLY_KEYS: [(&str, &str); 3] = [
-    ("tokenizer", "builds the output tokenizer from it (sources, added tokens)"),
+const MERGEKIT_ONLY_KEYS: [(&str, &str); 2] = [
     ("modules", "merges each module of a multimodal model with its own recipe"),
     ("residual_weight", "scales the slice's residual stream"),
 ];

@@ -30,7 +30,7 @@ mod select;
 pub mod sparsify;
 mod stream;
 
-pub use config::{InputModel, InputSlice, MergeConfig, OutputSlice, RecipeDocument};
+pub use config::{InputModel, InputSlice, MergeConfig, OutputSlice, RecipeDocument, TokenizerSection};
 pub use error::MergeError;
 pub use execute::TensorOutput;
 pub use memory::{InMemoryMerger, MergedTensor, MergedView};

@@ -48,7 +48,7 @@ pub fn model_refs(config: &MergeConfig) -> Vec<String> {
     if let Some(b) = &config.base_model {
         push(b);
     }
-    if let Some(t) = config.tokenizer_source.as_deref().filter(|t| *t != "base") {
+    if let Some(t) = config.tokenizer_source().filter(|t| *t != "base") {
         push(t);
     }
     refs
@@ -224,7 +224,7 @@ impl MergePlan {
         }
         let out_dtype = config.out_dtype.as_deref().or(config.dtype.as_deref()).and_then(parse_dtype);
 
-        let tokenizer_model = match config.tokenizer_source.as_deref() {
+        let tokenizer_model = match config.tokenizer_source() {
             None | Some("base") => None,
             Some(r) => Some(index_of(r)),
         };
@@ -286,7 +286,7 @@ impl MergePlan {
         let mut out_config = out_info.source.config().cloned().unwrap_or_else(|| Value::Object(Default::default()));
         update_config(&mut out_config, out_info.layout, out_layer, vocab_rows, out_dtype);
         // `tokenizer_source: base` names the base, which is no longer always the output model.
-        let files_from = match config.tokenizer_source.as_deref() {
+        let files_from = match config.tokenizer_source() {
             Some("base") => global_base.unwrap_or(out_model),
             _ => tokenizer_model.unwrap_or(out_model),
         };
