@@ -232,3 +232,46 @@ fn plain_base_with_a_llava_model_writes_a_llava_directory() {
         assert!(out_dir.join(file).is_file(), "{file} comes with the VLM");
     }
 }
+
+/// `--compute-dtype recipe` writes mergekit's bf16 TIES output byte for byte; the default does not.
+#[test]
+fn compute_dtype_recipe_reproduces_mergekit_bf16() {
+    let tmp = tempfile::tempdir().unwrap();
+    let want = std::fs::read(fixtures().join("expected/ties_bf16.safetensors")).unwrap();
+    let want = safetensors::SafeTensors::deserialize(&want).unwrap();
+    let differing = |dir: &Path| {
+        let got = Checkpoint::open_dir(dir).unwrap();
+        want.tensors()
+            .iter()
+            .map(|(name, view)| {
+                let got = got.tensor(name).unwrap();
+                assert_eq!(got.dtype, Dtype::BF16);
+                got.data.iter().zip(view.data()).filter(|(a, b)| a != b).count()
+            })
+            .sum::<usize>()
+    };
+    for (mode, out_name) in [("recipe", "recipe"), ("f32", "f32")] {
+        let out = tmp.path().join(out_name);
+        let run = merge(&["recipes/ties_bf16.yml", "--out", out.to_str().unwrap(), "--compute-dtype", mode], &[]);
+        assert!(run.status.success(), "{}", stderr(&run));
+    }
+    assert_eq!(differing(&tmp.path().join("recipe")), 0);
+    assert!(differing(&tmp.path().join("f32")) > 0);
+    let bad = merge(&["recipes/ties_bf16.yml", "--out", tmp.path().join("x").to_str().unwrap(), "--compute-dtype", "bf16"], &[]);
+    assert!(!bad.status.success() && stderr(&bad).contains("`f32` or `recipe`"), "{}", stderr(&bad));
+}
+
+/// A mergekit-multi file runs in order: named documents into OUT/<name>, the last into OUT.
+#[test]
+fn multi_document_recipes_run_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recipe = write_recipe(
+        tmp.path(),
+        "name: soup\nmodels:\n  - model: FIX/models/ft1\n    parameters: {weight: 0.5}\n  - model: FIX/models/ft2\n    parameters: {weight: 0.5}\nmerge_method: linear\ndtype: float32\n---\nmodels:\n  - model: soup\n    parameters: {weight: 1.0}\nmerge_method: task_arithmetic\nbase_model: FIX/models/base\ndtype: float32\n",
+    );
+    let out = tmp.path().join("out");
+    let run = merge(&[recipe.to_str().unwrap(), "--out", out.to_str().unwrap()], &[]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(out.join("model.safetensors").is_file() && out.join("soup/model.safetensors").is_file());
+    assert_eq!(entries(tmp.path()), ["out", "recipe.yml"]);
+}
