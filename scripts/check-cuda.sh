@@ -14,7 +14,8 @@
 #   3. exports PATH, CUDA_HOME, CUDA_PATH, CUDA_ROOT -> <site-packages>/nvidia/cu13 and
 #      CUDA_COMPUTE_CAP (default 90 = H100/H200);
 #   4. runs `cargo check --workspace --features cuda --all-targets` with its own target dir
-#      (${EVOMERGE_CUDA_TARGET_DIR:-<repo>/target/cuda-check}) so it never invalidates the CPU build.
+#      (${EVOMERGE_CUDA_TARGET_DIR:-${EVOMERGE_CACHE:-$HOME/.cache/evomerge}/cuda-check-target}) so it never
+#      invalidates the CPU build, and outside the clone so a fresh CI clone reuses it (scripts/test.sh calls this).
 #
 # Usage:   scripts/check-cuda.sh [extra cargo args...]
 # Needs:   python3 (with venv), a C/C++ host compiler for nvcc (gcc/g++), network access to PyPI on first run.
@@ -37,7 +38,7 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache_dir="${EVOMERGE_CACHE:-$HOME/.cache/evomerge}"
 venv_dir="$cache_dir/cuda-venv"
 python="${PYTHON:-python3}"
-target_dir="${EVOMERGE_CUDA_TARGET_DIR:-$repo_root/target/cuda-check}"
+target_dir="${EVOMERGE_CUDA_TARGET_DIR:-$cache_dir/cuda-check-target}"
 
 command -v cargo >/dev/null || die "cargo not found on PATH"
 command -v "$python" >/dev/null || die "$python not found; set PYTHON to a Python 3 interpreter"
