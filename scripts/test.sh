@@ -15,4 +15,6 @@ trap 'bash scripts/postgres.sh stop "$EVOMERGE_TEST_POSTGRES_DIR"' EXIT
 cargo test --workspace --no-fail-fast "$@"
 if [[ "${EVOMERGE_SKIP_CUDA_CHECK:-0}" != 1 ]]; then
     bash scripts/check-cuda.sh
+else
+    echo "test.sh: EVOMERGE_SKIP_CUDA_CHECK=1: the CUDA build was NOT type-checked" >&2
 fi
