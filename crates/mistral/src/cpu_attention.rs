@@ -20,12 +20,14 @@ pub(crate) struct AttentionDims {
 }
 
 /// `softmax(q k^T * scale + mask) v` for `q` `[b, heads, q_len, hd]`, `k` and `v` `[b, kv_heads, kv_len, hd]`
-/// (all contiguous), `mask` `[mask_batch, 1, q_len, kv_len]` with `mask_batch` 1 or `b`. Returns
+/// (`q` contiguous; `k` and `v` made of `b * kv_heads` contiguous `[kv_len, hd]` blocks that start `kv_block_stride`
+/// elements apart, so a view into a preallocated KV cache needs no copy), `mask` `[mask_batch, 1, q_len, kv_len]` with `mask_batch` 1 or `b`. Returns
 /// `[b, heads, q_len, hd]`.
 pub(crate) fn attention(
     q: &[f32],
     k: &[f32],
     v: &[f32],
+    kv_block_stride: usize,
     d: AttentionDims,
     scale: f32,
     mask: Option<(&[f32], usize)>,
@@ -47,9 +49,9 @@ pub(crate) fn attention(
         batch * heads * q_len * hd,
         "attention: q does not match its shape"
     );
-    assert_eq!(
-        k.len(),
-        batch * kv_heads * kv_len * hd,
+    assert!(
+        kv_block_stride >= kv_len * hd
+            && k.len() == (batch * kv_heads).saturating_sub(1) * kv_block_stride + kv_len * hd,
         "attention: k does not match its shape"
     );
     assert_eq!(v.len(), k.len(), "attention: v does not match k");
@@ -72,8 +74,8 @@ pub(crate) fn attention(
         let b = item / kv_heads;
         // The query heads of one kv head are consecutive, so their rows form one contiguous block.
         let q_block = &q[item * rows * hd..(item + 1) * rows * hd];
-        let k_block = &k[item * kv_len * hd..(item + 1) * kv_len * hd];
-        let v_block = &v[item * kv_len * hd..(item + 1) * kv_len * hd];
+        let k_block = &k[item * kv_block_stride..item * kv_block_stride + kv_len * hd];
+        let v_block = &v[item * kv_block_stride..item * kv_block_stride + kv_len * hd];
         let mut scores = vec![0f32; rows * kv_len];
         PackedMatrix::pack(k_block, kv_len, hd).matmul_t_serial(q_block, rows, &mut scores);
         let mask_block = mask.map(|(m, mb)| {
@@ -125,7 +127,7 @@ mod tests {
             .map(|i| if i % 4 == 1 { f32::MIN } else { 0.0 })
             .collect();
         let scale = 0.3f32;
-        let got = attention(&q, &k, &v, d, scale, Some((&mask, 2)));
+        let got = attention(&q, &k, &v, d.kv_len * d.head_dim, d, scale, Some((&mask, 2)));
         for b in 0..2 {
             for h in 0..6 {
                 let kvh = h / group;
@@ -160,5 +162,30 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// k and v as views into a longer buffer (the preallocated KV cache: blocks `cap * hd` apart, only the first
+    /// `kv_len` rows of each used) give exactly what the same values packed contiguously give.
+    #[test]
+    fn strided_kv_blocks_match_contiguous_ones() {
+        let d = AttentionDims {
+            batch: 2,
+            heads: 4,
+            kv_heads: 2,
+            q_len: 1,
+            kv_len: 5,
+            head_dim: 8,
+        };
+        let (cap, hd, blocks) = (9, 8, 4);
+        let q = values(2 * 4 * hd, 4);
+        let k_buf = values(blocks * cap * hd, 5);
+        let v_buf = values(blocks * cap * hd, 6);
+        let packed = |buf: &[f32]| -> Vec<f32> {
+            (0..blocks).flat_map(|i| buf[i * cap * hd..][..5 * hd].to_vec()).collect()
+        };
+        let want = attention(&q, &packed(&k_buf), &packed(&v_buf), 5 * hd, d, 0.5, None);
+        let used = (blocks - 1) * cap * hd + 5 * hd;
+        let got = attention(&q, &k_buf[..used], &v_buf[..used], cap * hd, d, 0.5, None);
+        assert_eq!(got, want);
     }
 }

@@ -221,30 +221,58 @@ fn fused_attention(
     {
         return Ok(None);
     }
-    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let q = q.contiguous()?;
     let mask = mask.map(Tensor::contiguous).transpose()?;
     let (qs, ql) = q.storage_and_layout();
     let (ks, kl) = k.storage_and_layout();
     let (vs, vl) = v.storage_and_layout();
     let (Some(qd), Some(kd), Some(vd)) = (
         cpu_slice(&qs, ql)?,
-        cpu_slice(&ks, kl)?,
-        cpu_slice(&vs, vl)?,
+        cpu_kv_blocks(&ks, kl)?,
+        cpu_kv_blocks(&vs, vl)?,
     ) else {
         return Ok(None);
     };
+    if kd.1 != vd.1 {
+        return Ok(None);
+    }
+    let (kd, block_stride, vd) = (kd.0, kd.1, vd.0);
     let out = match &mask {
-        None => cpu_attention::attention(qd, kd, vd, dims, scale as f32, None),
+        None => cpu_attention::attention(qd, kd, vd, block_stride, dims, scale as f32, None),
         Some(m) => {
             let (ms, ml) = m.storage_and_layout();
             let Some(md) = cpu_slice(&ms, ml)? else {
                 return Ok(None);
             };
-            cpu_attention::attention(qd, kd, vd, dims, scale as f32, Some((md, m.dim(0)?)))
+            let mask = Some((md, m.dim(0)?));
+            cpu_attention::attention(qd, kd, vd, block_stride, dims, scale as f32, mask)
         }
     };
     let shape = (dims.batch, dims.heads, dims.q_len, dims.head_dim);
     Ok(Some(Tensor::from_vec(out, shape, q.device())?))
+}
+
+/// Keys or values `[b, kv_heads, t, hd]` of an f32 CPU tensor whose `[t, hd]` blocks are each contiguous and evenly
+/// spaced (a view into the preallocated KV cache, or a contiguous tensor): the elements from the first block to the
+/// end of the last, and the distance between blocks. `None` for any other layout (the caller falls back).
+fn cpu_kv_blocks<'a>(
+    storage: &'a candle_core::Storage,
+    layout: &candle_core::Layout,
+) -> Result<Option<(&'a [f32], usize)>> {
+    let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = storage else {
+        return Ok(None);
+    };
+    let (dims, stride) = (layout.dims(), layout.stride());
+    let &[b, h, t, hd] = dims else {
+        return Ok(None);
+    };
+    let block = stride[1];
+    if stride[3] != 1 || stride[2] != hd || stride[0] != h * block || block < t * hd || b * h == 0 {
+        return Ok(None);
+    }
+    let start = layout.start_offset();
+    let end = start + (b * h - 1) * block + t * hd;
+    Ok(data.get(start..end).map(|d| (d, block)))
 }
 
 /// The elements of a contiguous f32 CPU tensor's storage, or `None` for any other.

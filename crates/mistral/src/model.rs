@@ -213,6 +213,12 @@ impl Mistral {
         KvCache::new(self.path.len(), batch)
     }
 
+    /// An empty KV cache whose buffers hold `capacity` positions before they grow (allocated at the first
+    /// forward pass): give it prompt + new tokens so decoding never reallocates.
+    pub fn new_cache_with_capacity(&self, batch: usize, capacity: usize) -> KvCache {
+        KvCache::with_capacity(self.path.len(), batch, capacity)
+    }
+
     /// Token embeddings `[b, s, hidden]` in the model's dtype.
     pub fn embed_tokens(&self, input_ids: &Tensor) -> Result<Tensor> {
         let (b, s) = input_ids.dims2().map_err(|_| {

@@ -372,6 +372,10 @@ impl CausalLm for LlmStep<'_> {
         Ok(self.0.new_cache(batch))
     }
 
+    fn new_cache_with_capacity(&self, batch: usize, capacity: usize) -> std::result::Result<KvCache, ModelError> {
+        Ok(self.0.new_cache_with_capacity(batch, capacity))
+    }
+
     fn forward_last(
         &self,
         input: StepInput<'_>,

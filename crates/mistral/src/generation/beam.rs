@@ -80,7 +80,9 @@ pub(crate) fn run<M: CausalLm>(
 
     // Prefill each prompt once, then copy its cache row to its `k` beams.
     let mut active: Vec<usize> = (0..n).collect();
-    let mut cache = model.new_cache(n).map_err(GenerationError::Model)?;
+    // Prompt + every new token: the cache is allocated once and never grows while decoding.
+    let capacity = batch.width() + batch.budget(config.max_new_tokens);
+    let mut cache = model.new_cache_with_capacity(n, capacity).map_err(GenerationError::Model)?;
     let (prefill_logits, prefill_rows) = batch.prefill(model, &active, config.pad_id(), &mut cache)?;
     let expand: Vec<usize> = (0..n).flat_map(|i| std::iter::repeat_n(i, k)).collect();
     model.reorder_cache(&mut cache, &expand).map_err(GenerationError::Model)?;

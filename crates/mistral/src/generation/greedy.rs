@@ -15,7 +15,9 @@ pub(crate) fn run<M: CausalLm>(
 ) -> Result<Vec<Completion>, GenerationError> {
     let n = batch.prompts.len();
     let mut active: Vec<usize> = (0..n).collect();
-    let mut cache = model.new_cache(n).map_err(GenerationError::Model)?;
+    // Prompt + every new token: the cache is allocated once and never grows while decoding.
+    let capacity = batch.width() + batch.budget(config.max_new_tokens);
+    let mut cache = model.new_cache_with_capacity(n, capacity).map_err(GenerationError::Model)?;
     let (mut logits, mut rows) = batch.prefill(model, &active, config.pad_id(), &mut cache)?;
     let penalize = config.repetition_penalty != 1.0;
     let mut seen: Vec<HashSet<u32>> = batch

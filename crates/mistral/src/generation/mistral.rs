@@ -12,6 +12,10 @@ impl CausalLm for Mistral {
         Ok(Mistral::new_cache(self, batch))
     }
 
+    fn new_cache_with_capacity(&self, batch: usize, capacity: usize) -> Result<KvCache, ModelError> {
+        Ok(Mistral::new_cache_with_capacity(self, batch, capacity))
+    }
+
     fn forward_last(
         &self,
         input: StepInput<'_>,

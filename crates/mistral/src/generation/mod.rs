@@ -56,6 +56,13 @@ pub trait CausalLm {
     /// An empty cache for `batch` rows.
     fn new_cache(&self, batch: usize) -> Result<Self::Cache, ModelError>;
 
+    /// An empty cache for `batch` rows that will hold about `capacity` positions (prompt + new tokens), so a cache
+    /// that preallocates can do so once. The default ignores the hint.
+    fn new_cache_with_capacity(&self, batch: usize, capacity: usize) -> Result<Self::Cache, ModelError> {
+        let _ = capacity;
+        self.new_cache(batch)
+    }
+
     /// Runs one step and returns the logits of each row's last new position, `[batch, vocab]` (any float dtype).
     fn forward_last(
         &self,
