@@ -230,13 +230,25 @@ impl Mistral {
         let ids = input_ids.to_dtype(DType::U32)?.flatten_all()?;
         if b * s > 0 {
             let max = ids.max(0)?.to_scalar::<u32>()? as usize;
-            if max >= self.config.vocab_size {
-                return Err(MistralError::BadInput(format!(
-                    "token id {max} is outside the vocabulary of {} tokens",
-                    self.config.vocab_size
-                )));
-            }
+            self.check_token_id(max)?;
         }
+        self.embed_checked_ids(&ids, b, s)
+    }
+
+    /// Refuses an id outside the vocabulary.
+    pub(crate) fn check_token_id(&self, id: usize) -> Result<()> {
+        match id < self.config.vocab_size {
+            true => Ok(()),
+            false => Err(MistralError::BadInput(format!(
+                "token id {id} is outside the vocabulary of {} tokens",
+                self.config.vocab_size
+            ))),
+        }
+    }
+
+    /// Embeddings of flat u32 ids already checked against the vocabulary (on the host, where they came from), so
+    /// no readback from the device is needed.
+    pub(crate) fn embed_checked_ids(&self, ids: &Tensor, b: usize, s: usize) -> Result<Tensor> {
         Ok(self
             .embed_tokens
             .index_select(&ids, 0)?

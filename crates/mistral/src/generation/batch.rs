@@ -2,7 +2,7 @@
 
 use candle_core::Tensor;
 
-use super::{step_logits, CausalLm, GenerationError, PromptInput, StepInput};
+use super::{step_logits, CausalLm, GenerationError, PromptInput, StepInput, StepLogits};
 
 /// Validated prompts, ready to be prefilled.
 pub(crate) struct PromptBatch<'a> {
@@ -54,7 +54,7 @@ impl<'a> PromptBatch<'a> {
         which: &[usize],
         pad_id: u32,
         cache: &mut M::Cache,
-    ) -> Result<(Vec<Vec<f32>>, Vec<RowState>), GenerationError> {
+    ) -> Result<(StepLogits, Vec<RowState>), GenerationError> {
         let width = which.iter().map(|&i| self.prompts[i].len()).max().unwrap_or(0);
         let mut rows = Vec::with_capacity(which.len());
         let mut positions = Vec::with_capacity(which.len());
@@ -124,7 +124,7 @@ pub(crate) fn decode_step<M: CausalLm>(
     tokens: &[u32],
     rows: &mut [RowState],
     cache: &mut M::Cache,
-) -> Result<Vec<Vec<f32>>, GenerationError> {
+) -> Result<StepLogits, GenerationError> {
     let ids: Vec<Vec<u32>> = tokens.iter().map(|&t| vec![t]).collect();
     let positions: Vec<Vec<u32>> = rows.iter().map(|r| vec![r.next_position]).collect();
     for row in rows.iter_mut() {

@@ -84,6 +84,7 @@ pub(crate) fn run<M: CausalLm>(
     let capacity = batch.width() + batch.budget(config.max_new_tokens);
     let mut cache = model.new_cache_with_capacity(n, capacity).map_err(GenerationError::Model)?;
     let (prefill_logits, prefill_rows) = batch.prefill(model, &active, config.pad_id(), &mut cache)?;
+    let prefill_logits = prefill_logits.to_host()?;
     let expand: Vec<usize> = (0..n).flat_map(|i| std::iter::repeat_n(i, k)).collect();
     model.reorder_cache(&mut cache, &expand).map_err(GenerationError::Model)?;
     let mut rows: Vec<RowState> = expand.iter().map(|&i| prefill_rows[i].clone()).collect();
@@ -119,7 +120,7 @@ pub(crate) fn run<M: CausalLm>(
         model.reorder_cache(&mut cache, &reorder).map_err(GenerationError::Model)?;
         rows = reorder.iter().map(|&r| rows[r].clone()).collect();
         active = next_active;
-        logits = decode_step(model, &next_tokens, &mut rows, &mut cache)?;
+        logits = decode_step(model, &next_tokens, &mut rows, &mut cache)?.to_host()?;
         step += 1;
     }
 

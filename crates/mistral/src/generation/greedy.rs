@@ -29,14 +29,21 @@ pub(crate) fn run<M: CausalLm>(
     let mut done: Vec<Option<Completion>> = vec![None; n];
 
     loop {
+        // Without a penalty only the chosen ids need to leave the device.
+        let chosen: Vec<u32> = match penalize {
+            false => logits.argmax_rows()?,
+            true => {
+                let mut scores = logits.to_host()?;
+                for (row, &prompt) in active.iter().enumerate() {
+                    apply_repetition_penalty(&mut scores[row], &seen[prompt], config.repetition_penalty);
+                }
+                scores.iter().map(|s| argmax(s)).collect()
+            }
+        };
         let mut keep = Vec::with_capacity(active.len());
         let mut next_tokens = Vec::with_capacity(active.len());
         for (row, &prompt) in active.iter().enumerate() {
-            let scores = &mut logits[row];
-            if penalize {
-                apply_repetition_penalty(scores, &seen[prompt], config.repetition_penalty);
-            }
-            let token = argmax(scores);
+            let token = chosen[row];
             generated[prompt].push(token);
             if penalize {
                 seen[prompt].insert(token);

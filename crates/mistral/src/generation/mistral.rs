@@ -38,9 +38,15 @@ impl CausalLm for Mistral {
         };
         let logits = match input {
             StepInput::Tokens(ids) => {
+                // The range check runs here, on the host ids, instead of reading the device tensor back.
                 let flat: Vec<u32> = ids.iter().flatten().copied().collect();
-                let ids = Tensor::from_vec(flat, (b, s), device)?;
-                Mistral::forward_last(self, &ids, &positions, mask.as_ref(), cache)?
+                if let Some(&max) = flat.iter().max() {
+                    self.check_token_id(max as usize)?;
+                }
+                let n = flat.len();
+                let ids = Tensor::from_vec(flat, n, device)?;
+                let embeds = self.embed_checked_ids(&ids, b, s)?;
+                Mistral::forward_embeds_last(self, &embeds, &positions, mask.as_ref(), cache)?
             }
             StepInput::Embeds(embeds) => Mistral::forward_embeds_last(self, embeds, &positions, mask.as_ref(), cache)?,
         };

@@ -206,14 +206,34 @@ pub fn generate<M: CausalLm>(
     }
 }
 
-/// Runs a model step and checks the logits' shape; returns them as one `Vec<f32>` per row.
+/// One step's last-position logits `[rows, vocab]` in f32, still on the model's device: greedy decoding without a
+/// repetition penalty takes the argmax there and reads back one id per row instead of the whole vocabulary.
+pub(crate) struct StepLogits(Tensor);
+
+impl StepLogits {
+    /// Every row's scores on the host (repetition penalty, beam search).
+    pub(crate) fn to_host(&self) -> Result<Vec<Vec<f32>>, GenerationError> {
+        Ok(self.0.to_vec2::<f32>()?)
+    }
+
+    /// Each row's argmax, computed on the device, with [`logits::argmax`]'s rules: the first index on ties and
+    /// never a NaN (NaNs become -inf first).
+    pub(crate) fn argmax_rows(&self) -> Result<Vec<u32>, GenerationError> {
+        let nan = self.0.ne(&self.0)?;
+        let neg_inf = Tensor::full(f32::NEG_INFINITY, self.0.shape(), self.0.device())?;
+        let scores = nan.where_cond(&neg_inf, &self.0)?;
+        Ok(scores.argmax(1)?.to_dtype(candle_core::DType::U32)?.to_vec1::<u32>()?)
+    }
+}
+
+/// Runs a model step and checks the logits' shape.
 fn step_logits<M: CausalLm>(
     model: &M,
     input: StepInput<'_>,
     positions: &[Vec<u32>],
     mask: &[Vec<bool>],
     cache: &mut M::Cache,
-) -> Result<Vec<Vec<f32>>, GenerationError> {
+) -> Result<StepLogits, GenerationError> {
     let rows = positions.len();
     let logits = model
         .forward_last(input, positions, mask, cache)
@@ -222,5 +242,26 @@ fn step_logits<M: CausalLm>(
     if dims.len() != 2 || dims[0] != rows || dims[1] == 0 {
         return Err(GenerationError::BadLogits { dims, rows });
     }
-    Ok(logits.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?)
+    Ok(StepLogits(logits.to_dtype(candle_core::DType::F32)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The on-device argmax picks what the host argmax picks: first index on ties, never a NaN.
+    #[test]
+    fn device_argmax_follows_the_host_rules() {
+        let rows = vec![
+            vec![0.5f32, 2.0, 2.0, -1.0],
+            vec![f32::NAN, 1.0, 3.0, f32::NAN],
+            vec![f32::NEG_INFINITY; 4],
+            vec![-3.0, -2.0, f32::NAN, -2.5],
+        ];
+        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+        let t = Tensor::from_vec(flat, (4, 4), &candle_core::Device::Cpu).unwrap();
+        let want: Vec<u32> = rows.iter().map(|r| logits::argmax(r)).collect();
+        assert_eq!(want, vec![1, 2, 0, 1]);
+        assert_eq!(StepLogits(t).argmax_rows().unwrap(), want);
+    }
 }
