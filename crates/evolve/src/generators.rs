@@ -27,7 +27,7 @@ use evomerge_mistral::generation::{
 };
 use evomerge_mistral::prompt::{PromptError, TextTokenizer};
 use evomerge_mistral::{Mistral, MistralError};
-use evomerge_vision::{decode_image, ImagePrompt, LlavaModel, LlmStep, ModeChoice, VisionError};
+use evomerge_vision::{decode_image, ImagePrompt, LlavaModel, ModeChoice, VisionError};
 use sha2::{Digest, Sha256};
 
 /// A device or dtype name that cannot be used.
@@ -223,7 +223,7 @@ impl Generator for TextGenerator<'_> {
             .collect::<Result<Vec<_>, _>>()?;
         let config = model_config(self.base, settings);
         let out =
-            generation::generate(&LlmStep(self.model), &inputs, &config, Some(self.tokenizer))
+            generation::generate(self.model, &inputs, &config, Some(self.tokenizer))
                 .map_err(|e| GeneratorError::Model(e.to_string()))?;
         out.iter()
             .map(|c| to_completion(c, self.tokenizer))

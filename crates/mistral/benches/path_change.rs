@@ -40,18 +40,47 @@ fn config(hidden: usize, layers: usize, intermediate: usize, vocab: usize) -> se
     })
 }
 
-fn random_model(json: &serde_json::Value) -> Result<(Mistral, HashMap<String, Tensor>), Box<dyn std::error::Error>> {
+fn random_model(
+    json: &serde_json::Value,
+) -> Result<(Mistral, HashMap<String, Tensor>), Box<dyn std::error::Error>> {
     let c = Config::from_json(json)?;
     let dev = Device::Cpu;
-    let (h, kv, i) = (c.hidden_size, c.num_key_value_heads * c.head_dim, c.intermediate_size);
+    let (h, kv, i) = (
+        c.hidden_size,
+        c.num_key_value_heads * c.head_dim,
+        c.intermediate_size,
+    );
     let mut w = HashMap::new();
-    w.insert("model.embed_tokens.weight".into(), Tensor::randn(0f32, 0.02, (c.vocab_size, h), &dev)?);
-    w.insert("lm_head.weight".into(), Tensor::randn(0f32, 0.02, (c.vocab_size, h), &dev)?);
-    w.insert("model.norm.weight".into(), Tensor::ones(h, DType::F32, &dev)?);
+    w.insert(
+        "model.embed_tokens.weight".into(),
+        Tensor::randn(0f32, 0.02, (c.vocab_size, h), &dev)?,
+    );
+    w.insert(
+        "lm_head.weight".into(),
+        Tensor::randn(0f32, 0.02, (c.vocab_size, h), &dev)?,
+    );
+    w.insert(
+        "model.norm.weight".into(),
+        Tensor::ones(h, DType::F32, &dev)?,
+    );
     for l in 0..c.num_hidden_layers {
-        let dims: [&[usize]; 9] = [&[h, h], &[kv, h], &[kv, h], &[h, h], &[i, h], &[i, h], &[h, i], &[h], &[h]];
+        let dims: [&[usize]; 9] = [
+            &[h, h],
+            &[kv, h],
+            &[kv, h],
+            &[h, h],
+            &[i, h],
+            &[i, h],
+            &[h, i],
+            &[h],
+            &[h],
+        ];
         for (name, d) in LAYER_TENSORS.iter().zip(dims) {
-            let t = if d.len() == 1 { Tensor::ones(d, DType::F32, &dev)? } else { Tensor::randn(0f32, 0.02, d, &dev)? };
+            let t = if d.len() == 1 {
+                Tensor::ones(d, DType::F32, &dev)?
+            } else {
+                Tensor::randn(0f32, 0.02, d, &dev)?
+            };
             w.insert(format!("model.layers.{l}.{name}"), t);
         }
     }
@@ -66,7 +95,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let quick = std::env::var_os("EVOMERGE_BENCH_QUICK").is_some();
-    let (hidden, layers, intermediate, vocab) = if quick { (128, 4, 352, 1000) } else { (1024, 16, 2816, 32000) };
+    let (hidden, layers, intermediate, vocab) = if quick {
+        (128, 4, 352, 1000)
+    } else {
+        (1024, 16, 2816, 32000)
+    };
     let json = config(hidden, layers, intermediate, vocab);
     let (a, a_weights) = random_model(&json)?;
     let (b, b_weights) = random_model(&json)?;
@@ -78,7 +111,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     layers_of_path.extend(layers + layers / 4..layers + 3 * layers / 4);
     layers_of_path.extend(layers / 4..layers / 2);
     layers_of_path.push(layers - 1);
-    let hops: Vec<Hop> = layers_of_path.iter().enumerate().map(|(t, &layer)| Hop { layer, scale: 1.0 - 0.01 * t as f64 }).collect();
+    let hops: Vec<Hop> = layers_of_path
+        .iter()
+        .enumerate()
+        .map(|(t, &layer)| Hop {
+            layer,
+            scale: 1.0 - 0.01 * t as f64,
+        })
+        .collect();
     let path = LayerPath::new(hops.clone(), ScaleConvention::ReleasedBranch)?;
     let params: usize = a_weights.values().map(|t| t.elem_count()).sum();
     println!(
@@ -92,7 +132,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut live = pool;
     let mut set = Vec::new();
     for k in 0..21 {
-        let p = if k % 2 == 0 { path.clone() } else { LayerPath::identity(layers) };
+        let p = if k % 2 == 0 {
+            path.clone()
+        } else {
+            LayerPath::identity(layers)
+        };
         let t0 = Instant::now();
         live.set_path(p)?;
         set.push(t0.elapsed().as_secs_f64());
@@ -107,13 +151,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..repeats {
         let t0 = Instant::now();
         let mut w: HashMap<String, Tensor> = HashMap::new();
-        for name in ["model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"] {
+        for name in [
+            "model.embed_tokens.weight",
+            "lm_head.weight",
+            "model.norm.weight",
+        ] {
             w.insert(name.into(), a_weights[name].clone());
         }
         for (k, hop) in path.hops().iter().enumerate() {
-            let (source, l) = if hop.layer < layers { (&a_weights, hop.layer) } else { (&b_weights, hop.layer - layers) };
+            let (source, l) = if hop.layer < layers {
+                (&a_weights, hop.layer)
+            } else {
+                (&b_weights, hop.layer - layers)
+            };
             for name in LAYER_TENSORS {
-                w.insert(format!("model.layers.{k}.{name}"), source[&format!("model.layers.{l}.{name}")].copy()?);
+                w.insert(
+                    format!("model.layers.{k}.{name}"),
+                    source[&format!("model.layers.{l}.{name}")].copy()?,
+                );
             }
         }
         let model = Mistral::load(&candidate, &w, &LoadOptions::default())?;

@@ -49,10 +49,9 @@ impl KvSlot {
             self.buf = Some((nk, nv));
             self.buf_owner = Arc::new(());
         }
-        let (bk, bv) = self
-            .buf
-            .as_ref()
-            .ok_or_else(|| MistralError::BadInput("internal: KV buffer missing after allocation".into()))?;
+        let (bk, bv) = self.buf.as_ref().ok_or_else(|| {
+            MistralError::BadInput("internal: KV buffer missing after allocation".into())
+        })?;
         bk.slice_set(&k.contiguous()?, 2, self.len)?;
         bv.slice_set(&v.contiguous()?, 2, self.len)?;
         self.len = needed;

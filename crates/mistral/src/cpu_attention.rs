@@ -127,7 +127,15 @@ mod tests {
             .map(|i| if i % 4 == 1 { f32::MIN } else { 0.0 })
             .collect();
         let scale = 0.3f32;
-        let got = attention(&q, &k, &v, d.kv_len * d.head_dim, d, scale, Some((&mask, 2)));
+        let got = attention(
+            &q,
+            &k,
+            &v,
+            d.kv_len * d.head_dim,
+            d,
+            scale,
+            Some((&mask, 2)),
+        );
         for b in 0..2 {
             for h in 0..6 {
                 let kvh = h / group;
@@ -181,7 +189,9 @@ mod tests {
         let k_buf = values(blocks * cap * hd, 5);
         let v_buf = values(blocks * cap * hd, 6);
         let packed = |buf: &[f32]| -> Vec<f32> {
-            (0..blocks).flat_map(|i| buf[i * cap * hd..][..5 * hd].to_vec()).collect()
+            (0..blocks)
+                .flat_map(|i| buf[i * cap * hd..][..5 * hd].to_vec())
+                .collect()
         };
         let want = attention(&q, &packed(&k_buf), &packed(&v_buf), 5 * hd, d, 0.5, None);
         let used = (blocks - 1) * cap * hd + 5 * hd;

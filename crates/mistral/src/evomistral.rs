@@ -120,7 +120,11 @@ pub fn save(model: &Mistral, dir: &Path, files_from: Option<&Path>) -> Result<st
         plan.push(TensorPlan::new(stored.clone(), dtype, shape));
     }
     plan.push(TensorPlan::int32(INPUT_LAYERS, vec![input_layers.len()]));
-    plan.push(TensorPlan::new(INPUT_SCALES, Dtype::F32, vec![scales.len()]));
+    plan.push(TensorPlan::new(
+        INPUT_SCALES,
+        Dtype::F32,
+        vec![scales.len()],
+    ));
     let options = WriteOptions {
         force: true,
         ..Default::default()

@@ -380,31 +380,94 @@ impl Rotary {
         Rotary { inv_freq }
     }
 
-    /// `cos` and `sin` for positions `[b, s]`, each `[b, s, head_dim/2]` in `dtype`. The angle is the f32
-    /// product `position * inv_freq`, as in transformers.
-    pub fn cos_sin(
-        &self,
-        positions: &[Vec<u32>],
-        dtype: DType,
-        device: &Device,
-    ) -> Result<(Tensor, Tensor)> {
-        let b = positions.len();
-        let s = positions.first().map_or(0, Vec::len);
+    /// `cos` and `sin` rows for positions `0..len`, each `[len, head_dim/2]` f32 on `device`. The angle is the
+    /// f32 product `position * inv_freq`, as in transformers.
+    fn table(&self, len: usize, device: &Device) -> Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(b * s * half);
-        let mut sin = Vec::with_capacity(b * s * half);
-        for row in positions {
-            for &p in row {
-                for &f in &self.inv_freq {
-                    let angle = (p as f32 * f) as f64;
-                    cos.push(angle.cos() as f32);
-                    sin.push(angle.sin() as f32);
-                }
+        let mut cos = Vec::with_capacity(len * half);
+        let mut sin = Vec::with_capacity(len * half);
+        for p in 0..len {
+            for &f in &self.inv_freq {
+                let angle = (p as f32 * f) as f64;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
             }
         }
-        let cos = Tensor::from_vec(cos, (b, s, half), device)?.to_dtype(dtype)?;
-        let sin = Tensor::from_vec(sin, (b, s, half), device)?.to_dtype(dtype)?;
+        Ok((
+            Tensor::from_vec(cos, (len, half), device)?,
+            Tensor::from_vec(sin, (len, half), device)?,
+        ))
+    }
+}
+
+/// The rotary `cos`/`sin` tables, built once on the model's device and looked up there by position, so a step
+/// uploads its position ids and nothing else (no per-step trigonometry on the host). The table grows by
+/// doubling up to the model's context when a longer position is asked for; clones share it.
+#[derive(Debug, Clone)]
+pub struct RotaryTable {
+    rotary: Rotary,
+    max_len: usize,
+    device: Device,
+    table: std::sync::Arc<std::sync::RwLock<Option<(Tensor, Tensor)>>>,
+}
+
+impl RotaryTable {
+    pub fn new(rotary: Rotary, max_len: usize, device: &Device) -> RotaryTable {
+        RotaryTable {
+            rotary,
+            max_len,
+            device: device.clone(),
+            table: Default::default(),
+        }
+    }
+
+    /// `cos` and `sin` for the flat u32 position ids `positions` (`b * s` of them, on the table's device, each
+    /// `< needed`), each `[b, s, head_dim/2]` in `dtype`.
+    pub fn cos_sin(
+        &self,
+        positions: &Tensor,
+        needed: usize,
+        b: usize,
+        s: usize,
+        dtype: DType,
+    ) -> Result<(Tensor, Tensor)> {
+        let (cos, sin) = self.covering(needed)?;
+        let half = cos.dim(1)?;
+        let cos = cos
+            .index_select(positions, 0)?
+            .reshape((b, s, half))?
+            .to_dtype(dtype)?;
+        let sin = sin
+            .index_select(positions, 0)?
+            .reshape((b, s, half))?
+            .to_dtype(dtype)?;
         Ok((cos, sin))
+    }
+
+    /// A table with at least `needed` rows.
+    fn covering(&self, needed: usize) -> Result<(Tensor, Tensor)> {
+        if let Ok(guard) = self.table.read() {
+            if let Some((cos, sin)) = guard
+                .as_ref()
+                .filter(|(c, _)| c.dim(0).is_ok_and(|n| n >= needed))
+            {
+                return Ok((cos.clone(), sin.clone()));
+            }
+        }
+        let mut guard = self
+            .table
+            .write()
+            .map_err(|_| candle_core::Error::Msg("rotary table lock poisoned".into()))?;
+        let have = guard.as_ref().map_or(0, |(c, _)| c.dim(0).unwrap_or(0));
+        if have >= needed {
+            if let Some((cos, sin)) = guard.as_ref() {
+                return Ok((cos.clone(), sin.clone()));
+            }
+        }
+        let len = needed.max(2 * have).max(256).min(self.max_len.max(needed));
+        let built = self.rotary.table(len, &self.device)?;
+        *guard = Some(built.clone());
+        Ok(built)
     }
 }
 

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::cache::KvCache;
 use crate::config::{Config, ModelType};
 use crate::error::{MistralError, Result};
-use crate::layers::{linear, Attention, DecoderLayer, Linear, Mlp, RmsNorm, Rotary};
+use crate::layers::{linear, Attention, DecoderLayer, Linear, Mlp, RmsNorm, Rotary, RotaryTable};
 use crate::path::{LayerPath, ScaleConvention};
 use crate::weight::Weight;
 use crate::weights::{load_checked, LoadOptions, TensorSource};
@@ -29,7 +29,7 @@ pub struct Mistral {
     /// `None` when tied to the embeddings.
     lm_head: Option<Linear>,
     path: LayerPath,
-    rotary: Rotary,
+    rotary: RotaryTable,
     device: Device,
     dtype: DType,
     /// Whether the crate's CPU kernels are used: f32 CPU weights packed (see [`LoadOptions::cpu_kernels`]).
@@ -131,7 +131,11 @@ impl Mistral {
             norm,
             lm_head,
             path: LayerPath::identity(c.num_hidden_layers),
-            rotary: Rotary::new(c.head_dim, c.rope_theta),
+            rotary: RotaryTable::new(
+                Rotary::new(c.head_dim, c.rope_theta),
+                c.max_position_embeddings,
+                device,
+            ),
             device: device.clone(),
             dtype,
             pack,
@@ -319,6 +323,10 @@ impl Mistral {
     }
 
     /// Final-norm hidden states `[b, s, hidden]` along the current path.
+    ///
+    /// The position ids are read back to the host to be checked against the context (one small readback per
+    /// call); generation holds its positions on the host already and uses [`Mistral::forward_last_step`],
+    /// which needs no readback at all.
     pub fn hidden_states(
         &self,
         embeds: &Tensor,
@@ -326,6 +334,81 @@ impl Mistral {
         attention_mask: Option<&Tensor>,
         cache: &mut KvCache,
     ) -> Result<Tensor> {
+        let (b, s) = self.check_step(embeds, cache)?;
+        let past = cache.seq_len();
+        let needed = self.check_positions(
+            read_positions(positions, b, s)?.iter().flatten().copied(),
+            past + s,
+        )?;
+        let positions = positions
+            .to_dtype(DType::U32)?
+            .flatten_all()?
+            .to_device(&self.device)?;
+        let pad = match attention_mask {
+            None => None,
+            Some(m) => {
+                let t = past + s;
+                if m.dims() != [b, t] {
+                    return Err(MistralError::BadInput(format!(
+                        "attention_mask must be [batch, past + seq] = [{b}, {t}], got {:?}",
+                        m.dims()
+                    )));
+                }
+                let m = m.to_dtype(DType::U8)?;
+                // On the host, reading the mask costs nothing and lets an all-ones mask take the unmasked path.
+                let all_visible =
+                    m.device().is_cpu() && m.to_vec2::<u8>()?.iter().flatten().all(|&v| v != 0);
+                (!all_visible)
+                    .then(|| m.to_device(&self.device))
+                    .transpose()?
+            }
+        };
+        self.hidden_states_checked(embeds, &positions, needed, pad.as_ref(), b, s, cache)
+    }
+
+    /// Last-position logits `[b, vocab]` for one generation step whose position ids (`[b][s]`) and attention mask
+    /// (`[b][past + s]`, `false` = padding) the caller holds on the host: both are checked there and uploaded,
+    /// and the rotary angles and the attention bias are built on the model's device, so nothing is read back.
+    pub fn forward_last_step(
+        &self,
+        embeds: &Tensor,
+        positions: &[Vec<u32>],
+        attention_mask: &[Vec<bool>],
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let (b, s) = self.check_step(embeds, cache)?;
+        let t = cache.seq_len() + s;
+        if positions.len() != b || positions.iter().any(|row| row.len() != s) {
+            return Err(MistralError::BadInput(format!(
+                "positions must be [batch, seq] = [{b}, {s}]"
+            )));
+        }
+        if attention_mask.len() != b || attention_mask.iter().any(|row| row.len() != t) {
+            return Err(MistralError::BadInput(format!(
+                "attention_mask must be [batch, past + seq] = [{b}, {t}]"
+            )));
+        }
+        let needed = self.check_positions(positions.iter().flatten().copied(), t)?;
+        let flat: Vec<u32> = positions.iter().flatten().copied().collect();
+        let positions = Tensor::from_vec(flat, b * s, &self.device)?;
+        let pad = if attention_mask.iter().flatten().all(|&m| m) {
+            None
+        } else {
+            let flat: Vec<u8> = attention_mask
+                .iter()
+                .flatten()
+                .map(|&m| u8::from(m))
+                .collect();
+            Some(Tensor::from_vec(flat, (b, t), &self.device)?)
+        };
+        let hidden =
+            self.hidden_states_checked(embeds, &positions, needed, pad.as_ref(), b, s, cache)?;
+        let last = hidden.narrow(1, s - 1, 1)?;
+        Ok(self.logits(&last)?.squeeze(1)?)
+    }
+
+    /// Checks the embeddings' shape and that `cache` fits this model's path; returns `(batch, seq)`.
+    fn check_step(&self, embeds: &Tensor, cache: &KvCache) -> Result<(usize, usize)> {
         let (b, s, h) = embeds.dims3().map_err(|_| {
             MistralError::BadInput(format!(
                 "embeddings must be [batch, seq, hidden], got {:?}",
@@ -352,25 +435,45 @@ impl Mistral {
                 self.path.len()
             )));
         }
-        let past = cache.seq_len();
-        let total = past + s;
-        if total > self.config.max_position_embeddings {
+        Ok((b, s))
+    }
+
+    /// Checks that `total` cached + new positions and every position id fit the context; returns the number of
+    /// rotary rows the ids need (largest id + 1).
+    fn check_positions(&self, ids: impl Iterator<Item = u32>, total: usize) -> Result<usize> {
+        let max = self.config.max_position_embeddings;
+        if total > max {
             return Err(MistralError::ContextOverflow {
                 requested: total,
-                max: self.config.max_position_embeddings,
+                max,
             });
         }
-        let positions = read_positions(positions, b, s)?;
-        if let Some(&p) = positions.iter().flatten().max() {
-            if p as usize >= self.config.max_position_embeddings {
-                return Err(MistralError::ContextOverflow {
-                    requested: p as usize + 1,
-                    max: self.config.max_position_embeddings,
-                });
-            }
+        let needed = ids.max().map_or(0, |p| p as usize + 1);
+        if needed > max {
+            return Err(MistralError::ContextOverflow {
+                requested: needed,
+                max,
+            });
         }
-        let (cos, sin) = self.rotary.cos_sin(&positions, self.dtype, &self.device)?;
-        let mask = self.attention_bias(attention_mask, b, s, past)?;
+        Ok(needed)
+    }
+
+    /// The forward pass proper, on checked inputs already on the device: flat u32 `positions` (`b * s`, each
+    /// `< needed`) and the optional u8 padding mask `[b, past + s]`.
+    #[allow(clippy::too_many_arguments)]
+    fn hidden_states_checked(
+        &self,
+        embeds: &Tensor,
+        positions: &Tensor,
+        needed: usize,
+        pad: Option<&Tensor>,
+        b: usize,
+        s: usize,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let past = cache.seq_len();
+        let (cos, sin) = self.rotary.cos_sin(positions, needed, b, s, self.dtype)?;
+        let mask = self.attention_bias(pad, b, s, past)?;
         let x = embeds.to_dtype(self.dtype)?.to_device(&self.device)?;
         let out = self.run_path(x, &cos, &sin, mask.as_ref(), cache)?;
         self.norm.forward(&out)
@@ -407,57 +510,55 @@ impl Mistral {
         }
     }
 
-    /// The additive f32 mask `[b, 1, s, past + s]` (0 = visible, f32::MIN = hidden), or `None` when every
-    /// query sees every key. Keys are indexed by cache position: causal `k <= q`, sliding window
-    /// `k > q - window` (transformers' rule: a token sees itself and the `window - 1` before it), and
-    /// padding from `attention_mask`. Fully hidden rows (queries at padding) get a large finite negative
-    /// instead of -inf so they stay finite.
+    /// The additive f32 mask `[rows, 1, s, past + s]` (0 = visible, f32::MIN = hidden; `rows` is `b` with
+    /// padding, else 1), or `None` when every query sees every key. Keys are indexed by cache position: causal
+    /// `k <= q`, sliding window `k > q - window` (transformers' rule: a token sees itself and the `window - 1`
+    /// before it), and padding from `pad` (`[b, past + s]`, 0 = padding). Fully hidden rows (queries at
+    /// padding) get a large finite negative instead of -inf so they stay finite. Built with tensor ops on the
+    /// model's device.
     fn attention_bias(
         &self,
-        attention_mask: Option<&Tensor>,
+        pad: Option<&Tensor>,
         b: usize,
         s: usize,
         past: usize,
     ) -> Result<Option<Tensor>> {
-        let t = past + s;
-        let pad: Option<Vec<Vec<u8>>> = match attention_mask {
-            None => None,
-            Some(m) => {
-                let dims = m.dims();
-                if dims != [b, t] {
-                    return Err(MistralError::BadInput(format!(
-                        "attention_mask must be [batch, past + seq] = [{b}, {t}], got {dims:?}"
-                    )));
-                }
-                let rows = m.to_dtype(DType::U8)?.to_vec2::<u8>()?;
-                if rows.iter().flatten().all(|&v| v != 0) {
-                    None
-                } else {
-                    Some(rows)
-                }
-            }
-        };
-        let window = self.config.sliding_window.filter(|&w| w < t);
-        if s == 1 && pad.is_none() && window.is_none() {
-            return Ok(None);
-        }
-        let rows = if pad.is_some() { b } else { 1 };
-        let mut bias = vec![0f32; rows * s * t];
-        for r in 0..rows {
-            for i in 0..s {
-                let q = past + i;
-                for k in 0..t {
-                    let visible = k <= q
-                        && window.is_none_or(|w| k + w > q)
-                        && pad.as_ref().is_none_or(|p| p[r][k] != 0);
-                    if !visible {
-                        bias[(r * s + i) * t + k] = f32::MIN;
-                    }
-                }
-            }
-        }
-        Ok(Some(Tensor::from_vec(bias, (rows, 1, s, t), &self.device)?))
+        attention_bias(pad, b, s, past, self.config.sliding_window, &self.device)
     }
+}
+
+/// See [`Mistral::attention_bias`].
+fn attention_bias(
+    pad: Option<&Tensor>,
+    b: usize,
+    s: usize,
+    past: usize,
+    sliding_window: Option<usize>,
+    device: &Device,
+) -> Result<Option<Tensor>> {
+    let t = past + s;
+    let window = sliding_window.filter(|&w| w < t);
+    if s == 1 && pad.is_none() && window.is_none() {
+        return Ok(None);
+    }
+    let queries = Tensor::arange(past as u32, t as u32, device)?.reshape((s, 1))?;
+    let keys = Tensor::arange(0u32, t as u32, device)?.reshape((1, t))?;
+    let mut visible = keys.broadcast_le(&queries)?;
+    if let Some(w) = window {
+        // k + w > q, with the keys shifted by w so that nothing goes negative.
+        let shifted = Tensor::arange(w as u32, (t + w) as u32, device)?.reshape((1, t))?;
+        visible = (visible * shifted.broadcast_gt(&queries)?)?;
+    }
+    let visible = match pad {
+        None => visible.reshape((1, 1, s, t))?,
+        Some(pad) => {
+            let pad = pad.ne(0u8)?.reshape((b, 1, 1, t))?;
+            pad.broadcast_mul(&visible.reshape((1, 1, s, t))?)?
+        }
+    };
+    let zeros = Tensor::zeros(visible.shape(), DType::F32, device)?;
+    let hidden = Tensor::full(f32::MIN, visible.shape(), device)?;
+    Ok(Some(visible.where_cond(&zeros, &hidden)?))
 }
 
 /// `l` in `dtype` on `device` (another model's layer joining this model's pool). Weights that need no
@@ -537,4 +638,64 @@ pub fn sequential_positions(b: usize, s: usize, past: usize, device: &Device) ->
     Ok(Tensor::new(row.as_slice(), device)?
         .unsqueeze(0)?
         .repeat((b, 1))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bias built with tensor ops equals the rule written out element by element.
+    #[test]
+    fn attention_bias_follows_causality_window_and_padding() {
+        let device = Device::Cpu;
+        let cases: [(usize, usize, usize, Option<usize>, bool); 6] = [
+            (2, 5, 0, None, true),
+            (2, 1, 6, None, true),
+            (1, 4, 3, Some(3), false),
+            (3, 3, 4, Some(2), true),
+            (2, 1, 5, Some(4), false),
+            (2, 6, 0, Some(64), true),
+        ];
+        for (b, s, past, window, padded) in cases {
+            let t = past + s;
+            // Row r is left-padded by r positions.
+            let pad_rows: Vec<Vec<u8>> = (0..b)
+                .map(|r| (0..t).map(|k| u8::from(k >= r)).collect())
+                .collect();
+            let pad = padded
+                .then(|| Tensor::from_vec(pad_rows.concat(), (b, t), &device))
+                .transpose()
+                .unwrap();
+            let got = attention_bias(pad.as_ref(), b, s, past, window, &device).unwrap();
+            let rows = if padded { b } else { 1 };
+            let mut want = vec![0f32; rows * s * t];
+            for r in 0..rows {
+                for i in 0..s {
+                    let q = past + i;
+                    for k in 0..t {
+                        let visible = k <= q
+                            && window.filter(|&w| w < t).is_none_or(|w| k + w > q)
+                            && (!padded || pad_rows[r][k] != 0);
+                        if !visible {
+                            want[(r * s + i) * t + k] = f32::MIN;
+                        }
+                    }
+                }
+            }
+            match got {
+                None => assert!(
+                    want.iter().all(|&v| v == 0.0) && s == 1,
+                    "case {b} {s} {past} {window:?}"
+                ),
+                Some(bias) => {
+                    assert_eq!(bias.dims(), [rows, 1, s, t]);
+                    assert_eq!(
+                        bias.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                        want,
+                        "case {b} {s} {past} {window:?}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -235,15 +235,30 @@ mod tests {
     fn text_form_reads_back_exactly() {
         let p = LayerPath::new(
             vec![
-                Hop { layer: 0, scale: 1.0 },
-                Hop { layer: 5, scale: 0.1 + 0.2 },
-                Hop { layer: 3, scale: 1.0 / 3.0 },
+                Hop {
+                    layer: 0,
+                    scale: 1.0,
+                },
+                Hop {
+                    layer: 5,
+                    scale: 0.1 + 0.2,
+                },
+                Hop {
+                    layer: 3,
+                    scale: 1.0 / 3.0,
+                },
             ],
             ScaleConvention::ReleasedBranch,
         )
         .unwrap();
-        assert_eq!(p.to_string(), "0,5:0.30000000000000004,3:0.3333333333333333");
-        assert_eq!(LayerPath::parse(&p.to_string(), ScaleConvention::ReleasedBranch).unwrap(), p);
+        assert_eq!(
+            p.to_string(),
+            "0,5:0.30000000000000004,3:0.3333333333333333"
+        );
+        assert_eq!(
+            LayerPath::parse(&p.to_string(), ScaleConvention::ReleasedBranch).unwrap(),
+            p
+        );
     }
 
     #[test]

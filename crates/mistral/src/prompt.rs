@@ -90,34 +90,54 @@ impl TextTokenizer {
     /// Loads `tokenizer.json` and, when present, `tokenizer_config.json` from a model folder.
     pub fn from_model_dir(dir: &Path) -> Result<TextTokenizer, PromptError> {
         let config = dir.join("tokenizer_config.json");
-        TextTokenizer::from_files(&dir.join("tokenizer.json"), config.exists().then_some(config.as_path()))
+        TextTokenizer::from_files(
+            &dir.join("tokenizer.json"),
+            config.exists().then_some(config.as_path()),
+        )
     }
 
-    pub fn from_files(tokenizer_json: &Path, tokenizer_config: Option<&Path>) -> Result<TextTokenizer, PromptError> {
+    pub fn from_files(
+        tokenizer_json: &Path,
+        tokenizer_config: Option<&Path>,
+    ) -> Result<TextTokenizer, PromptError> {
         if !tokenizer_json.exists() {
             return Err(PromptError::Io {
                 path: tokenizer_json.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file (the model needs a tokenizer.json)"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such file (the model needs a tokenizer.json)",
+                ),
             });
         }
-        let inner = tokenizers::Tokenizer::from_file(tokenizer_json).map_err(|e| PromptError::BadTokenizer {
-            path: tokenizer_json.to_path_buf(),
-            reason: e.to_string(),
+        let inner = tokenizers::Tokenizer::from_file(tokenizer_json).map_err(|e| {
+            PromptError::BadTokenizer {
+                path: tokenizer_json.to_path_buf(),
+                reason: e.to_string(),
+            }
         })?;
         let config = match tokenizer_config {
             None => TokenizerConfig::default(),
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| PromptError::Io { path: path.to_path_buf(), source })?;
-                serde_json::from_str(&text)
-                    .map_err(|source| PromptError::BadTokenizerConfig { path: path.to_path_buf(), source })?
+                let text = std::fs::read_to_string(path).map_err(|source| PromptError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                serde_json::from_str(&text).map_err(|source| PromptError::BadTokenizerConfig {
+                    path: path.to_path_buf(),
+                    source,
+                })?
             }
         };
-        let lookup = |role: &'static str, token: &Option<SpecialToken>| -> Result<Option<u32>, PromptError> {
+        let lookup = |role: &'static str,
+                      token: &Option<SpecialToken>|
+         -> Result<Option<u32>, PromptError> {
             match token {
                 None => Ok(None),
                 Some(t) => inner.token_to_id(t.content()).map(Some).ok_or_else(|| {
-                    PromptError::UnknownSpecialToken { role, token: t.content().to_string() }
+                    PromptError::UnknownSpecialToken {
+                        role,
+                        token: t.content().to_string(),
+                    }
                 }),
             }
         };
@@ -170,7 +190,9 @@ impl TextTokenizer {
 
     /// Text of `ids`; with `skip_special_tokens` as transformers' `decode`.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, PromptError> {
-        self.inner.decode(ids, skip_special_tokens).map_err(|e| PromptError::Decode(e.to_string()))
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| PromptError::Decode(e.to_string()))
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
@@ -214,26 +236,35 @@ impl PromptTemplate {
     pub fn new(text: impl Into<String>, origin: &str) -> Result<PromptTemplate, PromptError> {
         let text = text.into();
         if !text.contains(INPUT_PLACEHOLDER) {
-            return Err(PromptError::NoPlaceholder { origin: origin.to_string() });
+            return Err(PromptError::NoPlaceholder {
+                origin: origin.to_string(),
+            });
         }
         Ok(PromptTemplate { text })
     }
 
     /// Reads a template file as is: no trimming, so a trailing newline stays part of the prompt.
     pub fn from_file(path: &Path) -> Result<PromptTemplate, PromptError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PromptError::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| PromptError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         PromptTemplate::new(text, &path.display().to_string())
     }
 
     /// The paper's MGSM-JA prompt (`evals/prompts/mgsm_ja.txt`): Alpaca-style Japanese instruction, no chat
     /// template, ending right after `### 応答:` with no newline (as the paper's code has it).
     pub fn mgsm_ja() -> PromptTemplate {
-        PromptTemplate { text: include_str!("../../../evals/prompts/mgsm_ja.txt").to_string() }
+        PromptTemplate {
+            text: include_str!("../../../evals/prompts/mgsm_ja.txt").to_string(),
+        }
     }
 
     /// The paper's Japanese VQA prompt (`evals/prompts/ja_vqa.txt`), Llama-2 chat style with an `<image>` line.
     pub fn ja_vqa() -> PromptTemplate {
-        PromptTemplate { text: include_str!("../../../evals/prompts/ja_vqa.txt").to_string() }
+        PromptTemplate {
+            text: include_str!("../../../evals/prompts/ja_vqa.txt").to_string(),
+        }
     }
 
     pub fn render(&self, input: &str) -> String {

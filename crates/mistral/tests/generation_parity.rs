@@ -16,12 +16,17 @@ fn fixture_dir() -> PathBuf {
 }
 
 fn expected() -> Value {
-    let text = std::fs::read_to_string(fixture_dir().join("expected.json")).expect("fixture expected.json");
+    let text = std::fs::read_to_string(fixture_dir().join("expected.json"))
+        .expect("fixture expected.json");
     serde_json::from_str(&text).expect("fixture expected.json parses")
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().expect("id list").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+    v.as_array()
+        .expect("id list")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
 }
 
 #[test]
@@ -31,11 +36,26 @@ fn tokenizer_encodes_and_decodes_like_transformers() {
     assert_eq!(tok.eos_token_id(), Some(2));
     for case in expected()["tokenizer"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        assert_eq!(tok.encode(text).unwrap(), ids(&case["ids"]), "encode {text:?}");
-        assert_eq!(tok.encode_plain(text).unwrap(), ids(&case["ids_no_special"]), "encode_plain {text:?}");
+        assert_eq!(
+            tok.encode(text).unwrap(),
+            ids(&case["ids"]),
+            "encode {text:?}"
+        );
+        assert_eq!(
+            tok.encode_plain(text).unwrap(),
+            ids(&case["ids_no_special"]),
+            "encode_plain {text:?}"
+        );
         let all = ids(&case["ids"]);
-        assert_eq!(tok.decode(&all, true).unwrap(), case["decoded"].as_str().unwrap(), "decode {text:?}");
-        assert_eq!(tok.decode(&all, false).unwrap(), case["decoded_with_special"].as_str().unwrap());
+        assert_eq!(
+            tok.decode(&all, true).unwrap(),
+            case["decoded"].as_str().unwrap(),
+            "decode {text:?}"
+        );
+        assert_eq!(
+            tok.decode(&all, false).unwrap(),
+            case["decoded_with_special"].as_str().unwrap()
+        );
     }
 }
 
@@ -61,8 +81,14 @@ fn generate_gives_the_same_tokens_as_transformers() {
         let settings = &run["settings"];
         let config = GenerationConfig {
             max_new_tokens: settings["max_new_tokens"].as_u64().unwrap() as usize,
-            num_beams: settings.get("num_beams").and_then(Value::as_u64).unwrap_or(1) as usize,
-            repetition_penalty: settings.get("repetition_penalty").and_then(Value::as_f64).unwrap_or(1.0) as f32,
+            num_beams: settings
+                .get("num_beams")
+                .and_then(Value::as_u64)
+                .unwrap_or(1) as usize,
+            repetition_penalty: settings
+                .get("repetition_penalty")
+                .and_then(Value::as_f64)
+                .unwrap_or(1.0) as f32,
             ..base.clone()
         };
         let rows = run["rows"].as_array().unwrap();
@@ -70,23 +96,42 @@ fn generate_gives_the_same_tokens_as_transformers() {
             .iter()
             .map(|row| {
                 let prompt_ids = ids(&row["prompt_ids"]);
-                assert_eq!(tok.encode(row["prompt"].as_str().unwrap()).unwrap(), prompt_ids, "{name}: prompt ids");
+                assert_eq!(
+                    tok.encode(row["prompt"].as_str().unwrap()).unwrap(),
+                    prompt_ids,
+                    "{name}: prompt ids"
+                );
                 PromptInput::Tokens(prompt_ids)
             })
             .collect();
         let got = generate(&model, &prompts, &config, Some(&tok)).unwrap();
         for (row, completion) in rows.iter().zip(&got) {
-            assert_eq!(completion.tokens, ids(&row["new_tokens"]), "{name}: {:?}", row["prompt"]);
+            assert_eq!(
+                completion.tokens,
+                ids(&row["new_tokens"]),
+                "{name}: {:?}",
+                row["prompt"]
+            );
             let hit_eos = row["hit_eos"].as_bool().unwrap();
             assert_eq!(completion.finish == FinishReason::Eos, hit_eos, "{name}");
-            assert_eq!(tok.decode(&completion.tokens, true).unwrap(), row["text"].as_str().unwrap(), "{name}");
+            assert_eq!(
+                tok.decode(&completion.tokens, true).unwrap(),
+                row["text"].as_str().unwrap(),
+                "{name}"
+            );
         }
         // Each prompt alone gives the same tokens as in the batch (beam scores agree to f32 rounding: padding
         // changes the shapes of the matrix products).
         if prompts.len() > 1 {
             for (prompt, batched) in prompts.iter().zip(&got) {
-                let alone = generate(&model, std::slice::from_ref(prompt), &config, None).unwrap().remove(0);
-                assert_eq!((&alone.tokens, &alone.finish), (&batched.tokens, &batched.finish), "{name}: alone vs batched");
+                let alone = generate(&model, std::slice::from_ref(prompt), &config, None)
+                    .unwrap()
+                    .remove(0);
+                assert_eq!(
+                    (&alone.tokens, &alone.finish),
+                    (&batched.tokens, &batched.finish),
+                    "{name}: alone vs batched"
+                );
                 if let (Some(a), Some(b)) = (alone.score, batched.score) {
                     assert!((a - b).abs() < 1e-4, "{name}: scores {a} vs {b}");
                 }

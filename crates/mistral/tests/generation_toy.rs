@@ -6,8 +6,8 @@ use std::cell::Cell;
 
 use candle_core::{Device, Tensor};
 use evomerge_mistral::generation::{
-    generate, CausalLm, Completion, EarlyStopping, FinishReason, GenerationConfig, GenerationError, ModelError,
-    PromptInput, StepInput, TokenDecoder,
+    generate, CausalLm, Completion, EarlyStopping, FinishReason, GenerationConfig, GenerationError,
+    ModelError, PromptInput, StepInput, TokenDecoder,
 };
 
 const VOCAB: usize = 24;
@@ -34,11 +34,16 @@ fn fnv(history: &[u32], extra: u32) -> u64 {
 
 impl Toy {
     fn new(max_context: usize) -> Toy {
-        Toy { max_context, rows_computed: Cell::new(0) }
+        Toy {
+            max_context,
+            rows_computed: Cell::new(0),
+        }
     }
 
     fn logits_for(history: &[u32]) -> Vec<f32> {
-        (0..VOCAB as u32).map(|v| ((fnv(history, v) % 10_000) as f32 / 10_000.0 - 0.5) * 8.0).collect()
+        (0..VOCAB as u32)
+            .map(|v| ((fnv(history, v) % 10_000) as f32 / 10_000.0 - 0.5) * 8.0)
+            .collect()
     }
 }
 
@@ -61,7 +66,9 @@ impl CausalLm for Toy {
             // The toy's "embedding" of token t is the row vector [t as f32]; padding rows are zeros.
             StepInput::Embeds(e) => {
                 let e = e.to_vec3::<f32>()?;
-                e.iter().map(|row| row.iter().map(|v| v[0] as u32).collect()).collect()
+                e.iter()
+                    .map(|row| row.iter().map(|v| v[0] as u32).collect())
+                    .collect()
             }
         };
         if cache.0.len() != ids.len() {
@@ -73,14 +80,23 @@ impl CausalLm for Toy {
             let row = &mut cache.0[b];
             let past = row.len();
             if attention_mask[b].len() != past + row_ids.len() {
-                return Err(format!("row {b}: mask has {} entries, expected {}", attention_mask[b].len(), past + row_ids.len()).into());
+                return Err(format!(
+                    "row {b}: mask has {} entries, expected {}",
+                    attention_mask[b].len(),
+                    past + row_ids.len()
+                )
+                .into());
             }
             for (s, &id) in row_ids.iter().enumerate() {
                 let real = attention_mask[b][past + s];
                 if real {
                     let expected = row.iter().filter(|t| t.is_some()).count() as u32;
                     if positions[b][s] != expected {
-                        return Err(format!("row {b}: position {} but {expected} real tokens precede", positions[b][s]).into());
+                        return Err(format!(
+                            "row {b}: position {} but {expected} real tokens precede",
+                            positions[b][s]
+                        )
+                        .into());
                     }
                 }
                 row.push(real.then_some(id));
@@ -128,7 +144,10 @@ fn prompts() -> Vec<PromptInput> {
 }
 
 fn one_by_one(model: &Toy, prompts: &[PromptInput], config: &GenerationConfig) -> Vec<Completion> {
-    prompts.iter().flat_map(|p| generate(model, std::slice::from_ref(p), config, Some(&Letters)).unwrap()).collect()
+    prompts
+        .iter()
+        .flat_map(|p| generate(model, std::slice::from_ref(p), config, Some(&Letters)).unwrap())
+        .collect()
 }
 
 /// Straightforward greedy decoding without a cache, straight from the toy's definition.
@@ -170,10 +189,23 @@ fn greedy_matches_a_cacheless_reference_and_batching_changes_nothing() {
         let batched = generate(&model, &prompts(), &config, None).unwrap();
         assert_eq!(batched, one_by_one(&model, &prompts(), &config));
         for (prompt, got) in prompts().iter().zip(&batched) {
-            let PromptInput::Tokens(ids) = prompt else { unreachable!() };
-            assert_eq!(got.tokens, reference_greedy(ids, 9, &[3, 17], penalty), "penalty {penalty}");
+            let PromptInput::Tokens(ids) = prompt else {
+                unreachable!()
+            };
+            assert_eq!(
+                got.tokens,
+                reference_greedy(ids, 9, &[3, 17], penalty),
+                "penalty {penalty}"
+            );
             let ends_with_eos = got.tokens.last().is_some_and(|t| [3, 17].contains(t));
-            assert_eq!(got.finish, if ends_with_eos { FinishReason::Eos } else { FinishReason::Length });
+            assert_eq!(
+                got.finish,
+                if ends_with_eos {
+                    FinishReason::Eos
+                } else {
+                    FinishReason::Length
+                }
+            );
         }
     }
 }
@@ -181,7 +213,11 @@ fn greedy_matches_a_cacheless_reference_and_batching_changes_nothing() {
 #[test]
 fn finished_rows_leave_the_batch() {
     let model = Toy::new(64);
-    let config = GenerationConfig { max_new_tokens: 30, eos_token_ids: (0..12).collect(), ..Default::default() };
+    let config = GenerationConfig {
+        max_new_tokens: 30,
+        eos_token_ids: (0..12).collect(),
+        ..Default::default()
+    };
     let out = generate(&model, &prompts(), &config, None).unwrap();
     let total_tokens: usize = out.iter().map(|c| c.tokens.len()).sum();
     // Prefill computes 4 rows, then each decode step only the rows still running.
@@ -192,9 +228,11 @@ fn finished_rows_leave_the_batch() {
 #[test]
 fn beam_search_is_batch_independent() {
     let model = Toy::new(64);
-    for (beams, penalty, early) in
-        [(2, 1.0, EarlyStopping::Heuristic), (4, 1.0, EarlyStopping::Always), (5, 1.5, EarlyStopping::Never)]
-    {
+    for (beams, penalty, early) in [
+        (2, 1.0, EarlyStopping::Heuristic),
+        (4, 1.0, EarlyStopping::Always),
+        (5, 1.5, EarlyStopping::Never),
+    ] {
         let config = GenerationConfig {
             max_new_tokens: 7,
             num_beams: beams,
@@ -204,7 +242,11 @@ fn beam_search_is_batch_independent() {
             ..GenerationConfig::default()
         };
         let batched = generate(&model, &prompts(), &config, None).unwrap();
-        assert_eq!(batched, one_by_one(&model, &prompts(), &config), "{beams} beams");
+        assert_eq!(
+            batched,
+            one_by_one(&model, &prompts(), &config),
+            "{beams} beams"
+        );
         for c in &batched {
             assert!(c.score.is_some_and(|s| s.is_finite() && s > -1e8), "{c:?}");
             assert!(!c.tokens.is_empty() && c.tokens.len() <= 7);
@@ -215,18 +257,30 @@ fn beam_search_is_batch_independent() {
 #[test]
 fn embedding_prompts_give_the_same_tokens_as_token_prompts() {
     let model = Toy::new(64);
-    let config = GenerationConfig { max_new_tokens: 6, eos_token_ids: vec![3], ..Default::default() };
+    let config = GenerationConfig {
+        max_new_tokens: 6,
+        eos_token_ids: vec![3],
+        ..Default::default()
+    };
     let as_embeds: Vec<PromptInput> = prompts()
         .into_iter()
         .map(|p| {
-            let PromptInput::Tokens(ids) = p else { unreachable!() };
+            let PromptInput::Tokens(ids) = p else {
+                unreachable!()
+            };
             let e: Vec<f32> = ids.iter().map(|&t| t as f32).collect();
             let embeds = Tensor::from_vec(e, (ids.len(), 1), &Device::Cpu).unwrap();
-            PromptInput::Embeds { embeds, context_ids: ids }
+            PromptInput::Embeds {
+                embeds,
+                context_ids: ids,
+            }
         })
         .collect();
     for beams in [1, 3] {
-        let config = GenerationConfig { num_beams: beams, ..config.clone() };
+        let config = GenerationConfig {
+            num_beams: beams,
+            ..config.clone()
+        };
         assert_eq!(
             generate(&model, &as_embeds, &config, None).unwrap(),
             generate(&model, &prompts(), &config, None).unwrap()
@@ -237,17 +291,34 @@ fn embedding_prompts_give_the_same_tokens_as_token_prompts() {
 #[test]
 fn stop_strings_cut_the_text_before_the_stop() {
     let model = Toy::new(64);
-    let free = generate(&model, &prompts()[..1], &GenerationConfig { max_new_tokens: 12, ..Default::default() }, None)
-        .unwrap()
-        .remove(0);
+    let free = generate(
+        &model,
+        &prompts()[..1],
+        &GenerationConfig {
+            max_new_tokens: 12,
+            ..Default::default()
+        },
+        None,
+    )
+    .unwrap()
+    .remove(0);
     let text = Letters.decode_completion(&free.tokens).unwrap();
     // Stop on the two letters at positions 4..6 of the free-running completion.
     let stop = text[4..6].to_string();
     let first = text.find(&stop).unwrap();
-    let config = GenerationConfig { max_new_tokens: 12, stop_strings: vec!["zzz".into(), stop.clone()], ..Default::default() };
+    let config = GenerationConfig {
+        max_new_tokens: 12,
+        stop_strings: vec!["zzz".into(), stop.clone()],
+        ..Default::default()
+    };
     for beams in [1, 2] {
-        let config = GenerationConfig { num_beams: beams, ..config.clone() };
-        let got = generate(&model, &prompts()[..1], &config, Some(&Letters)).unwrap().remove(0);
+        let config = GenerationConfig {
+            num_beams: beams,
+            ..config.clone()
+        };
+        let got = generate(&model, &prompts()[..1], &config, Some(&Letters))
+            .unwrap()
+            .remove(0);
         if beams == 1 {
             assert_eq!(got.finish, FinishReason::Stop(stop.clone()));
             assert_eq!(got.stop_text.as_deref(), Some(&text[..first]));
@@ -265,7 +336,10 @@ fn stop_strings_cut_the_text_before_the_stop() {
 #[test]
 fn the_context_limit_ends_rows_and_overlong_prompts_are_refused() {
     let model = Toy::new(10);
-    let config = GenerationConfig { max_new_tokens: 50, ..Default::default() };
+    let config = GenerationConfig {
+        max_new_tokens: 50,
+        ..Default::default()
+    };
     let out = generate(&model, &prompts(), &config, None).unwrap();
     // The longest prompt (7 tokens) sets the limit for the whole call: the cache holds left padding too.
     for c in &out {
@@ -276,22 +350,69 @@ fn the_context_limit_ends_rows_and_overlong_prompts_are_refused() {
     assert_eq!(alone[0].tokens.len(), 9);
     let long = vec![PromptInput::Tokens(vec![1; 10])];
     let err = generate(&model, &long, &config, None).unwrap_err();
-    assert!(err.to_string().contains("prompt 0 has 10 tokens but the model's context is 10"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("prompt 0 has 10 tokens but the model's context is 10"),
+        "{err}"
+    );
 }
 
 #[test]
 fn bad_settings_and_prompts_are_refused_with_a_reason() {
     let model = Toy::new(64);
     let check = |config: GenerationConfig, prompts: Vec<PromptInput>, needle: &str| {
-        let err = generate(&model, &prompts, &config, None).unwrap_err().to_string();
+        let err = generate(&model, &prompts, &config, None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(needle), "{err:?} should mention {needle:?}");
     };
-    check(GenerationConfig { num_beams: 0, ..Default::default() }, prompts(), "num_beams");
-    check(GenerationConfig { max_new_tokens: 0, ..Default::default() }, prompts(), "max_new_tokens");
-    check(GenerationConfig { repetition_penalty: 0.0, ..Default::default() }, prompts(), "repetition_penalty");
-    check(GenerationConfig { stop_strings: vec![String::new()], ..Default::default() }, prompts(), "stop strings");
-    check(GenerationConfig::default(), vec![PromptInput::Tokens(vec![])], "prompt 0 is empty");
-    let embeds = PromptInput::Embeds { embeds: Tensor::zeros((2, 1), candle_core::DType::F32, &Device::Cpu).unwrap(), context_ids: vec![] };
-    check(GenerationConfig::default(), vec![PromptInput::Tokens(vec![1]), embeds], "all token prompts or all embedding");
-    assert!(generate(&model, &[], &GenerationConfig::default(), None).unwrap().is_empty());
+    check(
+        GenerationConfig {
+            num_beams: 0,
+            ..Default::default()
+        },
+        prompts(),
+        "num_beams",
+    );
+    check(
+        GenerationConfig {
+            max_new_tokens: 0,
+            ..Default::default()
+        },
+        prompts(),
+        "max_new_tokens",
+    );
+    check(
+        GenerationConfig {
+            repetition_penalty: 0.0,
+            ..Default::default()
+        },
+        prompts(),
+        "repetition_penalty",
+    );
+    check(
+        GenerationConfig {
+            stop_strings: vec![String::new()],
+            ..Default::default()
+        },
+        prompts(),
+        "stop strings",
+    );
+    check(
+        GenerationConfig::default(),
+        vec![PromptInput::Tokens(vec![])],
+        "prompt 0 is empty",
+    );
+    let embeds = PromptInput::Embeds {
+        embeds: Tensor::zeros((2, 1), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        context_ids: vec![],
+    };
+    check(
+        GenerationConfig::default(),
+        vec![PromptInput::Tokens(vec![1]), embeds],
+        "all token prompts or all embedding",
+    );
+    assert!(generate(&model, &[], &GenerationConfig::default(), None)
+        .unwrap()
+        .is_empty());
 }

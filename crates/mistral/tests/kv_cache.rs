@@ -25,7 +25,12 @@ fn decode(model: &Mistral, cache: &mut KvCache) -> Vec<Vec<f32>> {
         let t = Tensor::from_vec(ids.to_vec(), (1, ids.len()), &Device::Cpu).unwrap();
         let pos = sequential_positions(1, ids.len(), past, model.device()).unwrap();
         let l = model.forward_last(&t, &pos, None, cache).unwrap();
-        l.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        l.to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
     };
     let mut out = vec![step(&IDS[..PROMPT], 0, cache)];
     for i in PROMPT..IDS.len() {
@@ -39,7 +44,14 @@ fn full_pass(model: &Mistral) -> Vec<Vec<f32>> {
     let ids = Tensor::new(&[IDS], &Device::Cpu).unwrap();
     let all = logits_for(model, &ids).to_dtype(DType::F32).unwrap();
     (PROMPT - 1..IDS.len())
-        .map(|i| all.get(0).unwrap().get(i).unwrap().to_vec1::<f32>().unwrap())
+        .map(|i| {
+            all.get(0)
+                .unwrap()
+                .get(i)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        })
         .collect()
 }
 
@@ -65,7 +77,10 @@ fn preallocated_growing_and_full_pass_agree() {
         assert_eq!(small.seq_len(), IDS.len());
         assert_eq!(preallocated, growing, "cpu_kernels={cpu_kernels}");
         let d = max_diff(&preallocated, &full_pass(&m));
-        assert!(d <= 1e-4, "cached decoding vs full pass: {d} (cpu_kernels={cpu_kernels})");
+        assert!(
+            d <= 1e-4,
+            "cached decoding vs full pass: {d} (cpu_kernels={cpu_kernels})"
+        );
     }
 }
 
@@ -80,7 +95,12 @@ fn a_cloned_cache_does_not_see_the_other_clones_writes() {
     let next = |id: u32, cache: &mut KvCache| {
         let t = Tensor::new(&[[id]], &Device::Cpu).unwrap();
         let pos = sequential_positions(1, 1, 3, m.device()).unwrap();
-        m.forward_last(&t, &pos, None, cache).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        m.forward_last(&t, &pos, None, cache)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
     };
     // b writes position 3 first; a's position 3 must still be its own token.
     next(101, &mut b);

@@ -36,7 +36,7 @@ pub use config::{
 pub use encoder::{EncoderSpec, ImageEncoder, Projector, ProjectorSpec};
 pub use error::{Result, VisionError};
 pub use image_io::{decode_image, load_image, AlphaMode};
-pub use llava::{GenerateError, LlavaModel, LlmStep, LoadOptions, ModeChoice};
+pub use llava::{GenerateError, LlavaModel, LoadOptions, ModeChoice};
 pub use llava_config::{Flavor, LlavaConfig};
 pub use preprocess::{preprocess, PixelValues};
 pub use prompt::{ImagePrompt, IMAGE_MARKER};

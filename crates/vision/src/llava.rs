@@ -7,11 +7,11 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use evomerge_checkpoint::{Checkpoint, Dtype};
 use evomerge_mistral::generation::{
-    generate, CausalLm, Completion, GenerationConfig, GenerationError, ModelError, PromptInput,
-    StepInput, TokenDecoder,
+    generate, Completion, GenerationConfig, GenerationError, PromptInput,
+    TokenDecoder,
 };
 use evomerge_mistral::{
-    Config as TextConfig, KvCache, Mistral, MistralError, TensorSource, WeightNames,
+    Config as TextConfig, Mistral, MistralError, TensorSource, WeightNames,
 };
 use image::RgbImage;
 
@@ -347,7 +347,7 @@ impl LlavaModel {
         let mut out = Vec::with_capacity(items.len());
         for chunk in items.chunks(batch_size.max(1)) {
             let prompts = chunk.iter().map(&prompt_input).collect::<Result<Vec<_>>>()?;
-            out.extend(generate(&LlmStep(&self.llm), &prompts, config, decoder)?);
+            out.extend(generate(&self.llm, &prompts, config, decoder)?);
         }
         Ok(out)
     }
@@ -362,61 +362,3 @@ pub enum GenerateError {
     Generation(#[from] GenerationError),
 }
 
-/// The backbone as the generation crate drives it (token steps and an embeddings prefill).
-pub struct LlmStep<'a>(pub &'a Mistral);
-
-impl CausalLm for LlmStep<'_> {
-    type Cache = KvCache;
-
-    fn new_cache(&self, batch: usize) -> std::result::Result<KvCache, ModelError> {
-        Ok(self.0.new_cache(batch))
-    }
-
-    fn new_cache_with_capacity(&self, batch: usize, capacity: usize) -> std::result::Result<KvCache, ModelError> {
-        Ok(self.0.new_cache_with_capacity(batch, capacity))
-    }
-
-    fn forward_last(
-        &self,
-        input: StepInput<'_>,
-        positions: &[Vec<u32>],
-        attention_mask: &[Vec<bool>],
-        cache: &mut KvCache,
-    ) -> std::result::Result<Tensor, ModelError> {
-        let device = self.0.device();
-        let rows = positions.len();
-        let seq = positions.first().map_or(0, Vec::len);
-        let flat_pos: Vec<u32> = positions.iter().flatten().copied().collect();
-        let pos = Tensor::from_vec(flat_pos, (rows, seq), device)?;
-        let width = attention_mask.first().map_or(0, Vec::len);
-        let flat_mask: Vec<u8> = attention_mask
-            .iter()
-            .flatten()
-            .map(|&m| u8::from(m))
-            .collect();
-        let mask = Tensor::from_vec(flat_mask, (rows, width), device)?;
-        let embeds = match input {
-            StepInput::Embeds(e) => e.clone(),
-            StepInput::Tokens(ids) => {
-                let flat: Vec<u32> = ids.iter().flatten().copied().collect();
-                self.0
-                    .embed_tokens(&Tensor::from_vec(flat, (rows, seq), device)?)?
-            }
-        };
-        Ok(self
-            .0
-            .forward_embeds_last(&embeds, &pos, Some(&mask), cache)?)
-    }
-
-    fn reorder_cache(
-        &self,
-        cache: &mut KvCache,
-        rows: &[usize],
-    ) -> std::result::Result<(), ModelError> {
-        Ok(cache.select(rows)?)
-    }
-
-    fn max_context(&self) -> usize {
-        self.0.max_context()
-    }
-}

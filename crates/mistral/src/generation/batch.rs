@@ -21,7 +21,10 @@ impl<'a> PromptBatch<'a> {
             if let PromptInput::Embeds { embeds, .. } = prompt {
                 let dims = embeds.dims();
                 if dims.len() != 2 || *hidden.get_or_insert(dims[1]) != dims[1] {
-                    return Err(GenerationError::BadEmbeds { index, dims: dims.to_vec() });
+                    return Err(GenerationError::BadEmbeds {
+                        index,
+                        dims: dims.to_vec(),
+                    });
                 }
             }
             let len = prompt.len();
@@ -29,10 +32,17 @@ impl<'a> PromptBatch<'a> {
                 return Err(GenerationError::EmptyPrompt { index });
             }
             if len >= max_context {
-                return Err(GenerationError::PromptTooLong { index, len, max: max_context });
+                return Err(GenerationError::PromptTooLong {
+                    index,
+                    len,
+                    max: max_context,
+                });
             }
         }
-        Ok(PromptBatch { prompts, max_context })
+        Ok(PromptBatch {
+            prompts,
+            max_context,
+        })
     }
 
     /// New tokens any prompt may get: `max_new_tokens`, or fewer where the context runs out. The cache holds the
@@ -55,7 +65,11 @@ impl<'a> PromptBatch<'a> {
         pad_id: u32,
         cache: &mut M::Cache,
     ) -> Result<(StepLogits, Vec<RowState>), GenerationError> {
-        let width = which.iter().map(|&i| self.prompts[i].len()).max().unwrap_or(0);
+        let width = which
+            .iter()
+            .map(|&i| self.prompts[i].len())
+            .max()
+            .unwrap_or(0);
         let mut rows = Vec::with_capacity(which.len());
         let mut positions = Vec::with_capacity(which.len());
         for &i in which {
@@ -66,7 +80,10 @@ impl<'a> PromptBatch<'a> {
             let mut pos = vec![0u32; pad];
             pos.extend(0..len as u32);
             positions.push(pos);
-            rows.push(RowState { mask, next_position: len as u32 });
+            rows.push(RowState {
+                mask,
+                next_position: len as u32,
+            });
         }
         let masks: Vec<Vec<bool>> = rows.iter().map(|r| r.mask.clone()).collect();
         let logits = match &self.prompts[which[0]] {

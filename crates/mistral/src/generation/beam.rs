@@ -68,13 +68,38 @@ pub(crate) fn run<M: CausalLm>(
 
     let mut items: Vec<Item> = (0..n)
         .map(|prompt| {
-            let seen: HashSet<u32> =
-                if penalize { batch.prompts[prompt].context_ids().iter().copied().collect() } else { HashSet::new() };
+            let seen: HashSet<u32> = if penalize {
+                batch.prompts[prompt]
+                    .context_ids()
+                    .iter()
+                    .copied()
+                    .collect()
+            } else {
+                HashSet::new()
+            };
             let running = (0..k)
-                .map(|b| Beam { tokens: Vec::new(), score: if b == 0 { 0.0 } else { NEG }, seen: seen.clone(), parent: b })
+                .map(|b| Beam {
+                    tokens: Vec::new(),
+                    score: if b == 0 { 0.0 } else { NEG },
+                    seen: seen.clone(),
+                    parent: b,
+                })
                 .collect();
-            let slots = vec![Slot { tokens: Vec::new(), score: NEG, finished: false, stop: None }; k];
-            Item { budget: batch.budget(config.max_new_tokens), running, slots, improvable: true }
+            let slots = vec![
+                Slot {
+                    tokens: Vec::new(),
+                    score: NEG,
+                    finished: false,
+                    stop: None
+                };
+                k
+            ];
+            Item {
+                budget: batch.budget(config.max_new_tokens),
+                running,
+                slots,
+                improvable: true,
+            }
         })
         .collect();
 
@@ -82,11 +107,16 @@ pub(crate) fn run<M: CausalLm>(
     let mut active: Vec<usize> = (0..n).collect();
     // Prompt + every new token: the cache is allocated once and never grows while decoding.
     let capacity = batch.width() + batch.budget(config.max_new_tokens);
-    let mut cache = model.new_cache_with_capacity(n, capacity).map_err(GenerationError::Model)?;
-    let (prefill_logits, prefill_rows) = batch.prefill(model, &active, config.pad_id(), &mut cache)?;
+    let mut cache = model
+        .new_cache_with_capacity(n, capacity)
+        .map_err(GenerationError::Model)?;
+    let (prefill_logits, prefill_rows) =
+        batch.prefill(model, &active, config.pad_id(), &mut cache)?;
     let prefill_logits = prefill_logits.to_host()?;
     let expand: Vec<usize> = (0..n).flat_map(|i| std::iter::repeat_n(i, k)).collect();
-    model.reorder_cache(&mut cache, &expand).map_err(GenerationError::Model)?;
+    model
+        .reorder_cache(&mut cache, &expand)
+        .map_err(GenerationError::Model)?;
     let mut rows: Vec<RowState> = expand.iter().map(|&i| prefill_rows[i].clone()).collect();
     let mut logits: Vec<Vec<f32>> = expand.iter().map(|&i| prefill_logits[i].clone()).collect();
 
@@ -99,12 +129,20 @@ pub(crate) fn run<M: CausalLm>(
         for (pos, &item_index) in active.iter().enumerate() {
             let item = &mut items[item_index];
             let rows_of_item = &mut logits[pos * k..(pos + 1) * k];
-            let candidates = select_candidates(item, rows_of_item, config, keep_per_step, stops, generated_len)?;
+            let candidates = select_candidates(
+                item,
+                rows_of_item,
+                config,
+                keep_per_step,
+                stops,
+                generated_len,
+            )?;
             advance_running(item, &candidates, k);
             update_finished(item, &candidates, config, generated_len);
             update_improvable(item, config, generated_len);
             let frozen = !item.improvable
-                || (config.early_stopping == EarlyStopping::Always && item.slots.iter().all(|s| s.finished))
+                || (config.early_stopping == EarlyStopping::Always
+                    && item.slots.iter().all(|s| s.finished))
                 || generated_len >= item.budget;
             if !frozen {
                 next_active.push(item_index);
@@ -117,7 +155,9 @@ pub(crate) fn run<M: CausalLm>(
         if next_active.is_empty() {
             break;
         }
-        model.reorder_cache(&mut cache, &reorder).map_err(GenerationError::Model)?;
+        model
+            .reorder_cache(&mut cache, &reorder)
+            .map_err(GenerationError::Model)?;
         rows = reorder.iter().map(|&r| rows[r].clone()).collect();
         active = next_active;
         logits = decode_step(model, &next_tokens, &mut rows, &mut cache)?.to_host()?;
@@ -179,7 +219,14 @@ fn select_candidates(
             stop = stops.check(&tokens)?;
             stop.is_some()
         };
-        candidates.push(Candidate { parent, token, tokens, score, hit, stop });
+        candidates.push(Candidate {
+            parent,
+            token,
+            tokens,
+            score,
+            hit,
+            stop,
+        });
     }
     Ok(candidates)
 }
@@ -187,7 +234,10 @@ fn select_candidates(
 /// The next running beams: the best `k` candidates after pushing those that ended to `-1e9`
 /// (transformers' `_get_running_beams_for_next_iteration`).
 fn advance_running(item: &mut Item, candidates: &[Candidate], k: usize) {
-    let masked: Vec<f32> = candidates.iter().map(|c| if c.hit { c.score + NEG } else { c.score }).collect();
+    let masked: Vec<f32> = candidates
+        .iter()
+        .map(|c| if c.hit { c.score + NEG } else { c.score })
+        .collect();
     let next: Vec<Beam> = top_k(&masked, k)
         .into_iter()
         .map(|(i, score)| {
@@ -196,17 +246,28 @@ fn advance_running(item: &mut Item, candidates: &[Candidate], k: usize) {
             if !seen.is_empty() {
                 seen.insert(c.token);
             }
-            Beam { tokens: c.tokens.clone(), score, seen, parent: c.parent }
+            Beam {
+                tokens: c.tokens.clone(),
+                score,
+                seen,
+                parent: c.parent,
+            }
         })
         .collect();
     item.running = next;
 }
 
 /// Lets the first `k` candidates that ended compete for the finished slots (transformers' `_update_finished_beams`).
-fn update_finished(item: &mut Item, candidates: &[Candidate], config: &GenerationConfig, generated_len: usize) {
+fn update_finished(
+    item: &mut Item,
+    candidates: &[Candidate],
+    config: &GenerationConfig,
+    generated_len: usize,
+) {
     let k = item.slots.len();
     let divisor = (generated_len as f64).powf(config.length_penalty as f64) as f32;
-    let full = config.early_stopping == EarlyStopping::Always && item.slots.iter().all(|s| s.finished);
+    let full =
+        config.early_stopping == EarlyStopping::Always && item.slots.iter().all(|s| s.finished);
     let mut merged: Vec<Slot> = item.slots.clone();
     for (i, c) in candidates.iter().enumerate() {
         let finished = c.hit && i < k;
@@ -220,22 +281,35 @@ fn update_finished(item: &mut Item, candidates: &[Candidate], config: &Generatio
         if !finished {
             score += NEG;
         }
-        merged.push(Slot { tokens: c.tokens.clone(), score, finished, stop: c.stop.clone() });
+        merged.push(Slot {
+            tokens: c.tokens.clone(),
+            score,
+            finished,
+            stop: c.stop.clone(),
+        });
     }
     let scores: Vec<f32> = merged.iter().map(|s| s.score).collect();
-    item.slots = top_k(&scores, k).into_iter().map(|(i, _)| merged[i].clone()).collect();
+    item.slots = top_k(&scores, k)
+        .into_iter()
+        .map(|(i, _)| merged[i].clone())
+        .collect();
 }
 
 /// transformers' `_check_early_stop_heuristic`: can the best running beam still beat a finished slot?
 fn update_improvable(item: &mut Item, config: &GenerationConfig, generated_len: usize) {
-    let hypothetical_len = if config.early_stopping == EarlyStopping::Never && config.length_penalty > 0.0 {
-        item.budget
-    } else {
-        generated_len
-    };
+    let hypothetical_len =
+        if config.early_stopping == EarlyStopping::Never && config.length_penalty > 0.0 {
+            item.budget
+        } else {
+            generated_len
+        };
     let best_running =
         item.running[0].score / (hypothetical_len as f64).powf(config.length_penalty as f64) as f32;
-    let worst_finished = item.slots.iter().map(|s| s.score).fold(f32::INFINITY, f32::min);
+    let worst_finished = item
+        .slots
+        .iter()
+        .map(|s| s.score)
+        .fold(f32::INFINITY, f32::min);
     let improvable = item
         .slots
         .iter()

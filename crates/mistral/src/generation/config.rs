@@ -104,16 +104,24 @@ impl GenerationConfig {
             if !path.exists() {
                 return Ok(None);
             }
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| GenerationError::Config(format!("cannot read {}: {e}", path.display())))?;
-            serde_json::from_str(&text)
-                .map(Some)
-                .map_err(|e| GenerationError::Config(format!("{} is not a valid generation config: {e}", path.display())))
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                GenerationError::Config(format!("cannot read {}: {e}", path.display()))
+            })?;
+            serde_json::from_str(&text).map(Some).map_err(|e| {
+                GenerationError::Config(format!(
+                    "{} is not a valid generation config: {e}",
+                    path.display()
+                ))
+            })
         };
         let model = read("config.json")?.unwrap_or_default();
         let generation = read("generation_config.json")?.unwrap_or_default();
         let mut config = GenerationConfig {
-            eos_token_ids: generation.eos_token_id.or(model.eos_token_id).map(OneOrMany::into_vec).unwrap_or_default(),
+            eos_token_ids: generation
+                .eos_token_id
+                .or(model.eos_token_id)
+                .map(OneOrMany::into_vec)
+                .unwrap_or_default(),
             pad_token_id: generation.pad_token_id.or(model.pad_token_id),
             ..GenerationConfig::default()
         };
@@ -161,7 +169,10 @@ impl GenerationConfig {
             ));
         }
         if !self.length_penalty.is_finite() {
-            return bad(format!("length_penalty must be finite, got {}", self.length_penalty));
+            return bad(format!(
+                "length_penalty must be finite, got {}",
+                self.length_penalty
+            ));
         }
         if self.stop_strings.iter().any(String::is_empty) {
             return bad("stop strings must not be empty".into());
@@ -171,6 +182,8 @@ impl GenerationConfig {
 
     /// The id written into left padding.
     pub(crate) fn pad_id(&self) -> u32 {
-        self.pad_token_id.or(self.eos_token_ids.first().copied()).unwrap_or(0)
+        self.pad_token_id
+            .or(self.eos_token_ids.first().copied())
+            .unwrap_or(0)
     }
 }

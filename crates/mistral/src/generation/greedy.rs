@@ -17,13 +17,21 @@ pub(crate) fn run<M: CausalLm>(
     let mut active: Vec<usize> = (0..n).collect();
     // Prompt + every new token: the cache is allocated once and never grows while decoding.
     let capacity = batch.width() + batch.budget(config.max_new_tokens);
-    let mut cache = model.new_cache_with_capacity(n, capacity).map_err(GenerationError::Model)?;
+    let mut cache = model
+        .new_cache_with_capacity(n, capacity)
+        .map_err(GenerationError::Model)?;
     let (mut logits, mut rows) = batch.prefill(model, &active, config.pad_id(), &mut cache)?;
     let penalize = config.repetition_penalty != 1.0;
     let mut seen: Vec<HashSet<u32>> = batch
         .prompts
         .iter()
-        .map(|p| if penalize { p.context_ids().iter().copied().collect() } else { HashSet::new() })
+        .map(|p| {
+            if penalize {
+                p.context_ids().iter().copied().collect()
+            } else {
+                HashSet::new()
+            }
+        })
         .collect();
     let mut generated: Vec<Vec<u32>> = vec![Vec::new(); n];
     let mut done: Vec<Option<Completion>> = vec![None; n];
@@ -35,7 +43,11 @@ pub(crate) fn run<M: CausalLm>(
             true => {
                 let mut scores = logits.to_host()?;
                 for (row, &prompt) in active.iter().enumerate() {
-                    apply_repetition_penalty(&mut scores[row], &seen[prompt], config.repetition_penalty);
+                    apply_repetition_penalty(
+                        &mut scores[row],
+                        &seen[prompt],
+                        config.repetition_penalty,
+                    );
                 }
                 scores.iter().map(|s| argmax(s)).collect()
             }
@@ -76,11 +88,16 @@ pub(crate) fn run<M: CausalLm>(
             break;
         }
         if keep.len() < active.len() {
-            model.reorder_cache(&mut cache, &keep).map_err(GenerationError::Model)?;
+            model
+                .reorder_cache(&mut cache, &keep)
+                .map_err(GenerationError::Model)?;
             rows = keep.iter().map(|&r| rows[r].clone()).collect();
             active = keep.iter().map(|&r| active[r]).collect();
         }
         logits = decode_step(model, &next_tokens, &mut rows, &mut cache)?;
     }
-    Ok(done.into_iter().map(|c| c.expect("every prompt finishes before the loop ends")).collect())
+    Ok(done
+        .into_iter()
+        .map(|c| c.expect("every prompt finishes before the loop ends"))
+        .collect())
 }

@@ -11,7 +11,11 @@ pub(crate) fn apply_repetition_penalty(scores: &mut [f32], seen: &HashSet<u32>, 
     }
     for &id in seen {
         if let Some(score) = scores.get_mut(id as usize) {
-            *score = if *score < 0.0 { *score * penalty } else { *score / penalty };
+            *score = if *score < 0.0 {
+                *score * penalty
+            } else {
+                *score / penalty
+            };
         }
     }
 }

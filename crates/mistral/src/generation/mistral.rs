@@ -12,7 +12,11 @@ impl CausalLm for Mistral {
         Ok(Mistral::new_cache(self, batch))
     }
 
-    fn new_cache_with_capacity(&self, batch: usize, capacity: usize) -> Result<KvCache, ModelError> {
+    fn new_cache_with_capacity(
+        &self,
+        batch: usize,
+        capacity: usize,
+    ) -> Result<KvCache, ModelError> {
         Ok(Mistral::new_cache_with_capacity(self, batch, capacity))
     }
 
@@ -23,34 +27,23 @@ impl CausalLm for Mistral {
         attention_mask: &[Vec<bool>],
         cache: &mut KvCache,
     ) -> Result<Tensor, ModelError> {
-        let device = self.device();
-        let b = positions.len();
-        let s = positions.first().map_or(0, Vec::len);
-        let flat: Vec<u32> = positions.iter().flatten().copied().collect();
-        let positions = Tensor::from_vec(flat, (b, s), device)?;
-        // No padding anywhere (the common case): let the model use its plain causal path.
-        let mask = if attention_mask.iter().flatten().all(|&m| m) {
-            None
-        } else {
-            let t = attention_mask.first().map_or(0, Vec::len);
-            let flat: Vec<u8> = attention_mask.iter().flatten().map(|&m| m as u8).collect();
-            Some(Tensor::from_vec(flat, (b, t), device)?)
-        };
-        let logits = match input {
+        let embeds = match input {
             StepInput::Tokens(ids) => {
                 // The range check runs here, on the host ids, instead of reading the device tensor back.
                 let flat: Vec<u32> = ids.iter().flatten().copied().collect();
                 if let Some(&max) = flat.iter().max() {
                     self.check_token_id(max as usize)?;
                 }
+                let (b, s) = (ids.len(), ids.first().map_or(0, Vec::len));
+                if ids.iter().any(|row| row.len() != s) {
+                    return Err(format!("token rows must all have {s} ids").into());
+                }
                 let n = flat.len();
-                let ids = Tensor::from_vec(flat, n, device)?;
-                let embeds = self.embed_checked_ids(&ids, b, s)?;
-                Mistral::forward_embeds_last(self, &embeds, &positions, mask.as_ref(), cache)?
+                self.embed_checked_ids(&Tensor::from_vec(flat, n, self.device())?, b, s)?
             }
-            StepInput::Embeds(embeds) => Mistral::forward_embeds_last(self, embeds, &positions, mask.as_ref(), cache)?,
+            StepInput::Embeds(embeds) => embeds.clone(),
         };
-        Ok(logits)
+        Ok(self.forward_last_step(&embeds, positions, attention_mask, cache)?)
     }
 
     fn reorder_cache(&self, cache: &mut KvCache, rows: &[usize]) -> Result<(), ModelError> {

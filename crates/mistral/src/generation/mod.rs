@@ -58,7 +58,11 @@ pub trait CausalLm {
 
     /// An empty cache for `batch` rows that will hold about `capacity` positions (prompt + new tokens), so a cache
     /// that preallocates can do so once. The default ignores the hint.
-    fn new_cache_with_capacity(&self, batch: usize, capacity: usize) -> Result<Self::Cache, ModelError> {
+    fn new_cache_with_capacity(
+        &self,
+        batch: usize,
+        capacity: usize,
+    ) -> Result<Self::Cache, ModelError> {
         let _ = capacity;
         self.new_cache(batch)
     }
@@ -92,7 +96,10 @@ pub enum PromptInput {
     Tokens(Vec<u32>),
     /// Input embeddings `[len, hidden]`; `context_ids` are the token ids the prompt stands for (what the repetition
     /// penalty considers already present, e.g. the text tokens and the image placeholder).
-    Embeds { embeds: Tensor, context_ids: Vec<u32> },
+    Embeds {
+        embeds: Tensor,
+        context_ids: Vec<u32>,
+    },
 }
 
 impl PromptInput {
@@ -152,7 +159,9 @@ impl Completion {
     pub fn text(&self, decoder: &dyn TokenDecoder) -> Result<String, GenerationError> {
         match &self.stop_text {
             Some(text) => Ok(text.clone()),
-            None => decoder.decode_completion(self.content_tokens()).map_err(GenerationError::Decode),
+            None => decoder
+                .decode_completion(self.content_tokens())
+                .map_err(GenerationError::Decode),
         }
     }
 }
@@ -162,13 +171,19 @@ impl Completion {
 pub enum GenerationError {
     #[error("invalid generation settings: {0}")]
     Config(String),
-    #[error("prompt {index} is empty; every prompt needs at least one token (a BOS token will do)")]
+    #[error(
+        "prompt {index} is empty; every prompt needs at least one token (a BOS token will do)"
+    )]
     EmptyPrompt { index: usize },
     #[error(
         "prompt {index} has {len} tokens but the model's context is {max}; shorten the prompt \
          (nothing would be left to generate)"
     )]
-    PromptTooLong { index: usize, len: usize, max: usize },
+    PromptTooLong {
+        index: usize,
+        len: usize,
+        max: usize,
+    },
     #[error("a batch must be all token prompts or all embedding prompts; prompt {index} differs from prompt 0")]
     MixedPrompts { index: usize },
     #[error("prompt {index}: embeddings must be [len, hidden] with the same hidden size in every prompt, got {dims:?}")]
@@ -222,7 +237,10 @@ impl StepLogits {
         let nan = self.0.ne(&self.0)?;
         let neg_inf = Tensor::full(f32::NEG_INFINITY, self.0.shape(), self.0.device())?;
         let scores = nan.where_cond(&neg_inf, &self.0)?;
-        Ok(scores.argmax(1)?.to_dtype(candle_core::DType::U32)?.to_vec1::<u32>()?)
+        Ok(scores
+            .argmax(1)?
+            .to_dtype(candle_core::DType::U32)?
+            .to_vec1::<u32>()?)
     }
 }
 

@@ -16,7 +16,10 @@ pub(crate) struct StopHit {
 }
 
 impl<'a> StopChecker<'a> {
-    pub fn new(stops: &'a [String], decoder: Option<&'a dyn TokenDecoder>) -> Result<Self, GenerationError> {
+    pub fn new(
+        stops: &'a [String],
+        decoder: Option<&'a dyn TokenDecoder>,
+    ) -> Result<Self, GenerationError> {
         if !stops.is_empty() && decoder.is_none() {
             return Err(GenerationError::StopWithoutDecoder);
         }
@@ -28,10 +31,15 @@ impl<'a> StopChecker<'a> {
         let Some(decoder) = self.decoder.filter(|_| !self.stops.is_empty()) else {
             return Ok(None);
         };
-        let text = decoder.decode_completion(generated).map_err(GenerationError::Decode)?;
+        let text = decoder
+            .decode_completion(generated)
+            .map_err(GenerationError::Decode)?;
         for stop in self.stops {
             if let Some(at) = text.find(stop.as_str()) {
-                return Ok(Some(StopHit { stop: stop.clone(), text: text[..at].to_string() }));
+                return Ok(Some(StopHit {
+                    stop: stop.clone(),
+                    text: text[..at].to_string(),
+                }));
             }
         }
         Ok(None)
