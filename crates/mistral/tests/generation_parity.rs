@@ -6,7 +6,9 @@
 
 use std::path::PathBuf;
 
-use evomerge_mistral::generation::{generate, FinishReason, GenerationConfig, PromptInput};
+use evomerge_mistral::generation::{
+    generate, score_on_device_even_on_cpu, FinishReason, GenerationConfig, PromptInput,
+};
 use evomerge_mistral::prompt::TextTokenizer;
 use evomerge_mistral::{LoadOptions, Mistral};
 use serde_json::Value;
@@ -71,6 +73,8 @@ fn generation_config_comes_from_the_checkpoint() {
 fn generate_gives_the_same_tokens_as_transformers() {
     let dir = fixture_dir().join("model");
     let model = Mistral::from_dir(&dir, &LoadOptions::default()).unwrap();
+    // What an accelerator runs: candle's device-generic ops (no packed CPU kernels), scoring as tensor ops.
+    let generic = Mistral::from_dir(&dir, &LoadOptions { cpu_kernels: false, ..LoadOptions::default() }).unwrap();
     let tok = TextTokenizer::from_model_dir(&dir).unwrap();
     let base = GenerationConfig::from_model_dir(&dir).unwrap();
     let expected = expected();
@@ -105,6 +109,18 @@ fn generate_gives_the_same_tokens_as_transformers() {
             })
             .collect();
         let got = generate(&model, &prompts, &config, Some(&tok)).unwrap();
+        // The path an accelerator runs (generic ops; log-softmax, penalty, argmax and top-k as tensor ops) picks
+        // the same tokens.
+        score_on_device_even_on_cpu(true);
+        let on_device = generate(&generic, &prompts, &config, Some(&tok));
+        score_on_device_even_on_cpu(false);
+        // Same tokens and endings; beam scores agree to f32 rounding (the exp-sum is reduced in another order).
+        for (d, h) in on_device.unwrap().iter().zip(&got) {
+            assert_eq!((&d.tokens, &d.finish, &d.stop_text), (&h.tokens, &h.finish, &h.stop_text), "{name}: on-device scoring");
+            if let (Some(a), Some(b)) = (d.score, h.score) {
+                assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{name}: on-device score {a} vs {b}");
+            }
+        }
         for (row, completion) in rows.iter().zip(&got) {
             assert_eq!(
                 completion.tokens,

@@ -7,7 +7,7 @@ use std::cell::Cell;
 use candle_core::{Device, Tensor};
 use evomerge_mistral::generation::{
     generate, CausalLm, Completion, EarlyStopping, FinishReason, GenerationConfig, GenerationError,
-    ModelError, PromptInput, StepInput, TokenDecoder,
+    ModelError, PromptInput, StepInput, TokenDecoder, score_on_device_even_on_cpu,
 };
 
 const VOCAB: usize = 24;
@@ -188,6 +188,10 @@ fn greedy_matches_a_cacheless_reference_and_batching_changes_nothing() {
         };
         let batched = generate(&model, &prompts(), &config, None).unwrap();
         assert_eq!(batched, one_by_one(&model, &prompts(), &config));
+        score_on_device_even_on_cpu(true);
+        let on_device = generate(&model, &prompts(), &config, None);
+        score_on_device_even_on_cpu(false);
+        assert_eq!(on_device.unwrap(), batched, "penalty {penalty}, on-device scoring");
         for (prompt, got) in prompts().iter().zip(&batched) {
             let PromptInput::Tokens(ids) = prompt else {
                 unreachable!()
@@ -247,6 +251,15 @@ fn beam_search_is_batch_independent() {
             one_by_one(&model, &prompts(), &config),
             "{beams} beams"
         );
+        score_on_device_even_on_cpu(true);
+        let on_device = generate(&model, &prompts(), &config, None);
+        score_on_device_even_on_cpu(false);
+        // Same tokens and endings; beam scores agree to f32 rounding (the exp-sum is reduced in another order).
+        for (d, h) in on_device.unwrap().iter().zip(&batched) {
+            assert_eq!((&d.tokens, &d.finish), (&h.tokens, &h.finish), "{beams} beams, on-device scoring");
+            let (a, b) = (d.score.unwrap(), h.score.unwrap());
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{beams} beams: on-device score {a} vs {b}");
+        }
         for c in &batched {
             assert!(c.score.is_some_and(|s| s.is_finite() && s > -1e8), "{c:?}");
             assert!(!c.tokens.is_empty() && c.tokens.len() <= 7);

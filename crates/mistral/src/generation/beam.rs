@@ -15,7 +15,9 @@ use super::batch::{decode_step, PromptBatch, RowState};
 use super::config::EarlyStopping;
 use super::logits::{apply_repetition_penalty, log_softmax_in_place, top_k};
 use super::stop::{StopChecker, StopHit};
-use super::{CausalLm, Completion, FinishReason, GenerationConfig, GenerationError};
+use super::{
+    device, CausalLm, Completion, FinishReason, GenerationConfig, GenerationError, StepLogits,
+};
 
 /// transformers' sentinel for "not a candidate" scores.
 const NEG: f32 = -1.0e9;
@@ -112,13 +114,13 @@ pub(crate) fn run<M: CausalLm>(
         .map_err(GenerationError::Model)?;
     let (prefill_logits, prefill_rows) =
         batch.prefill(model, &active, config.pad_id(), &mut cache)?;
-    let prefill_logits = prefill_logits.to_host()?;
     let expand: Vec<usize> = (0..n).flat_map(|i| std::iter::repeat_n(i, k)).collect();
     model
         .reorder_cache(&mut cache, &expand)
         .map_err(GenerationError::Model)?;
     let mut rows: Vec<RowState> = expand.iter().map(|&i| prefill_rows[i].clone()).collect();
-    let mut logits: Vec<Vec<f32>> = expand.iter().map(|&i| prefill_logits[i].clone()).collect();
+    let mut logits = prefill_logits.select_rows(&expand)?;
+    let vocab = logits.vocab();
 
     let mut step = 0usize;
     loop {
@@ -126,17 +128,10 @@ pub(crate) fn run<M: CausalLm>(
         let mut next_active = Vec::with_capacity(active.len());
         let mut reorder = Vec::with_capacity(active.len() * k);
         let mut next_tokens = Vec::with_capacity(active.len() * k);
-        for (pos, &item_index) in active.iter().enumerate() {
+        let continuations = best_continuations(&logits, &active, &items, config, keep_per_step)?;
+        for ((pos, &item_index), best) in active.iter().enumerate().zip(continuations) {
             let item = &mut items[item_index];
-            let rows_of_item = &mut logits[pos * k..(pos + 1) * k];
-            let candidates = select_candidates(
-                item,
-                rows_of_item,
-                config,
-                keep_per_step,
-                stops,
-                generated_len,
-            )?;
+            let candidates = select_candidates(item, best, vocab, config, stops, generated_len)?;
             advance_running(item, &candidates, k);
             update_finished(item, &candidates, config, generated_len);
             update_improvable(item, config, generated_len);
@@ -160,7 +155,7 @@ pub(crate) fn run<M: CausalLm>(
             .map_err(GenerationError::Model)?;
         rows = reorder.iter().map(|&r| rows[r].clone()).collect();
         active = next_active;
-        logits = decode_step(model, &next_tokens, &mut rows, &mut cache)?.to_host()?;
+        logits = decode_step(model, &next_tokens, &mut rows, &mut cache)?;
         step += 1;
     }
 
@@ -188,25 +183,57 @@ pub(crate) fn run<M: CausalLm>(
         .collect())
 }
 
-/// Scores every continuation of every beam and keeps the best `keep` (transformers' `_get_top_k_continuations`),
-/// marking those that end here.
-fn select_candidates(
-    item: &Item,
-    logits: &mut [Vec<f32>],
+/// For each active item (its `k` beams are consecutive logits rows), the best `keep` continuations over all its
+/// beams as `(beam * vocab + token, score)`, best first (transformers' `_get_top_k_continuations`): log-softmax each
+/// beam's logits, apply the repetition penalty to those log-probabilities, add the beam's running score. On an
+/// accelerator this runs there and only the chosen pairs come back; on the CPU it runs on the host rows.
+fn best_continuations(
+    logits: &StepLogits,
+    active: &[usize],
+    items: &[Item],
     config: &GenerationConfig,
     keep: usize,
+) -> Result<Vec<Vec<(usize, f32)>>, GenerationError> {
+    let beams: Vec<&Beam> = active.iter().flat_map(|&i| items[i].running.iter()).collect();
+    let per_item = beams.len() / active.len().max(1);
+    if device::use_device_path(logits.device()) {
+        let mut scores = device::log_softmax_rows(logits.tensor())?;
+        if config.repetition_penalty != 1.0 {
+            let seen: Vec<&HashSet<u32>> = beams.iter().map(|b| &b.seen).collect();
+            scores = device::repetition_penalty_rows(&scores, &seen, config.repetition_penalty)?;
+        }
+        let running: Vec<f32> = beams.iter().map(|b| b.score).collect();
+        let running = candle_core::Tensor::from_vec(running, (beams.len(), 1), scores.device())?;
+        let flat = scores.broadcast_add(&running)?.reshape((active.len(), ()))?;
+        if let Some(best) = device::top_k_rows(&flat, keep)? {
+            return Ok(best);
+        }
+    }
+    let mut rows = logits.to_host()?;
+    let mut out = Vec::with_capacity(active.len());
+    for (item_rows, item_beams) in rows.chunks_mut(per_item.max(1)).zip(beams.chunks(per_item.max(1))) {
+        let mut accumulated = Vec::with_capacity(item_rows.iter().map(Vec::len).sum());
+        for (scores, beam) in item_rows.iter_mut().zip(item_beams) {
+            log_softmax_in_place(scores);
+            apply_repetition_penalty(scores, &beam.seen, config.repetition_penalty);
+            accumulated.extend(scores.iter().map(|&s| s + beam.score));
+        }
+        out.push(top_k(&accumulated, keep));
+    }
+    Ok(out)
+}
+
+/// Turns an item's best continuations (from [`best_continuations`]) into candidates, marking those that end here.
+fn select_candidates(
+    item: &Item,
+    best: Vec<(usize, f32)>,
+    vocab: usize,
+    config: &GenerationConfig,
     stops: &StopChecker<'_>,
     generated_len: usize,
 ) -> Result<Vec<Candidate>, GenerationError> {
-    let vocab = logits[0].len();
-    let mut accumulated = Vec::with_capacity(vocab * logits.len());
-    for (beam, scores) in item.running.iter().zip(logits.iter_mut()) {
-        log_softmax_in_place(scores);
-        apply_repetition_penalty(scores, &beam.seen, config.repetition_penalty);
-        accumulated.extend(scores.iter().map(|&s| s + beam.score));
-    }
-    let mut candidates = Vec::with_capacity(keep);
-    for (index, score) in top_k(&accumulated, keep) {
+    let mut candidates = Vec::with_capacity(best.len());
+    for (index, score) in best {
         let parent = index / vocab;
         let token = (index % vocab) as u32;
         let mut tokens = Vec::with_capacity(generated_len);
@@ -219,14 +246,7 @@ fn select_candidates(
             stop = stops.check(&tokens)?;
             stop.is_some()
         };
-        candidates.push(Candidate {
-            parent,
-            token,
-            tokens,
-            score,
-            hit,
-            stop,
-        });
+        candidates.push(Candidate { parent, token, tokens, score, hit, stop });
     }
     Ok(candidates)
 }

@@ -3,7 +3,6 @@
 use std::collections::HashSet;
 
 use super::batch::{decode_step, PromptBatch};
-use super::logits::{apply_repetition_penalty, argmax};
 use super::stop::StopChecker;
 use super::{CausalLm, Completion, FinishReason, GenerationConfig, GenerationError};
 
@@ -41,15 +40,8 @@ pub(crate) fn run<M: CausalLm>(
         let chosen: Vec<u32> = match penalize {
             false => logits.argmax_rows()?,
             true => {
-                let mut scores = logits.to_host()?;
-                for (row, &prompt) in active.iter().enumerate() {
-                    apply_repetition_penalty(
-                        &mut scores[row],
-                        &seen[prompt],
-                        config.repetition_penalty,
-                    );
-                }
-                scores.iter().map(|s| argmax(s)).collect()
+                let rows: Vec<&HashSet<u32>> = active.iter().map(|&prompt| &seen[prompt]).collect();
+                logits.penalized_argmax_rows(&rows, config.repetition_penalty)?
             }
         };
         let mut keep = Vec::with_capacity(active.len());

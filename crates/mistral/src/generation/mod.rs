@@ -23,6 +23,7 @@
 mod batch;
 mod beam;
 mod config;
+mod device;
 mod greedy;
 mod logits;
 mod mistral;
@@ -31,6 +32,7 @@ mod stop;
 use candle_core::Tensor;
 
 pub use config::{EarlyStopping, GenerationConfig};
+pub use device::score_on_device_even_on_cpu;
 
 /// Errors a model implementation may return; boxed so that any crate's error type fits.
 pub type ModelError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -231,17 +233,56 @@ impl StepLogits {
         Ok(self.0.to_vec2::<f32>()?)
     }
 
+    pub(crate) fn tensor(&self) -> &Tensor {
+        &self.0
+    }
+
+    pub(crate) fn device(&self) -> &candle_core::Device {
+        self.0.device()
+    }
+
+    /// Number of scores per row.
+    pub(crate) fn vocab(&self) -> usize {
+        self.0.dims().get(1).copied().unwrap_or(0)
+    }
+
+    /// Row `i` of the result is row `rows[i]` of these logits (copied on the device).
+    pub(crate) fn select_rows(&self, rows: &[usize]) -> Result<StepLogits, GenerationError> {
+        let ids: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        let ids = Tensor::from_vec(ids, rows.len(), self.0.device())?;
+        Ok(StepLogits(self.0.index_select(&ids, 0)?))
+    }
+
     /// Each row's argmax, computed on the device, with [`logits::argmax`]'s rules: the first index on ties and
     /// never a NaN (NaNs become -inf first).
     pub(crate) fn argmax_rows(&self) -> Result<Vec<u32>, GenerationError> {
-        let nan = self.0.ne(&self.0)?;
-        let neg_inf = Tensor::full(f32::NEG_INFINITY, self.0.shape(), self.0.device())?;
-        let scores = nan.where_cond(&neg_inf, &self.0)?;
-        Ok(scores
-            .argmax(1)?
-            .to_dtype(candle_core::DType::U32)?
-            .to_vec1::<u32>()?)
+        argmax_rows(&self.0)
     }
+
+    /// Each row's argmax after the repetition penalty on `seen[row]`: on an accelerator both run there and only
+    /// the ids come back; on the CPU the host rows are scored.
+    pub(crate) fn penalized_argmax_rows(
+        &self,
+        seen: &[&std::collections::HashSet<u32>],
+        penalty: f32,
+    ) -> Result<Vec<u32>, GenerationError> {
+        if device::use_device_path(self.0.device()) {
+            return argmax_rows(&device::repetition_penalty_rows(&self.0, seen, penalty)?);
+        }
+        let mut scores = self.to_host()?;
+        for (row, set) in scores.iter_mut().zip(seen) {
+            logits::apply_repetition_penalty(row, set, penalty);
+        }
+        Ok(scores.iter().map(|s| logits::argmax(s)).collect())
+    }
+}
+
+/// Row-wise argmax of f32 scores on their device: first index on ties, NaNs never chosen.
+fn argmax_rows(scores: &Tensor) -> Result<Vec<u32>, GenerationError> {
+    let nan = scores.ne(scores)?;
+    let neg_inf = Tensor::full(f32::NEG_INFINITY, scores.shape(), scores.device())?;
+    let scores = nan.where_cond(&neg_inf, scores)?;
+    Ok(scores.argmax(1)?.to_dtype(candle_core::DType::U32)?.to_vec1::<u32>()?)
 }
 
 /// Runs a model step and checks the logits' shape.
