@@ -239,6 +239,16 @@ impl Mistral {
         self.embed_checked_ids(&ids, b, s)
     }
 
+    /// Embeddings `[len, hidden]` of token ids held on the host: checked against the vocabulary there and
+    /// uploaded, so nothing is read back from the device.
+    pub fn embed_ids(&self, ids: &[u32]) -> Result<Tensor> {
+        if let Some(&max) = ids.iter().max() {
+            self.check_token_id(max as usize)?;
+        }
+        let t = Tensor::from_slice(ids, ids.len(), &self.device)?;
+        Ok(self.embed_checked_ids(&t, 1, ids.len())?.squeeze(0)?)
+    }
+
     /// Refuses an id outside the vocabulary.
     pub(crate) fn check_token_id(&self, id: usize) -> Result<()> {
         match id < self.config.vocab_size {

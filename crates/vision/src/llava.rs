@@ -251,12 +251,9 @@ impl LlavaModel {
             if ids.is_empty() {
                 return Ok(None);
             }
-            let t = Tensor::new(ids, device)?.unsqueeze(0)?;
-            let e = self
-                .llm
-                .embed_tokens(&t)
-                .map_err(|e| VisionError::Tokenizer(e.to_string()))?;
-            Ok(Some(e.squeeze(0)?))
+            // Checked on the host, where the ids are: no readback from the device.
+            let e = self.llm.embed_ids(ids).map_err(|e| VisionError::Tokenizer(e.to_string()))?;
+            Ok(Some(e))
         };
         let mut parts = Vec::with_capacity(3);
         if let Some(b) = embed(&prompt.before)? {
