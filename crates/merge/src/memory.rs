@@ -6,7 +6,9 @@ use rayon::prelude::*;
 use crate::buffers::BufferPool;
 use crate::config::MergeConfig;
 use crate::execute::{Executor, TensorOutput};
-use crate::plan::{model_refs, MergePlan, PlannedTensor};
+use crate::methods::{ElementwiseGta, TensorContext};
+use crate::params::ParamSet;
+use crate::plan::{model_refs, MergePlan, PlannedTensor, TensorJob};
 use crate::source::TensorSource;
 use crate::{ComputeDtype, MergeError};
 
@@ -112,6 +114,28 @@ impl<'a> InMemoryMerger<'a> {
         }
     }
 
+    /// Planned tensor `index` in per-element form, for a kernel elsewhere (see [`MergeMethod::elementwise`]):
+    /// `None` when it is a copy, has no base or no other input, needs vocabulary alignment, or its method has no
+    /// such form for these parameters.
+    pub fn elementwise(&self, index: usize) -> Option<Result<ElementwiseGta, MergeError>> {
+        let tensor = self.plan.tensors.get(index)?;
+        let TensorJob::Merge { shared, base: Some(_), inputs, vocab: None } = &tensor.job else {
+            return None;
+        };
+        if inputs.is_empty() {
+            return None;
+        }
+        let ctx = TensorContext {
+            name: &tensor.canonical,
+            layer: tensor.layer,
+            seed: self.seed,
+            shape: &tensor.shape,
+            compute: self.compute.rounding(&self.plan),
+        };
+        let params: Vec<(usize, &ParamSet)> = inputs.iter().map(|i| (i.model, &i.params)).collect();
+        self.plan.method.elementwise(&ctx, shared, &params)
+    }
+
     /// Merge one planned tensor (by position in `plan().tensors`).
     pub fn merge_one(&self, index: usize) -> Result<MergedTensor, MergeError> {
         let tensor = self.plan.tensors.get(index).ok_or_else(|| MergeError::InvalidInputs {
@@ -140,7 +164,21 @@ impl<'a> InMemoryMerger<'a> {
     /// model, such as a frozen vision tower, are skipped unless `copies` is set) and hand each to
     /// `sink` in plan order. Tensors are merged in parallel in batches of at most the batch memory;
     /// the sink runs on the calling thread (it typically writes into a live model).
-    pub fn merge_into<E>(&self, copies: bool, mut sink: impl FnMut(MergedView<'_>) -> Result<(), E>) -> Result<(), E>
+    pub fn merge_into<E>(&self, copies: bool, sink: impl FnMut(MergedView<'_>) -> Result<(), E>) -> Result<(), E>
+    where
+        E: From<MergeError>,
+    {
+        self.merge_into_except(copies, |_| false, sink)
+    }
+
+    /// [`InMemoryMerger::merge_into`] without the tensors (by plan index) that `done` says were merged
+    /// elsewhere (on an accelerator, from [`InMemoryMerger::elementwise`]).
+    pub fn merge_into_except<E>(
+        &self,
+        copies: bool,
+        done: impl Fn(usize) -> bool,
+        mut sink: impl FnMut(MergedView<'_>) -> Result<(), E>,
+    ) -> Result<(), E>
     where
         E: From<MergeError>,
     {
@@ -149,7 +187,9 @@ impl<'a> InMemoryMerger<'a> {
             .plan
             .tensors
             .iter()
-            .filter(|t| copies || !matches!(t.job, crate::plan::TensorJob::Copy { .. }))
+            .enumerate()
+            .filter(|(i, t)| (copies || !matches!(t.job, crate::plan::TensorJob::Copy { .. })) && !done(*i))
+            .map(|(_, t)| t)
             .collect();
         let mut start = 0;
         while start < wanted.len() {

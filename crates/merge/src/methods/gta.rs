@@ -4,7 +4,10 @@
 
 use rayon::prelude::*;
 
-use super::{has_avx2, BasePolicy, MergeMethod, ModelTensor, TensorContext, CHUNK};
+use super::{
+    has_avx2, BasePolicy, ElementInput, ElementKeep, ElementScale, ElementwiseGta, MergeMethod, ModelTensor,
+    TensorContext, CHUNK,
+};
 use crate::params::{ParamDefault, ParamKind, ParamScope, ParamSet, ParamSpec};
 use crate::sparsify::{dare_cut, dare_keeps_cut, dare_key, della_delta, magnitude_keep, outlier_keep, Keep};
 use crate::MergeError;
@@ -220,14 +223,7 @@ impl MergeMethod for GeneralizedTaskArithmetic {
             return Ok(());
         }
         let weights = input_floats(ctx, inputs, "weight", self.name)?;
-        let rescale = self.rescale(shared);
-        let normalize = shared.bool("normalize").unwrap_or(self.default_normalize);
-        let lambda = shared.float("lambda").unwrap_or(1.0);
-        let consensus = match (self.consensus, shared.text("consensus_method")) {
-            (false, _) => None,
-            (true, Some("count")) => Some(Consensus::Count),
-            (true, _) => Some(Consensus::Sum),
-        };
+        let (rescale, normalize, lambda, consensus) = self.shared_settings(shared);
 
         let mut scratch = Vec::new();
         let mut plans = Vec::with_capacity(inputs.len());
@@ -272,25 +268,114 @@ impl MergeMethod for GeneralizedTaskArithmetic {
         }
         drop(scratch);
 
-        // Without sign election the divisor is the plain sum of weights.
-        let weight_sum: f32 = weights.iter().sum();
-        let plain_divisor = if weight_sum.abs() < 1e-8 { 1.0 } else { weight_sum };
-
         let finish = Finish { normalize, lambda: (lambda != 1.0).then_some(lambda as f32) };
-        let kernel = Kernel { base, inputs, plans: &plans, consensus, finish, plain_divisor };
-        let avx2 = has_avx2();
-        out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
-            #[cfg(target_arch = "x86_64")]
-            if avx2 {
-                // SAFETY: the CPU has AVX2 (checked at run time by `has_avx2`).
-                unsafe { kernel.chunk_avx2(c * CHUNK, chunk) };
-                return;
-            }
-            let _ = avx2;
-            kernel.chunk(c * CHUNK, chunk);
-        });
+        let kernel = Kernel { base, inputs, plans: &plans, consensus, finish, plain_divisor: plain_divisor(&weights) };
+        kernel.run(out);
         Ok(())
     }
+
+    fn elementwise(
+        &self,
+        ctx: &TensorContext,
+        shared: &ParamSet,
+        inputs: &[(usize, &ParamSet)],
+    ) -> Option<Result<ElementwiseGta, MergeError>> {
+        if ctx.compute.is_some_and(|d| d != evomerge_checkpoint::Dtype::F32) {
+            return None;
+        }
+        let (rescale, normalize, lambda, consensus) = self.shared_settings(shared);
+        let mut planned = Vec::with_capacity(inputs.len());
+        for &(model, params) in inputs {
+            let Some(weight) = params.float("weight") else {
+                return Some(Err(MergeError::MissingParameter {
+                    parameter: "weight".into(),
+                    method: self.name.into(),
+                    tensor: ctx.name.into(),
+                    model: format!("#{model}"),
+                }));
+            };
+            let density = params.float("density").unwrap_or(1.0);
+            // The same decisions as `merge`, for the sparsifications whose plan reads no data.
+            let keep = match self.sparsification {
+                Sparsification::None => ElementKeep::All,
+                _ if density >= 1.0 => ElementKeep::All,
+                _ if density <= 0.0 => ElementKeep::None,
+                Sparsification::Random => {
+                    ElementKeep::Random { key: dare_key(ctx.seed, ctx.name, model), density }
+                }
+                _ => return None,
+            };
+            let scale = match (keep, rescale) {
+                (ElementKeep::All | ElementKeep::None, _) | (_, Rescale::None) => ElementScale::One,
+                (_, Rescale::InverseDensity) => ElementScale::Div(density as f32),
+                (_, Rescale::L1) => return None,
+            };
+            planned.push(ElementInput { weight: weight as f32, keep, scale });
+        }
+        let weights: Vec<f32> = planned.iter().map(|p| p.weight).collect();
+        Some(Ok(ElementwiseGta {
+            inputs: planned,
+            consensus,
+            normalize,
+            lambda: (lambda != 1.0).then_some(lambda as f32),
+            plain_divisor: plain_divisor(&weights),
+        }))
+    }
+}
+
+impl GeneralizedTaskArithmetic {
+    /// `(rescale, normalize, lambda, consensus)` from the shared parameters.
+    fn shared_settings(&self, shared: &ParamSet) -> (Rescale, bool, f64, Option<Consensus>) {
+        let consensus = match (self.consensus, shared.text("consensus_method")) {
+            (false, _) => None,
+            (true, Some("count")) => Some(Consensus::Count),
+            (true, _) => Some(Consensus::Sum),
+        };
+        (
+            self.rescale(shared),
+            shared.bool("normalize").unwrap_or(self.default_normalize),
+            shared.float("lambda").unwrap_or(1.0),
+            consensus,
+        )
+    }
+}
+
+/// Without sign election the divisor is the plain sum of weights (1 when that is ~0).
+fn plain_divisor(weights: &[f32]) -> f32 {
+    let weight_sum: f32 = weights.iter().sum();
+    if weight_sum.abs() < 1e-8 {
+        1.0
+    } else {
+        weight_sum
+    }
+}
+
+/// [`ElementwiseGta::apply`]: the plan turned back into the kernel's input plans, run by the same kernel.
+pub(super) fn run_elementwise(plan: &ElementwiseGta, base: &[f32], inputs: &[&[f32]], out: &mut [f32]) {
+    let no_params = ParamSet::default();
+    let tensors: Vec<ModelTensor> =
+        inputs.iter().enumerate().map(|(model, data)| ModelTensor { model, data, params: &no_params }).collect();
+    let plans: Vec<InputPlan> = plan
+        .inputs
+        .iter()
+        .map(|p| InputPlan {
+            keep: match p.keep {
+                ElementKeep::All => Keep::All,
+                ElementKeep::None => Keep::None,
+                ElementKeep::Random { key, density } => Keep::Random { key, density },
+            },
+            scale: match p.scale {
+                ElementScale::One => Scale::One,
+                ElementScale::Div(s) => Scale::Div(s),
+                ElementScale::Mul(s) => Scale::Mul(s),
+            },
+            weight: p.weight,
+            given: None,
+        })
+        .collect();
+    let finish = Finish { normalize: plan.normalize, lambda: plan.lambda };
+    Kernel { base, inputs: &tensors, plans: &plans, consensus: plan.consensus, finish, plain_divisor: plan.plain_divisor }
+        .run(out);
 }
 
 /// Everything one chunk of the merge needs.
@@ -304,6 +389,21 @@ struct Kernel<'k> {
 }
 
 impl Kernel<'_> {
+    /// Merges every entry into `out`, in parallel chunks.
+    fn run(&self, out: &mut [f32]) {
+        let avx2 = has_avx2();
+        out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                // SAFETY: the CPU has AVX2 (checked at run time by `has_avx2`).
+                unsafe { self.chunk_avx2(c * CHUNK, chunk) };
+                return;
+            }
+            let _ = avx2;
+            self.chunk(c * CHUNK, chunk);
+        });
+    }
+
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn chunk_avx2(&self, offset: usize, chunk: &mut [f32]) {

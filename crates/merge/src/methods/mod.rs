@@ -5,6 +5,7 @@ mod arcee_fusion;
 mod breadcrumbs;
 mod dare;
 mod della;
+mod elementwise;
 mod gta;
 mod karcher;
 mod linear;
@@ -20,6 +21,7 @@ mod slerp;
 mod task_arithmetic;
 mod ties;
 
+pub use elementwise::{ElementInput, ElementKeep, ElementScale, ElementwiseGta};
 pub use gta::{Consensus, GeneralizedTaskArithmetic, Rescale, Sparsification};
 pub use rounded::{round_to, torch_argsort_descending};
 
@@ -101,6 +103,17 @@ pub trait MergeMethod: Send + Sync {
         _inputs: &[ModelTensor],
         _out: &mut [f32],
     ) -> Option<Result<(), MergeError>> {
+        None
+    }
+    /// This merge of one tensor in per-element form, when every output entry depends only on the same entry of
+    /// the inputs and planning reads no data (see [`ElementwiseGta`]); `None` otherwise. `inputs` are the
+    /// non-base inputs' model indices and parameters, as [`MergeMethod::merge`] gets them.
+    fn elementwise(
+        &self,
+        _ctx: &TensorContext,
+        _shared: &ParamSet,
+        _inputs: &[(usize, &ParamSet)],
+    ) -> Option<Result<ElementwiseGta, MergeError>> {
         None
     }
 }

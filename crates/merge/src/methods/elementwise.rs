@@ -1,0 +1,51 @@
+//! The per-element form of a merge: for methods where each output entry depends only on the same entry of the
+//! inputs and the plan needs no pass over the data, [`ElementwiseGta`] carries everything a kernel needs as plain
+//! numbers, so the merge can run on an accelerator over weights resident there (`evolve`'s GPU merge). Its
+//! arithmetic is the CPU kernel's, operation for operation: [`ElementwiseGta::apply`] runs that very kernel.
+
+/// Which entries of one input's delta survive.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ElementKeep {
+    All,
+    None,
+    /// DARE: entry `i` survives when `mix64(key + (i + 1)·φ) >> 11 < dare_cut(density)` (see
+    /// [`crate::sparsify::dare_keeps_cut`]).
+    Random { key: u64, density: f64 },
+}
+
+/// How a surviving delta is scaled before its weight: `d`, `d / s` or `d · s`, then `· weight`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ElementScale {
+    One,
+    Div(f32),
+    Mul(f32),
+}
+
+/// One input (a model other than the base) of an element-wise merge.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ElementInput {
+    pub weight: f32,
+    pub keep: ElementKeep,
+    pub scale: ElementScale,
+}
+
+/// The generalized task-arithmetic merge of one tensor in per-element form (task_arithmetic, dare_linear,
+/// dare_ties, ties at density 1): `out = base + finish(Σ kept, weighted deltas)`, with sign election when
+/// `consensus` is set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ElementwiseGta {
+    pub inputs: Vec<ElementInput>,
+    pub consensus: Option<super::Consensus>,
+    pub normalize: bool,
+    pub lambda: Option<f32>,
+    /// Divisor without sign election (the sum of weights, 1 when it is ~0).
+    pub plain_divisor: f32,
+}
+
+impl ElementwiseGta {
+    /// Computes the merge on the host with the CPU kernel (the reference every other implementation must equal
+    /// bit for bit). `inputs[k]` are the values of input `k`; all slices have `out`'s length.
+    pub fn apply(&self, base: &[f32], inputs: &[&[f32]], out: &mut [f32]) {
+        super::gta::run_elementwise(self, base, inputs, out);
+    }
+}
