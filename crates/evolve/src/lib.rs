@@ -13,6 +13,7 @@
 pub mod budget;
 pub mod error;
 pub mod generators;
+pub mod device_merge;
 pub mod dfs;
 pub mod export;
 pub mod fitness;

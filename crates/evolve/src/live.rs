@@ -102,6 +102,18 @@ impl Live {
     }
 }
 
+impl Live {
+    /// Write one merged tensor held on the model's device (output-layout name) into the model's storage there.
+    pub fn write_tensor(&mut self, name: &str, value: &candle_core::Tensor) -> Result<()> {
+        let canonical = self.layout.canonical(name).ok_or_else(|| {
+            EvolveError::Model(format!("merged tensor `{name}` is not part of the language model"))
+        })?;
+        self.llm_mut()
+            .set_tensor(&canonical, value)
+            .map_err(|e| EvolveError::Model(format!("writing `{name}` into the live model: {e}")))
+    }
+}
+
 /// Parse `cpu`, `cuda`, `cuda:N` (the recipe's `device`).
 pub fn parse_device(spec: &str) -> Result<Device> {
     crate::generators::parse_device(spec).map_err(|e| EvolveError::recipe("device", e.to_string()))

@@ -11,6 +11,7 @@ use evomerge_merge::{model_refs, InMemoryMerger, MergeConfig, ResidentSource, Te
 
 use crate::budget::Budgeter;
 use crate::dfs::{DfsSpace, DfsSpec};
+use crate::device_merge::DeviceMerge;
 use crate::error::{EvolveError, Result};
 use crate::export;
 use crate::fitness::{score_live, Scorer, Task};
@@ -289,6 +290,8 @@ pub(crate) struct PsPhase<'a> {
     /// Loaded at the first evaluation: a coordinator that only coordinates (`--workers 0`) needs
     /// the sources (to export best/) but no model on the device.
     live: Option<Live>,
+    /// On an accelerator: the sources resident there, for the candidate merge on the device.
+    device_merge: Option<DeviceMerge>,
     live_from: (PathBuf, Layout, candle_core::Device, candle_core::DType),
     task: &'a Task,
     metric: Metric,
@@ -310,6 +313,7 @@ impl<'a> PsPhase<'a> {
             space: &ps.space,
             merger,
             live: None,
+            device_merge: None,
             live_from: (dir, ps.opened.layouts[ps.opened.output], p.device.clone(), ps.dtype),
             task: &p.task,
             metric: p.recipe.task.metric,
@@ -332,6 +336,16 @@ impl Phase for PsPhase<'_> {
         if self.live.is_none() {
             let (dir, layout, device, dtype) = &self.live_from;
             self.live = Some(Live::load(dir, *layout, device, *dtype)?);
+            if !device.is_cpu() {
+                let merge = DeviceMerge::new(&self.merger, device)?;
+                tracing::info!(
+                    tensors = merge.len(),
+                    "candidate merge on {}: sources of {} tensors resident there, the others merged on the CPU",
+                    crate::generators::device_name(device),
+                    merge.len()
+                );
+                self.device_merge = Some(merge);
+            }
         }
         Ok(())
     }
@@ -343,7 +357,18 @@ impl Phase for PsPhase<'_> {
         let merge_started = Instant::now();
         self.merger.set_config(&config)?;
         let Some(live) = self.live.as_mut() else { return Err(EvolveError::Model("the live model did not load".into())) };
-        self.merger.merge_into(false, |view| live.write(view))?;
+        match &self.device_merge {
+            Some(device) => {
+                let out_dtype = if live.llm().dtype() == candle_core::DType::BF16 {
+                    candle_core::DType::BF16
+                } else {
+                    candle_core::DType::F32
+                };
+                let done = device.merge_into(&self.merger, out_dtype, |t, merged| live.write_tensor(&t.name, merged))?;
+                self.merger.merge_into_except(false, |i| done[i], |view| live.write(view))?;
+            }
+            None => self.merger.merge_into(false, |view| live.write(view))?,
+        }
         Ok(merge_started.elapsed().as_secs_f64())
     }
 

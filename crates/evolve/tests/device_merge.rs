@@ -1,0 +1,90 @@
+//! The candidate merge on the live model's device (`device_merge`), run here on the CPU through the same op an
+//! accelerator runs: for every candidate, the model it writes equals the CPU merger's bit for bit, and tensors
+//! without a per-element form go through the CPU merger.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device};
+use evomerge_evolve::device_merge::DeviceMerge;
+use evomerge_merge::{open_models, InMemoryMerger, MergeConfig, TensorSource};
+use evomerge_mistral::{LoadOptions, Mistral};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/merge")
+}
+
+fn config(method: &str, d1: f64, d2: f64, shared: &str) -> MergeConfig {
+    let yaml = format!(
+        "models:\n  - model: models/base\n  - model: models/ft1\n    parameters: {{weight: 0.7, density: {d1}}}\n  \
+         - model: models/ft2\n    parameters: {{weight: 0.45, density: {d2}}}\nmerge_method: {method}\n\
+         base_model: models/base\nparameters: {{{shared}}}\ndtype: float32\n"
+    );
+    let mut config = MergeConfig::from_yaml(&yaml).unwrap();
+    config.recipe_dir = Some(fixtures());
+    config
+}
+
+fn live(cpu_kernels: bool) -> Mistral {
+    let opts = LoadOptions { cpu_kernels, dtype: Some(DType::F32), ..LoadOptions::default() };
+    Mistral::from_dir(&fixtures().join("models/base"), &opts).unwrap()
+}
+
+fn assert_same_weights(a: &Mistral, b: &Mistral, what: &str) {
+    for name in a.parameter_names() {
+        let x = a.parameter(&name).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let y = b.parameter(&name).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert!(bits(&x) == bits(&y), "{what}: {name} differs");
+    }
+}
+
+/// Merges the merger's current candidate into `cpu` (CPU merger) and `device` (device merge, then the CPU
+/// merger for the rest); returns how many tensors the device merge did.
+fn merge_both(merger: &InMemoryMerger<'_>, dm: &DeviceMerge, cpu: &mut Mistral, device: &mut Mistral) -> usize {
+    let write = |m: &mut Mistral, name: &str, values: &[f32]| -> Result<(), evomerge_merge::MergeError> {
+        m.write_f32(name, values).unwrap();
+        Ok(())
+    };
+    merger.merge_into(false, |view| write(cpu, &view.tensor.name, view.values)).unwrap();
+    let done = dm.merge_into(merger, DType::F32, |t, v| Ok(device.set_tensor(&t.name, v).unwrap())).unwrap();
+    merger.merge_into_except(false, |i| done[i], |view| write(device, &view.tensor.name, view.values)).unwrap();
+    done.iter().filter(|d| **d).count()
+}
+
+#[test]
+fn the_device_merge_writes_the_cpu_mergers_weights_for_every_candidate() {
+    let initial = config("dare_ties", 0.5, 0.5, "");
+    let models = open_models(&initial).unwrap();
+    let sources: Vec<&dyn TensorSource> = models.iter().map(|m| m as &dyn TensorSource).collect();
+    let mut merger = InMemoryMerger::from_sources(&initial, sources, 11).unwrap();
+    let dm = DeviceMerge::new(&merger, &Device::Cpu).unwrap();
+    assert!(dm.len() >= 30, "{} tensors resident", dm.len());
+    for cpu_kernels in [false, true] {
+        let (mut cpu, mut device) = (live(cpu_kernels), live(cpu_kernels));
+        for (method, d1, d2, shared) in [
+            ("dare_ties", 0.5, 0.5, ""),
+            ("dare_ties", 0.2, 0.9, "normalize: true, lambda: 1.2"),
+            ("dare_ties", 0.7, 0.3, "consensus_method: count"),
+            ("dare_linear", 0.6, 0.4, ""),
+            ("dare_ties", 1.0, 0.0, ""),
+        ] {
+            merger.set_config(&config(method, d1, d2, shared)).unwrap();
+            let on_device = merge_both(&merger, &dm, &mut cpu, &mut device);
+            assert_eq!(on_device, dm.len(), "{method} {d1} {d2} {shared}");
+            assert_same_weights(&cpu, &device, &format!("{method} {d1} {d2} {shared} (kernels {cpu_kernels})"));
+        }
+        // A candidate whose plan reads the data (l1 rescale) has no per-element form: all of it on the CPU.
+        merger.set_config(&config("dare_ties", 0.5, 0.5, "rescale: l1")).unwrap();
+        assert_eq!(merge_both(&merger, &dm, &mut cpu, &mut device), 0);
+        assert_same_weights(&cpu, &device, "l1 rescale");
+    }
+}
+
+#[test]
+fn a_merge_without_a_per_element_form_keeps_nothing_resident() {
+    let ties = config("ties", 0.5, 0.5, "");
+    let models = open_models(&ties).unwrap();
+    let sources: Vec<&dyn TensorSource> = models.iter().map(|m| m as &dyn TensorSource).collect();
+    let merger = InMemoryMerger::from_sources(&ties, sources, 0).unwrap();
+    assert!(DeviceMerge::new(&merger, &Device::Cpu).unwrap().is_empty());
+}
