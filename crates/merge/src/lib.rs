@@ -29,13 +29,18 @@ pub mod source;
 mod select;
 pub mod sparsify;
 mod stream;
+pub mod vocab;
 
-pub use config::{InputModel, InputSlice, MergeConfig, OutputSlice, RecipeDocument, TokenizerSection};
+pub use config::{
+    EmbeddingKind, EmbeddingSource, InputModel, InputSlice, MergeConfig, OutputSlice, RecipeDocument, TokenEmbedding,
+    TokenizerSection,
+};
 pub use error::MergeError;
 pub use execute::TensorOutput;
 pub use memory::{InMemoryMerger, MergedTensor, MergedView};
 pub use methods::{merge_tensor, BasePolicy, MergeMethod, ModelTensor, TensorContext};
 pub use params::{ParamSet, ParamValue, Parameters, Setting};
-pub use plan::{model_refs, MergePlan, PlannedTensor, TensorJob};
+pub use plan::{model_refs, MergePlan, PlannedTensor, TensorJob, VocabPermute};
+pub use vocab::VocabMerge;
 pub use source::{MemorySource, ResidentSource, TensorSource};
 pub use stream::{merge_documents_to_dir, merge_to_dir, open_models, resolve_model_ref, write_plan, ComputeDtype, MergeOptions, MergeReport};

@@ -1,0 +1,167 @@
+//! Tokenizer merging (`tokenizer_source: union`, `tokenizer: {source, tokens, pad_to_multiple_of}`):
+//! the written tokenizer equals mergekit 0.1.5's (tests/fixtures/merge/expected/<recipe>.tokenizer,
+//! made by tests/fixtures/merge/generate_tokenizer.py), streaming and in memory; the merged tensors
+//! are compared in parity.rs. Bad `tokenizer:` sections fail by name.
+
+use std::path::PathBuf;
+
+use evomerge_merge::{merge_to_dir, open_models, InMemoryMerger, MemorySource, MergeConfig, MergeOptions, TensorSource};
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/merge")
+}
+
+fn recipe_config(recipe: &str) -> MergeConfig {
+    let mut config = MergeConfig::from_file(&fixtures().join(format!("recipes/{recipe}.yml"))).unwrap();
+    config.recipe_dir = Some(fixtures());
+    config
+}
+
+fn read_json(path: PathBuf) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+/// mergekit's written tokenizer.json, whose vocabulary and added tokens (ids, settings) we must equal.
+fn expected_tokenizer(recipe: &str) -> Value {
+    read_json(fixtures().join(format!("expected/{recipe}.tokenizer/tokenizer.json")))
+}
+
+/// Output vocabulary (model vocabulary plus added tokens) by id.
+fn vocabulary(tokenizer: &Value) -> Vec<(String, u64)> {
+    let mut all: Vec<(String, u64)> =
+        tokenizer["model"]["vocab"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap())).collect();
+    for entry in tokenizer["added_tokens"].as_array().unwrap() {
+        let token = entry["content"].as_str().unwrap().to_string();
+        if !all.iter().any(|(t, _)| *t == token) {
+            all.push((token, entry["id"].as_u64().unwrap()));
+        }
+    }
+    all.sort_by_key(|(_, id)| *id);
+    all
+}
+
+fn check_tokenizer(recipe: &str, got: &Value) {
+    let want = expected_tokenizer(recipe);
+    assert_eq!(got["added_tokens"], want["added_tokens"], "{recipe}: added tokens");
+    assert_eq!(got["model"], want["model"], "{recipe}: tokenizer model (vocabulary)");
+    assert_eq!(vocabulary(got), vocabulary(&want), "{recipe}: vocabulary");
+    // Everything else (pre-tokenizer, post-processor, ...) is the source tokenizer's, as mergekit's.
+    assert_eq!(got, &want, "{recipe}: tokenizer.json");
+}
+
+fn check_streaming(recipe: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("merged");
+    merge_to_dir(&recipe_config(recipe), &out, &MergeOptions { threads: Some(2), progress: false, ..Default::default() })
+        .unwrap();
+    check_tokenizer(recipe, &read_json(out.join("tokenizer.json")));
+    let want_config = read_json(fixtures().join(format!("expected/{recipe}.tokenizer/tokenizer_config.json")));
+    let got_config = read_json(out.join("tokenizer_config.json"));
+    assert_eq!(got_config["unk_token"], want_config["unk_token"], "{recipe}: tokenizer_config.json");
+}
+
+fn check_in_memory(recipe: &str) {
+    let config = recipe_config(recipe);
+    let models = open_models(&config).unwrap();
+    let sources: Vec<&dyn TensorSource> = models.iter().map(|m| m as &dyn TensorSource).collect();
+    let merger = InMemoryMerger::from_sources(&config, sources, 0).unwrap();
+    let vocabulary = merger.plan().vocabulary.as_ref().expect("a merged vocabulary");
+    check_tokenizer(recipe, &vocabulary.tokenizer_json);
+    let want = expected_tokenizer(recipe);
+    let want_tokens: Vec<String> = self::vocabulary(&want).into_iter().map(|(t, _)| t).collect();
+    assert_eq!(vocabulary.tokens, want_tokens, "{recipe}: output tokens by id");
+}
+
+macro_rules! tokenizer_parity {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn streaming() {
+                super::check_streaming(stringify!($name));
+            }
+            #[test]
+            fn in_memory() {
+                super::check_in_memory(stringify!($name));
+            }
+        }
+    )*};
+}
+
+tokenizer_parity!(union_ties, union_tokens, base_tokens_pad, model_source_perm);
+
+/// The union appends the tokens new to the base in model order, then the added tokens; a new
+/// token of `tokens:` comes last; the rows are padded to the multiple.
+#[test]
+fn union_vocabulary_order_and_padding() {
+    let config = recipe_config("union_tokens");
+    let models = open_models(&config).unwrap();
+    let sources: Vec<&dyn TensorSource> = models.iter().map(|m| m as &dyn TensorSource).collect();
+    let merger = InMemoryMerger::from_sources(&config, sources, 0).unwrap();
+    let vocabulary = merger.plan().vocabulary.as_ref().unwrap();
+    let tail: Vec<&str> = vocabulary.tokens[48..].iter().map(String::as_str).collect();
+    assert_eq!(tail, ["x0", "x1", "x2", "<|im_start|>", "y0", "y1", "<pad>", "<new>"]);
+    assert_eq!(vocabulary.rows, 56, "56 tokens, already a multiple of 8");
+    assert_eq!(merger.plan().config["vocab_size"], 56);
+}
+
+const HEAD: &str = "models:\n  - model: a\n    parameters: {weight: 1}\nmerge_method: linear\n";
+
+#[test]
+fn bad_tokenizer_sections_are_refused_by_name() {
+    for (section, wanted) in [
+        ("tokenizer:\n  source: base\ntokenizer_source: base\n", "not both"),
+        ("tokenizer:\n  pad_to_multiple_of: 0\n", "tokenizer.pad_to_multiple_of"),
+        ("tokenizer:\n  tokens:\n    x: {source: {kind: one}}\n", "unknown kind `one`"),
+        ("tokenizer:\n  tokens:\n    x: {source: {kind: zero, model: a}}\n", "kind: zero"),
+        ("tokenizer:\n  tokens:\n    x: {source: {kind: model_token, token: y}}\n", "needs `model`"),
+        ("tokenizer:\n  tokens:\n    x: {source: {kind: model_token, model: a, token: y, token_id: 3}}\n", "exactly one"),
+        ("tokenizer:\n  tokens:\n    x: {forced: true}\n", "forced"),
+    ] {
+        let e = MergeConfig::from_yaml(&format!("{HEAD}{section}")).unwrap_err().to_string();
+        assert!(e.contains(wanted), "{section}: {e}");
+    }
+    // What mergekit accepts parses: a section without `source` is a union.
+    let config = MergeConfig::from_yaml(&format!("{HEAD}tokenizer:\n  pad_to_multiple_of: 8\n")).unwrap();
+    assert_eq!(config.tokenizer_source(), Some("union"));
+}
+
+fn tiny(label: &str) -> MemorySource {
+    let mut m = MemorySource::new(label);
+    m.insert("model.embed_tokens.weight", vec![4, 2], vec![0.5; 8]).unwrap();
+    m.insert("model.norm.weight", vec![2], vec![1.0; 2]).unwrap();
+    m.insert("lm_head.weight", vec![4, 2], vec![0.5; 8]).unwrap();
+    m
+}
+
+#[test]
+fn a_union_needs_tokenizer_files() {
+    let config = MergeConfig::from_yaml(&format!("{HEAD}tokenizer_source: union\n")).unwrap();
+    let a = tiny("a");
+    let e = InMemoryMerger::new(&config, &[("a", &a as &dyn TensorSource)], 0).err().expect("refused").to_string();
+    assert!(e.contains("tokenizer.json"), "{e}");
+}
+
+/// mergekit 0.1.5 fails on a new token with `source: base`; evomerge says so before merging, and
+/// a token source must be a model of the recipe.
+#[test]
+fn token_sources_are_checked_against_the_models() {
+    let dir = fixtures();
+    let recipe = |tokens: &str| {
+        let text = format!(
+            "models:\n  - model: models/ft1\n    parameters: {{weight: 1}}\nmerge_method: linear\nbase_model: models/ft1\ntokenizer:\n  source: base\n  tokens:\n{tokens}"
+        );
+        let mut config = MergeConfig::from_yaml(&text).unwrap();
+        config.recipe_dir = Some(dir.clone());
+        config
+    };
+    let plan_error = |config: &MergeConfig| {
+        let models = open_models(config).unwrap();
+        let sources: Vec<&dyn TensorSource> = models.iter().map(|m| m as &dyn TensorSource).collect();
+        InMemoryMerger::from_sources(config, sources, 0).err().expect("refused").to_string()
+    };
+    let e = plan_error(&recipe("    brand_new: {source: {kind: zero}}\n"));
+    assert!(e.contains("tokenizer.tokens.brand_new") && e.contains("source: union"), "{e}");
+    let e = plan_error(&recipe("    t3: {source: models/ft2, force: true}\n"));
+    assert!(e.contains("models/ft2") && e.contains("not a model of the recipe"), "{e}");
+}
