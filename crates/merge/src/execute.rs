@@ -139,7 +139,11 @@ impl<'a> Executor<'a> {
         let n = tensor.numel() * 4;
         match &tensor.job {
             TensorJob::Copy { .. } => 0,
-            TensorJob::Merge { base, inputs, .. } => n * (inputs.len() + usize::from(base.is_some()) + 2),
+            // Aligning a vocabulary holds each input twice for a moment (as read, and reordered).
+            TensorJob::Merge { base, inputs, permute, .. } => {
+                let held = inputs.len() + usize::from(base.is_some());
+                n * (held * if permute.is_some() { 2 } else { 1 } + 2)
+            }
         }
     }
 

@@ -510,6 +510,9 @@ impl Planner<'_, '_> {
         let mut permute = None;
         if let Some(vocabulary) = self.vocabulary.filter(|_| vocab && !shape.is_empty()) {
             shape[0] = vocabulary.rows;
+            // Resolve every token's row source now, so a bad `tokens` entry fails before writing.
+            let rows: Vec<(usize, usize)> = located.iter().map(|(model, _, shape)| (*model, shape[0])).collect();
+            vocabulary.default_rows(&self.out_info.layout.stored(out_canonical), &rows, slice.base)?;
             permute = Some(VocabPermute { base: slice.base });
         } else if vocab && !shape.is_empty() {
             let min_rows = located.iter().map(|l| l.2[0]).min().unwrap_or(0);

@@ -316,6 +316,80 @@ impl VocabMerge {
         Ok(Some(VocabMerge { tokenizer_json, tokens: tokens_by_id, rows, files_from, permutations, original, rules, labels }))
     }
 
+    /// Where the row of every token that some input lacks (or that is forced) comes from, for a
+    /// tensor merged from `inputs` (model index, its rows) whose base model is `base`. Planning
+    /// calls it too, so a token source that cannot be served fails before anything is written.
+    pub(crate) fn default_rows(
+        &self,
+        tensor: &str,
+        inputs: &[(usize, usize)],
+        base: Option<usize>,
+    ) -> Result<HashMap<usize, DefaultRow>, MergeError> {
+        let fail = |message: String| MergeError::InvalidInputs { tensor: tensor.to_string(), message };
+        let rows_of = |model: usize| inputs.iter().find(|(m, _)| *m == model).map(|(_, r)| *r);
+        let at = |model: usize, row: usize, token: &str| -> Result<(usize, usize), MergeError> {
+            let rows = rows_of(model).ok_or_else(|| {
+                fail(format!("token `{token}` takes its row from `{}`, which is not merged into this tensor", self.labels[model]))
+            })?;
+            if row >= rows {
+                return Err(fail(format!("token `{token}` needs row {row} of `{}`, which has {rows}", self.labels[model])));
+            }
+            Ok((model, row))
+        };
+        let mut defaults = HashMap::new();
+        for (id, token) in self.tokens.iter().enumerate() {
+            let rule = self.rules.get(token);
+            let holders: Vec<(usize, usize)> =
+                inputs.iter().filter_map(|&(m, _)| self.permutations[m][id].map(|row| (m, row))).collect();
+            if !rule.is_some_and(|r| r.force) && holders.len() == inputs.len() {
+                continue;
+            }
+            let source = match rule {
+                Some(r) => r.source.clone(),
+                None if holders.len() == 1 => RowSource::Model(holders[0].0),
+                None if holders.is_empty() => {
+                    tracing::warn!(token = %token, "no model has this token; its row is zeros");
+                    RowSource::Zero
+                }
+                None => match base.filter(|b| holders.iter().any(|(m, _)| m == b)) {
+                    Some(b) => RowSource::Model(b),
+                    None => {
+                        let rows = holders.iter().map(|&(m, row)| at(m, row, token)).collect::<Result<_, _>>()?;
+                        defaults.insert(id, DefaultRow::Mean(rows));
+                        continue;
+                    }
+                },
+            };
+            let default = match source {
+                RowSource::Zero => DefaultRow::Zero,
+                RowSource::Unset => {
+                    return Err(fail(format!(
+                        "token `{token}` is missing from some model (or forced) but its `tokenizer.tokens` entry has no `source`"
+                    )))
+                }
+                RowSource::Model(m) => {
+                    let row = self.permutations[m][id]
+                        .ok_or_else(|| fail(format!("token `{token}` is not in `{}`", self.labels[m])))?;
+                    let (m, row) = at(m, row, token)?;
+                    DefaultRow::Row(m, row)
+                }
+                RowSource::ModelToken { model, token_id, token: source_token } => {
+                    let row = match (token_id, &source_token) {
+                        (Some(id), _) => id,
+                        (None, Some(t)) => *self.original[model]
+                            .get(t)
+                            .ok_or_else(|| fail(format!("token `{t}` is not in `{}`", self.labels[model])))?,
+                        (None, None) => return Err(fail(format!("token `{token}`: `model_token` needs `token` or `token_id`"))),
+                    };
+                    let (m, row) = at(model, row, token)?;
+                    DefaultRow::Row(m, row)
+                }
+            };
+            defaults.insert(id, default);
+        }
+        Ok(defaults)
+    }
+
     /// Each input's rows in the output order (`inputs`: model index and its values, `row_len`
     /// values a row); `base` is the tensor's base model.
     pub(crate) fn permute(
@@ -325,78 +399,46 @@ impl VocabMerge {
         row_len: usize,
         base: Option<usize>,
     ) -> Result<Vec<Vec<f32>>, MergeError> {
-        let fail = |message: String| MergeError::InvalidInputs { tensor: tensor.to_string(), message };
-        let present = |model: usize, id: usize| self.permutations[model][id];
-        let find = |model: usize| inputs.iter().find(|(m, _)| *m == model).map(|(_, v)| *v);
-        let row_of = |values: &[f32], row: usize, model: usize| -> Result<Vec<f32>, MergeError> {
-            values.get(row * row_len..(row + 1) * row_len).map(<[f32]>::to_vec).ok_or_else(|| {
-                fail(format!("`{}` has no row {row} (it has {})", self.labels[model], values.len() / row_len.max(1)))
-            })
-        };
-        let models: Vec<usize> = inputs.iter().map(|(m, _)| *m).collect();
-
-        // The default row of every token that some model lacks or that is forced.
-        let mut defaults: HashMap<usize, Vec<f32>> = HashMap::new();
-        for (id, token) in self.tokens.iter().enumerate() {
-            let rule = self.rules.get(token);
-            let holders: Vec<usize> = models.iter().copied().filter(|&m| present(m, id).is_some()).collect();
-            if !rule.is_some_and(|r| r.force) && holders.len() == models.len() {
-                continue;
-            }
-            let source = match rule {
-                Some(r) => r.source.clone(),
-                None if holders.len() == 1 => RowSource::Model(holders[0]),
-                None if holders.is_empty() => {
-                    tracing::warn!(token = %token, "no model has this token; its row is zeros");
-                    RowSource::Zero
-                }
-                None if base.is_some_and(|b| holders.contains(&b)) => RowSource::Model(base.unwrap_or_default()),
-                None => {
-                    let mut mean = vec![0f32; row_len];
-                    for &m in &holders {
-                        let row = row_of(find(m).unwrap_or_default(), present(m, id).unwrap_or_default(), m)?;
-                        mean.iter_mut().zip(&row).for_each(|(a, b)| *a += b);
+        let row_len = row_len.max(1);
+        let counts: Vec<(usize, usize)> = inputs.iter().map(|(m, v)| (*m, v.len() / row_len)).collect();
+        let defaults = self.default_rows(tensor, &counts, base)?;
+        let values_of = |model: usize| inputs.iter().find(|(m, _)| *m == model).map_or(&[][..], |(_, v)| *v);
+        let row = |model: usize, row: usize| &values_of(model)[row * row_len..(row + 1) * row_len];
+        let defaults: HashMap<usize, Vec<f32>> = defaults
+            .into_iter()
+            .map(|(id, default)| {
+                let values = match default {
+                    DefaultRow::Zero => vec![0f32; row_len],
+                    DefaultRow::Row(m, r) => row(m, r).to_vec(),
+                    DefaultRow::Mean(rows) => {
+                        let mut mean = vec![0f32; row_len];
+                        for &(m, r) in &rows {
+                            mean.iter_mut().zip(row(m, r)).for_each(|(a, b)| *a += b);
+                        }
+                        mean.iter_mut().for_each(|a| *a /= rows.len() as f32);
+                        mean
                     }
-                    let n = holders.len() as f32;
-                    mean.iter_mut().for_each(|a| *a /= n);
-                    defaults.insert(id, mean);
-                    continue;
-                }
-            };
-            let row = match source {
-                RowSource::Zero => vec![0f32; row_len],
-                RowSource::Unset => {
-                    return Err(fail(format!(
-                        "token `{token}` is missing from some model (or forced) but its `tokenizer.tokens` entry has no `source`"
-                    )))
-                }
-                RowSource::Model(m) => {
-                    let values = find(m).ok_or_else(|| fail(format!("token `{token}` takes its row from `{}`, which is not merged into this tensor", self.labels[m])))?;
-                    let row = present(m, id).ok_or_else(|| fail(format!("token `{token}` is not in `{}`", self.labels[m])))?;
-                    row_of(values, row, m)?
-                }
-                RowSource::ModelToken { model, token_id, token: source_token } => {
-                    let values = find(model).ok_or_else(|| fail(format!("token `{token}` takes its row from `{}`, which is not merged into this tensor", self.labels[model])))?;
-                    let row = match (token_id, &source_token) {
-                        (Some(id), _) => id,
-                        (None, Some(t)) => *self.original[model].get(t).ok_or_else(|| fail(format!("token `{t}` is not in `{}`", self.labels[model])))?,
-                        (None, None) => return Err(fail(format!("token `{token}`: `model_token` needs `token` or `token_id`"))),
-                    };
-                    row_of(values, row, model)?
-                }
-            };
-            defaults.insert(id, row);
-        }
+                };
+                (id, values)
+            })
+            .collect();
 
         let size = self.tokens.len();
         let mut out = Vec::with_capacity(inputs.len());
         for &(model, values) in inputs {
+            let model_rows = values.len() / row_len;
             let mut rows = vec![0f32; self.rows * row_len];
             for (id, token) in self.tokens.iter().enumerate() {
                 let force = self.rules.get(token).is_some_and(|r| r.force);
                 let target = &mut rows[id * row_len..(id + 1) * row_len];
-                match (present(model, id).filter(|_| !force), defaults.get(&id)) {
-                    (Some(row), _) => target.copy_from_slice(&row_of(values, row, model)?),
+                match (self.permutations[model][id].filter(|_| !force), defaults.get(&id)) {
+                    (Some(r), _) if r < model_rows => target.copy_from_slice(&values[r * row_len..(r + 1) * row_len]),
+                    (Some(r), _) => {
+                        return Err(MergeError::InvalidInputs {
+                            tensor: tensor.to_string(),
+                            message: format!("`{}` has token `{token}` at id {r} but only {model_rows} rows", self.labels[model]),
+                        })
+                    }
                     (None, Some(default)) => target.copy_from_slice(default),
                     (None, None) => tracing::error!(token = %token, model = %self.labels[model], "no embedding for this token; its row is zeros"),
                 }
@@ -416,6 +458,16 @@ impl VocabMerge {
         }
         Ok(out)
     }
+}
+
+/// The row a token that some input lacks gets (models by index, rows in that model).
+#[derive(Debug, Clone)]
+pub(crate) enum DefaultRow {
+    Zero,
+    Row(usize, usize),
+    /// The mean over the models that have the token (mergekit's rule when neither one model nor
+    /// the base has it).
+    Mean(Vec<(usize, usize)>),
 }
 
 /// mergekit's union: the base tokenizer, then every other model's tokens it lacks as plain added

@@ -165,3 +165,29 @@ fn token_sources_are_checked_against_the_models() {
     let e = plan_error(&recipe("    t3: {source: models/ft2, force: true}\n"));
     assert!(e.contains("models/ft2") && e.contains("not a model of the recipe"), "{e}");
 }
+
+/// A token whose row source cannot be served (a row past the model's, a token the model lacks, a
+/// `tokens` entry without a source that is needed) fails at planning, before anything is written.
+#[test]
+fn unservable_token_sources_fail_before_writing() {
+    let text = |tokens: &str| {
+        format!(
+            "models:\n  - model: models/tok_extra\n    parameters: {{weight: 0.5}}\n  - model: models/tok_perm\n    parameters: {{weight: 0.5}}\nmerge_method: linear\ntokenizer:\n  tokens:\n{tokens}"
+        )
+    };
+    for (tokens, wanted) in [
+        ("    x0: {source: {kind: model_token, model: models/tok_perm, token_id: 400}}\n", "row 400"),
+        ("    x0: {source: {kind: model_token, model: models/tok_perm, token: x2}}\n", "`x2` is not in"),
+        ("    x0: {source: models/tok_perm}\n", "`x0` is not in"),
+        ("    x0: {force: true}\n", "no `source`"),
+    ] {
+        let mut config = MergeConfig::from_yaml(&text(tokens)).unwrap();
+        config.recipe_dir = Some(fixtures());
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("merged");
+        let e = merge_to_dir(&config, &out, &MergeOptions { progress: false, ..Default::default() }).unwrap_err().to_string();
+        assert!(e.contains(wanted), "{tokens}: {e}");
+        assert!(e.contains("embed_tokens") || e.contains("lm_head"), "{e}");
+        assert!(!out.exists());
+    }
+}
