@@ -273,7 +273,7 @@ pub fn write_plan(
     result?; // dropping `writer` on error removes its temporary directory
     let files_from = sources[plan.files_from].files_dir();
     let processor_files_from = sources[plan.processor_files_from].files_dir();
-    if let Some(vocabulary) = &plan.vocabulary {
+    if let Some(vocabulary) = plan.vocabulary.as_ref().filter(|v| v.changed) {
         writer.set_json_file("tokenizer.json", vocabulary.tokenizer_json.clone());
     }
     writer.set_chat_template(plan.chat_template.clone());

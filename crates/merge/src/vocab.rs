@@ -186,6 +186,8 @@ struct TokenRule {
 pub struct VocabMerge {
     /// The output `tokenizer.json`.
     pub tokenizer_json: Value,
+    /// Whether it differs from `files_from`'s (else that file is copied as it is).
+    pub changed: bool,
     /// Output tokens by id.
     pub tokens: Vec<String>,
     /// Rows of the output embeddings (the vocabulary, padded to `pad_to_multiple_of`).
@@ -213,8 +215,19 @@ impl VocabMerge {
         let labels: Vec<String> = sources.iter().map(|s| s.label()).collect();
         // mergekit's tokenizer base: the base model, else the first referenced model.
         let base = config.base_model.as_deref().and_then(index_of).unwrap_or(0);
-        let loaded: Vec<Option<ModelTokenizer>> = sources.iter().map(|s| ModelTokenizer::load(*s)).collect::<Result<_, _>>()?;
         let needs_files = source == "union" || !tokens.is_empty() || pad.is_some();
+        let mut loaded: Vec<Option<ModelTokenizer>> = Vec::with_capacity(sources.len());
+        for (source, label) in sources.iter().zip(&labels) {
+            match ModelTokenizer::load(*source) {
+                Ok(t) => loaded.push(t),
+                Err(e) if needs_files => return Err(e),
+                // `base`/a model alone can do without: rows are then aligned by count.
+                Err(e) => {
+                    tracing::warn!(model = %label, error = %e, "unreadable tokenizer.json; the vocabulary rows are aligned by count");
+                    return Ok(None);
+                }
+            }
+        }
         let Some(base_tokenizer) = loaded[base].clone() else {
             if needs_files {
                 return Err(MergeError::config(
@@ -238,9 +251,15 @@ impl VocabMerge {
             "union" => (union(&vocabs, base, &base_tokenizer), base),
             model => {
                 let i = index_of(model).ok_or_else(|| MergeError::config("tokenizer.source", format!("`{model}` is not a model of the recipe")))?;
-                let t = loaded[i].clone().ok_or_else(|| {
-                    MergeError::config("tokenizer.source", format!("`{}` has no tokenizer.json to take the vocabulary from", labels[i]))
-                })?;
+                let Some(t) = loaded[i].clone() else {
+                    if needs_files {
+                        return Err(MergeError::config(
+                            "tokenizer.source",
+                            format!("`{}` has no tokenizer.json to take the vocabulary from", labels[i]),
+                        ));
+                    }
+                    return Ok(None);
+                };
                 (OutputTokenizer { added: t.added.clone(), base: t }, i)
             }
         };
@@ -313,7 +332,8 @@ impl VocabMerge {
         if let Some(map) = tokenizer_json.as_object_mut() {
             map.insert("added_tokens".into(), Value::Array(added));
         }
-        Ok(Some(VocabMerge { tokenizer_json, tokens: tokens_by_id, rows, files_from, permutations, original, rules, labels }))
+        let changed = loaded[files_from].as_ref().is_none_or(|t| t.json != tokenizer_json);
+        Ok(Some(VocabMerge { tokenizer_json, changed, tokens: tokens_by_id, rows, files_from, permutations, original, rules, labels }))
     }
 
     /// Where the row of every token that some input lacks (or that is forced) comes from, for a

@@ -191,3 +191,19 @@ fn unservable_token_sources_fail_before_writing() {
         assert!(!out.exists());
     }
 }
+
+/// A tokenizer that the merge leaves as it is (a model's, nothing added) is copied byte for byte;
+/// one it changes is written.
+#[test]
+fn an_unchanged_tokenizer_is_copied_as_it_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = MergeOptions { threads: Some(2), progress: false, ..Default::default() };
+    let out = tmp.path().join("big");
+    merge_to_dir(&recipe_config("tokenizer_section_big"), &out, &options).unwrap();
+    let source = std::fs::read(fixtures().join("models/ft_big/tokenizer.json")).unwrap();
+    assert_eq!(std::fs::read(out.join("tokenizer.json")).unwrap(), source);
+    let out = tmp.path().join("union");
+    merge_to_dir(&recipe_config("union_ties"), &out, &options).unwrap();
+    let base = std::fs::read(fixtures().join("models/base/tokenizer.json")).unwrap();
+    assert_ne!(std::fs::read(out.join("tokenizer.json")).unwrap(), base);
+}
