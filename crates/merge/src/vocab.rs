@@ -188,6 +188,9 @@ pub struct VocabMerge {
     pub tokenizer_json: Value,
     /// Whether it differs from `files_from`'s (else that file is copied as it is).
     pub changed: bool,
+    /// `files_from`'s `tokenizer_config.json` with its `added_tokens_decoder` (transformers 4's
+    /// copy of the added tokens) brought up to date; `None`: the file needs no change.
+    pub tokenizer_config: Option<Value>,
     /// Output tokens by id.
     pub tokens: Vec<String>,
     /// Rows of the output embeddings (the vocabulary, padded to `pad_to_multiple_of`).
@@ -333,7 +336,19 @@ impl VocabMerge {
             map.insert("added_tokens".into(), Value::Array(added));
         }
         let changed = loaded[files_from].as_ref().is_none_or(|t| t.json != tokenizer_json);
-        Ok(Some(VocabMerge { tokenizer_json, changed, tokens: tokens_by_id, rows, files_from, permutations, original, rules, labels }))
+        let tokenizer_config = if changed { updated_tokenizer_config(sources[files_from], &tokenizer_json) } else { None };
+        Ok(Some(VocabMerge {
+            tokenizer_json,
+            changed,
+            tokenizer_config,
+            tokens: tokens_by_id,
+            rows,
+            files_from,
+            permutations,
+            original,
+            rules,
+            labels,
+        }))
     }
 
     /// Where the row of every token that some input lacks (or that is forced) comes from, for a
@@ -488,6 +503,23 @@ pub(crate) enum DefaultRow {
     /// The mean over the models that have the token (mergekit's rule when neither one model nor
     /// the base has it).
     Mean(Vec<(usize, usize)>),
+}
+
+/// `tokenizer_config.json` of `source` with `added_tokens_decoder` listing `tokenizer`'s added
+/// tokens, as transformers 4 saves it; `None` when the file has no such list (transformers 5).
+fn updated_tokenizer_config(source: &dyn TensorSource, tokenizer: &Value) -> Option<Value> {
+    let path = source.files_dir()?.join("tokenizer_config.json");
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    let decoder = config.get_mut("added_tokens_decoder")?.as_object_mut()?;
+    decoder.clear();
+    for entry in tokenizer.get("added_tokens")?.as_array()? {
+        let mut settings = entry.clone();
+        if let Some(map) = settings.as_object_mut() {
+            map.remove("id");
+        }
+        decoder.insert(added_id(entry).to_string(), settings);
+    }
+    Some(config)
 }
 
 /// mergekit's union: the base tokenizer, then every other model's tokens it lacks as plain added

@@ -207,3 +207,42 @@ fn an_unchanged_tokenizer_is_copied_as_it_is() {
     let base = std::fs::read(fixtures().join("models/base/tokenizer.json")).unwrap();
     assert_ne!(std::fs::read(out.join("tokenizer.json")).unwrap(), base);
 }
+
+/// A transformers 4 `tokenizer_config.json` lists the added tokens (`added_tokens_decoder`); a
+/// merged tokenizer's new added tokens are listed there too.
+#[test]
+fn added_tokens_decoder_follows_the_merged_tokenizer() {
+    let tmp = tempfile::tempdir().unwrap();
+    for model in ["base", "tok_extra", "tok_perm"] {
+        let from = fixtures().join("models").join(model);
+        let to = tmp.path().join("models").join(model);
+        std::fs::create_dir_all(&to).unwrap();
+        for entry in std::fs::read_dir(&from).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+    let config_path = tmp.path().join("models/base/tokenizer_config.json");
+    let mut config = read_json(config_path.clone());
+    config["added_tokens_decoder"] = serde_json::json!({"0": {"content": "t0", "special": true}});
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let text = std::fs::read_to_string(fixtures().join("recipes/union_ties.yml")).unwrap();
+    let mut recipe = MergeConfig::from_yaml(&text).unwrap();
+    recipe.recipe_dir = Some(tmp.path().to_path_buf());
+    let out = tmp.path().join("merged");
+    merge_to_dir(&recipe, &out, &MergeOptions { threads: Some(2), progress: false, ..Default::default() }).unwrap();
+    let written = read_json(out.join("tokenizer_config.json"));
+    let decoder = written["added_tokens_decoder"].as_object().unwrap();
+    let listed: Vec<(&str, &str)> = decoder.iter().map(|(id, e)| (id.as_str(), e["content"].as_str().unwrap())).collect();
+    let want = expected_tokenizer("union_ties");
+    let want: Vec<(String, String)> = want["added_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["id"].to_string(), e["content"].as_str().unwrap().to_string()))
+        .collect();
+    let mut listed: Vec<(String, String)> = listed.into_iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    listed.sort_by_key(|(id, _)| id.parse::<u64>().unwrap());
+    assert_eq!(listed, want);
+    assert_eq!(written["unk_token"], "t0", "the rest of the base's tokenizer_config.json is kept");
+}
