@@ -12,6 +12,10 @@
 //! checkpoint (worker threads, bounded memory, atomic output), and [`InMemoryMerger`] hands merged
 //! tensors to the caller, for the evolutionary search that merges many candidates in memory.
 //!
+//! Tokenizer merging (`tokenizer_source`, the `tokenizer:` section: `union`, `tokens`,
+//! `pad_to_multiple_of`) reorders embedding/lm_head rows per model and writes the merged
+//! `tokenizer.json` ([`vocab`]).
+//!
 //! LLaVA checkpoints (llava-hf, newer transformers and original layouts) merge their language model
 //! with plain Mistral/Llama checkpoints; see [`layout::Layout`]. A recipe that merges a VLM writes
 //! a VLM, even with a plain `base_model` (rule in [`plan`]).

@@ -146,7 +146,12 @@ pub struct MergePlan {
     /// The merged vocabulary when the recipe sets a tokenizer source and the models carry
     /// `tokenizer.json` (see [`crate::vocab`]): the output `tokenizer.json` and the row order.
     pub vocabulary: Option<Arc<VocabMerge>>,
+    /// The recipe settings `vocabulary` was built from (for [`MergePlan::replan`]).
+    vocabulary_key: Option<VocabularyKey>,
 }
+
+/// Base model, `tokenizer_source`, `tokenizer` section.
+type VocabularyKey = (Option<String>, Option<String>, Option<crate::config::TokenizerSection>);
 
 impl std::fmt::Debug for dyn MergeMethod {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -209,6 +214,23 @@ struct SliceSpec<'c> {
 impl MergePlan {
     /// Plan a merge; `sources[i]` is the model named `model_refs(config)[i]`.
     pub fn new(config: &MergeConfig, sources: &[&dyn TensorSource]) -> Result<MergePlan, MergeError> {
+        Self::with_vocabulary(config, sources, None)
+    }
+
+    /// [`MergePlan::new`], reusing `previous`'s merged vocabulary when `config` asks for the same
+    /// one (same base model and tokenizer settings; the caller keeps the sources): the next
+    /// candidate of a search then reads no tokenizer files.
+    pub fn replan(config: &MergeConfig, sources: &[&dyn TensorSource], previous: &MergePlan) -> Result<MergePlan, MergeError> {
+        let same = |c: &MergeConfig| (c.base_model.clone(), c.tokenizer_source.clone(), c.tokenizer.clone());
+        let reuse = previous.vocabulary.clone().filter(|_| previous.vocabulary_key == Some(same(config)));
+        Self::with_vocabulary(config, sources, reuse)
+    }
+
+    fn with_vocabulary(
+        config: &MergeConfig,
+        sources: &[&dyn TensorSource],
+        reuse: Option<Arc<VocabMerge>>,
+    ) -> Result<MergePlan, MergeError> {
         config.validate()?;
         let method = config.method()?;
         let refs = model_refs(config);
@@ -242,7 +264,10 @@ impl MergePlan {
             None | Some("base") | Some("union") => None,
             Some(r) => Some(index_of(r)),
         };
-        let vocabulary = VocabMerge::build(config, &refs, sources)?.map(Arc::new);
+        let vocabulary = match reuse {
+            Some(v) => Some(v),
+            None => VocabMerge::build(config, &refs, sources)?.map(Arc::new),
+        };
 
         let mut planner = Planner {
             config,
@@ -329,6 +354,9 @@ impl MergePlan {
             processor_files_from: if out_info.layout.is_vlm() { out_model } else { files_from },
             recipe_dtype: config.dtype.as_deref().and_then(parse_dtype),
             chat_template: resolve_chat_template(config, sources)?,
+            vocabulary_key: vocabulary
+                .is_some()
+                .then(|| (config.base_model.clone(), config.tokenizer_source.clone(), config.tokenizer.clone())),
             vocabulary,
         })
     }

@@ -246,3 +246,28 @@ fn added_tokens_decoder_follows_the_merged_tokenizer() {
     assert_eq!(listed, want);
     assert_eq!(written["unk_token"], "t0", "the rest of the base's tokenizer_config.json is kept");
 }
+
+/// The in-memory merger re-planned for the next candidate (other weights, same tokenizer
+/// settings) keeps the merged vocabulary, and merges as a fresh merger would.
+#[test]
+fn replanning_keeps_the_merged_vocabulary() {
+    let config = recipe_config("union_ties");
+    let models = open_models(&config).unwrap();
+    let sources: Vec<&dyn TensorSource> = models.iter().map(|m| m as &dyn TensorSource).collect();
+    let mut merger = InMemoryMerger::from_sources(&config, sources.clone(), 0).unwrap();
+    let first = merger.plan().vocabulary.clone().unwrap();
+    let mut next = config.clone();
+    next.models.as_mut().unwrap()[0].parameters.as_mut().unwrap().insert("weight".into(), serde_norway::from_str("0.2").unwrap());
+    merger.set_config(&next).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&first, merger.plan().vocabulary.as_ref().unwrap()), "vocabulary rebuilt");
+    let fresh = InMemoryMerger::from_sources(&next, sources, 0).unwrap();
+    let a = merger.merge_all().unwrap();
+    let b = fresh.merge_all().unwrap();
+    assert!(a.iter().zip(&b).all(|(x, y)| x.name == y.name && x.values == y.values));
+    // Other tokenizer settings: built again.
+    let mut padded = next.clone();
+    padded.tokenizer_source = None;
+    padded.tokenizer = Some(serde_norway::from_str("pad_to_multiple_of: 64").unwrap());
+    merger.set_config(&padded).unwrap();
+    assert_eq!(merger.plan().vocabulary.as_ref().unwrap().rows, 64);
+}
