@@ -91,7 +91,7 @@ impl<'a> Executor<'a> {
             all.push((model, values));
         }
         all.extend(inputs.iter().zip(input_values.iter()).map(|(i, v)| (i.model, v.as_slice())));
-        let mut permuted = vocabulary.permute(&tensor.name, &all, row_len, permute.base)?.into_iter();
+        let mut permuted = vocabulary.permute(&tensor.name, &all, row_len, permute.base, self.compute)?.into_iter();
         drop(all);
         // mergekit rounds the permuted rows (means included) to the recipe's dtype too.
         let place = |slot: &mut Vec<f32>, new: Option<Vec<f32>>| {

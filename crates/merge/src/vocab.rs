@@ -426,14 +426,17 @@ impl VocabMerge {
     }
 
     /// Each input's rows in the output order (`inputs`: model index and its values, `row_len`
-    /// values a row); `base` is the tensor's base model.
+    /// values a row); `base` is the tensor's base model. With `compute`, a mean over models is
+    /// rounded to it after every step, as torch adds rows in that dtype.
     pub(crate) fn permute(
         &self,
         tensor: &str,
         inputs: &[(usize, &[f32])],
         row_len: usize,
         base: Option<usize>,
+        compute: Option<evomerge_checkpoint::Dtype>,
     ) -> Result<Vec<Vec<f32>>, MergeError> {
+        let round = |v: f32| compute.map_or(v, |d| crate::methods::round_to(d, v));
         let row_len = row_len.max(1);
         let counts: Vec<(usize, usize)> = inputs.iter().map(|(m, v)| (*m, v.len() / row_len)).collect();
         let defaults = self.default_rows(tensor, &counts, base)?;
@@ -448,9 +451,9 @@ impl VocabMerge {
                     DefaultRow::Mean(rows) => {
                         let mut mean = vec![0f32; row_len];
                         for &(m, r) in &rows {
-                            mean.iter_mut().zip(row(m, r)).for_each(|(a, b)| *a += b);
+                            mean.iter_mut().zip(row(m, r)).for_each(|(a, b)| *a = round(*a + b));
                         }
-                        mean.iter_mut().for_each(|a| *a /= rows.len() as f32);
+                        mean.iter_mut().for_each(|a| *a = round(*a / rows.len() as f32));
                         mean
                     }
                 };

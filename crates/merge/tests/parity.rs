@@ -131,6 +131,7 @@ parity!(
     tokenizer_section_big,
     union_ties,
     union_tokens,
+    union_mean,
     base_tokens_pad,
     model_source_perm,
     breadcrumbs,
@@ -216,7 +217,7 @@ macro_rules! parity_bf16 {
     )*};
 }
 
-parity_bf16!(linear_bf16, task_arithmetic_bf16, ties_bf16, slerp_bf16);
+parity_bf16!(linear_bf16, task_arithmetic_bf16, ties_bf16, slerp_bf16, union_mean_bf16);
 
 /// The default f32 arithmetic is not mergekit's in bf16: TIES keeps other entries (this is why
 /// the recipe mode exists, and checks the comparison above can see a difference).
