@@ -132,6 +132,7 @@ parity!(
     union_ties,
     union_tokens,
     union_mean,
+    union_stripped,
     base_tokens_pad,
     model_source_perm,
     breadcrumbs,

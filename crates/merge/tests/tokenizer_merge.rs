@@ -88,7 +88,7 @@ macro_rules! tokenizer_parity {
     )*};
 }
 
-tokenizer_parity!(union_ties, union_tokens, union_mean, base_tokens_pad, model_source_perm);
+tokenizer_parity!(union_ties, union_tokens, union_mean, union_stripped, base_tokens_pad, model_source_perm);
 
 /// The union appends the tokens new to the base in model order, then the added tokens; a new
 /// token of `tokens:` comes last; the rows are padded to the multiple.
