@@ -51,12 +51,59 @@ pub struct TokenizerSection {
     /// `union` (mergekit's default when absent), `base` or a model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
-    /// Tokens the output vocabulary must have, and where their embedding rows come from.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokens: Option<std::collections::BTreeMap<String, TokenEmbedding>>,
+    /// Tokens the output vocabulary must have, and where their embedding rows come from, in
+    /// recipe order (new tokens get ids in that order, as in mergekit).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "ordered_tokens")]
+    pub tokens: Option<Vec<(String, TokenEmbedding)>>,
     /// Round the vocabulary rows up to a multiple of this; the extra rows are the mean embedding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pad_to_multiple_of: Option<usize>,
+}
+
+/// `tokenizer.tokens` as a list of (token, entry) pairs in the order the recipe gives them.
+mod ordered_tokens {
+    use std::fmt;
+
+    use serde::de::{Deserializer, MapAccess, Visitor};
+    use serde::ser::Serializer;
+
+    use super::TokenEmbedding;
+
+    type Tokens = Option<Vec<(String, TokenEmbedding)>>;
+
+    pub fn serialize<S: Serializer>(tokens: &Tokens, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(tokens.iter().flatten().map(|(k, v)| (k, v)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Tokens, D::Error> {
+        struct TokensVisitor;
+        impl<'de> Visitor<'de> for TokensVisitor {
+            type Value = Tokens;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map from token to {source, force}")
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<Tokens, E> {
+                Ok(None)
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Tokens, E> {
+                Ok(None)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Tokens, D::Error> {
+                deserializer.deserialize_map(self)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Tokens, A::Error> {
+                let mut tokens: Vec<(String, TokenEmbedding)> = Vec::new();
+                while let Some((token, entry)) = map.next_entry::<String, TokenEmbedding>()? {
+                    if tokens.iter().any(|(t, _)| *t == token) {
+                        return Err(serde::de::Error::custom(format!("token `{token}` is given twice")));
+                    }
+                    tokens.push((token, entry));
+                }
+                Ok(Some(tokens))
+            }
+        }
+        deserializer.deserialize_option(TokensVisitor)
+    }
 }
 
 /// One entry of `tokenizer.tokens`.
@@ -267,7 +314,7 @@ impl MergeConfig {
             if let Some(t) = section.source.as_mut().filter(|t| *t != "base" && *t != "union") {
                 refs.push(t);
             }
-            for token in section.tokens.iter_mut().flat_map(|t| t.values_mut()) {
+            for (_, token) in section.tokens.iter_mut().flatten() {
                 if let Some(m) = token.source.as_mut().and_then(EmbeddingSource::model_mut) {
                     refs.push(m);
                 }

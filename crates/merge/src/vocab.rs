@@ -212,7 +212,7 @@ impl VocabMerge {
     pub fn build(config: &MergeConfig, refs: &[String], sources: &[&dyn TensorSource]) -> Result<Option<Self>, MergeError> {
         let Some(source) = config.tokenizer_source() else { return Ok(None) };
         let section = config.tokenizer.as_ref();
-        let tokens: BTreeMap<String, TokenEmbedding> = section.and_then(|s| s.tokens.clone()).unwrap_or_default();
+        let tokens: Vec<(String, TokenEmbedding)> = section.and_then(|s| s.tokens.clone()).unwrap_or_default();
         let pad = section.and_then(|s| s.pad_to_multiple_of);
         let index_of = |r: &str| refs.iter().position(|x| x == r);
         let labels: Vec<String> = sources.iter().map(|s| s.label()).collect();
@@ -266,7 +266,7 @@ impl VocabMerge {
                 (OutputTokenizer { added: t.added.clone(), base: t }, i)
             }
         };
-        for token in tokens.keys() {
+        for (token, _) in &tokens {
             if out.id_of(token).is_some() {
                 continue;
             }

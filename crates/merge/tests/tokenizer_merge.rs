@@ -90,8 +90,8 @@ macro_rules! tokenizer_parity {
 
 tokenizer_parity!(union_ties, union_tokens, union_mean, union_stripped, base_tokens_pad, model_source_perm);
 
-/// The union appends the tokens new to the base in model order, then the added tokens; a new
-/// token of `tokens:` comes last; the rows are padded to the multiple.
+/// The union appends the tokens new to the base in model order, then the added tokens; new
+/// tokens of `tokens:` come last, in recipe order (not sorted); the rows are padded to the multiple.
 #[test]
 fn union_vocabulary_order_and_padding() {
     let config = recipe_config("union_tokens");
@@ -100,9 +100,14 @@ fn union_vocabulary_order_and_padding() {
     let merger = InMemoryMerger::from_sources(&config, sources, 0).unwrap();
     let vocabulary = merger.plan().vocabulary.as_ref().unwrap();
     let tail: Vec<&str> = vocabulary.tokens[48..].iter().map(String::as_str).collect();
-    assert_eq!(tail, ["x0", "x1", "x2", "<|im_start|>", "y0", "y1", "<pad>", "<new>"]);
-    assert_eq!(vocabulary.rows, 56, "56 tokens, already a multiple of 8");
-    assert_eq!(merger.plan().config["vocab_size"], 56);
+    assert_eq!(tail, ["x0", "x1", "x2", "<|im_start|>", "y0", "y1", "<pad>", "<z_new>", "<new>"]);
+    assert_eq!(vocabulary.rows, 64, "57 tokens padded to a multiple of 8");
+    assert_eq!(merger.plan().config["vocab_size"], 64);
+    // The recipe keeps its token order through a YAML round trip.
+    let again = MergeConfig::from_yaml(&config.to_yaml().unwrap()).unwrap();
+    assert_eq!(again.tokenizer, config.tokenizer);
+    let order: Vec<&str> = again.tokenizer.as_ref().unwrap().tokens.as_ref().unwrap().iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(order, ["<|im_start|>", "t5", "x1", "<z_new>", "<new>"]);
 }
 
 const HEAD: &str = "models:\n  - model: a\n    parameters: {weight: 1}\nmerge_method: linear\n";
@@ -117,6 +122,7 @@ fn bad_tokenizer_sections_are_refused_by_name() {
         ("tokenizer:\n  tokens:\n    x: {source: {kind: model_token, token: y}}\n", "needs `model`"),
         ("tokenizer:\n  tokens:\n    x: {source: {kind: model_token, model: a, token: y, token_id: 3}}\n", "exactly one"),
         ("tokenizer:\n  tokens:\n    x: {forced: true}\n", "forced"),
+        ("tokenizer:\n  tokens:\n    x: {force: true}\n    x: {force: false}\n", "`x` is given twice"),
     ] {
         let e = MergeConfig::from_yaml(&format!("{HEAD}{section}")).unwrap_err().to_string();
         assert!(e.contains(wanted), "{section}: {e}");
