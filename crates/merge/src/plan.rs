@@ -150,8 +150,12 @@ pub struct MergePlan {
     vocabulary_key: Option<VocabularyKey>,
 }
 
-/// Base model, `tokenizer_source`, `tokenizer` section.
+/// Base model, `tokenizer_source`, `tokenizer` section: what a merged vocabulary is built from.
 type VocabularyKey = (Option<String>, Option<String>, Option<crate::config::TokenizerSection>);
+
+fn vocabulary_key(config: &MergeConfig) -> VocabularyKey {
+    (config.base_model.clone(), config.tokenizer_source.clone(), config.tokenizer.clone())
+}
 
 impl std::fmt::Debug for dyn MergeMethod {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -221,8 +225,7 @@ impl MergePlan {
     /// one (same base model and tokenizer settings; the caller keeps the sources): the next
     /// candidate of a search then reads no tokenizer files.
     pub fn replan(config: &MergeConfig, sources: &[&dyn TensorSource], previous: &MergePlan) -> Result<MergePlan, MergeError> {
-        let same = |c: &MergeConfig| (c.base_model.clone(), c.tokenizer_source.clone(), c.tokenizer.clone());
-        let reuse = previous.vocabulary.clone().filter(|_| previous.vocabulary_key == Some(same(config)));
+        let reuse = previous.vocabulary.clone().filter(|_| previous.vocabulary_key == Some(vocabulary_key(config)));
         Self::with_vocabulary(config, sources, reuse)
     }
 
@@ -354,9 +357,7 @@ impl MergePlan {
             processor_files_from: if out_info.layout.is_vlm() { out_model } else { files_from },
             recipe_dtype: config.dtype.as_deref().and_then(parse_dtype),
             chat_template: resolve_chat_template(config, sources)?,
-            vocabulary_key: vocabulary
-                .is_some()
-                .then(|| (config.base_model.clone(), config.tokenizer_source.clone(), config.tokenizer.clone())),
+            vocabulary_key: vocabulary.is_some().then(|| vocabulary_key(config)),
             vocabulary,
         })
     }

@@ -56,9 +56,12 @@ fn check_streaming(recipe: &str) {
     merge_to_dir(&recipe_config(recipe), &out, &MergeOptions { threads: Some(2), progress: false, ..Default::default() })
         .unwrap();
     check_tokenizer(recipe, &read_json(out.join("tokenizer.json")));
-    let want_config = read_json(fixtures().join(format!("expected/{recipe}.tokenizer/tokenizer_config.json")));
-    let got_config = read_json(out.join("tokenizer_config.json"));
-    assert_eq!(got_config["unk_token"], want_config["unk_token"], "{recipe}: tokenizer_config.json");
+    // transformers 5 adds where it loaded the tokenizer from; the rest must be the same.
+    let mut want_config = read_json(fixtures().join(format!("expected/{recipe}.tokenizer/tokenizer_config.json")));
+    for key in ["is_local", "local_files_only"] {
+        want_config.as_object_mut().unwrap().remove(key);
+    }
+    assert_eq!(read_json(out.join("tokenizer_config.json")), want_config, "{recipe}: tokenizer_config.json");
 }
 
 fn check_in_memory(recipe: &str) {
