@@ -109,6 +109,8 @@ pub struct CheckpointWriter {
     finished: bool,
     /// Chat template to write over the copied tokenizer's (see [`CheckpointWriter::set_chat_template`]).
     chat_template: Option<String>,
+    /// JSON files written over the copied auxiliary files (see [`CheckpointWriter::set_json_file`]).
+    json_files: Vec<(String, Value)>,
 }
 
 impl std::fmt::Debug for CheckpointWriter {
@@ -186,6 +188,7 @@ impl CheckpointWriter {
             fail_after_bytes,
             finished: false,
             chat_template: None,
+            json_files: Vec::new(),
         };
         writer.lay_out(plan, opts.max_shard_bytes)?;
         Ok(writer)
@@ -336,6 +339,13 @@ impl CheckpointWriter {
         self.finish_with_processor(config, files_from, files_from)
     }
 
+    /// Write `value` as `name` (a plain file name, e.g. `tokenizer.json`) after the auxiliary files
+    /// are copied, replacing a copied file of that name: a merge that builds its own tokenizer.
+    pub fn set_json_file(&mut self, name: &str, value: Value) {
+        self.json_files.retain(|(n, _)| n != name);
+        self.json_files.push((name.to_string(), value));
+    }
+
     /// [`finish`](Self::finish), with the processor files ([`is_processor_file`]: preprocessor and
     /// processor settings, chat templates) copied from `processor_files_from` and the other
     /// auxiliary files (tokenizer, generation settings) from `files_from`. A merged VLM whose
@@ -374,6 +384,9 @@ impl CheckpointWriter {
         }
         if let Some(source) = processor_files_from {
             copy_auxiliary_files(source, &self.temp_dir, is_processor_file)?;
+        }
+        for (name, value) in &self.json_files {
+            write_json(&self.temp_dir.join(name), value)?;
         }
         if let Some(template) = &self.chat_template {
             write_chat_template(&self.temp_dir, template)?;

@@ -28,11 +28,10 @@ pub struct MergeConfig {
     pub dtype: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub out_dtype: Option<String>,
-    /// `base` (default), or a model reference; gives the vocabulary size and the extra rows.
+    /// `base`, `union` or a model reference: the output vocabulary (absent: the output model's rows).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer_source: Option<String>,
-    /// mergekit's newer `tokenizer:` section; only `source` is supported (the same as
-    /// `tokenizer_source`: mergekit 0.1.5 gives the same output for both).
+    /// mergekit's newer `tokenizer:` section: `source` (default `union`), `tokens`, `pad_to_multiple_of`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<TokenizerSection>,
     /// Chat template of the output: `auto` (the one most input models have), a built-in name
@@ -49,14 +48,127 @@ pub struct MergeConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenizerSection {
-    /// `base` or a model (mergekit's default, `union`, is not supported).
+    /// `union` (mergekit's default when absent), `base` or a model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
-    /// Embeddings of chosen tokens (not supported; kept to say so).
+    /// Tokens the output vocabulary must have, and where their embedding rows come from, in
+    /// recipe order (new tokens get ids in that order, as in mergekit).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "ordered_tokens")]
+    pub tokens: Option<Vec<(String, TokenEmbedding)>>,
+    /// Round the vocabulary rows up to a multiple of this; the extra rows are the mean embedding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tokens: Option<serde_norway::Value>,
+    pub pad_to_multiple_of: Option<usize>,
+}
+
+/// `tokenizer.tokens` as a list of (token, entry) pairs in the order the recipe gives them.
+mod ordered_tokens {
+    use std::fmt;
+
+    use serde::de::{Deserializer, MapAccess, Visitor};
+    use serde::ser::Serializer;
+
+    use super::TokenEmbedding;
+
+    type Tokens = Option<Vec<(String, TokenEmbedding)>>;
+
+    pub fn serialize<S: Serializer>(tokens: &Tokens, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(tokens.iter().flatten().map(|(k, v)| (k, v)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Tokens, D::Error> {
+        struct TokensVisitor;
+        impl<'de> Visitor<'de> for TokensVisitor {
+            type Value = Tokens;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map from token to {source, force}")
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<Tokens, E> {
+                Ok(None)
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Tokens, E> {
+                Ok(None)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Tokens, D::Error> {
+                deserializer.deserialize_map(self)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Tokens, A::Error> {
+                let mut tokens: Vec<(String, TokenEmbedding)> = Vec::new();
+                while let Some((token, entry)) = map.next_entry::<String, TokenEmbedding>()? {
+                    if tokens.iter().any(|(t, _)| *t == token) {
+                        return Err(serde::de::Error::custom(format!("token `{token}` is given twice")));
+                    }
+                    tokens.push((token, entry));
+                }
+                Ok(Some(tokens))
+            }
+        }
+        deserializer.deserialize_option(TokensVisitor)
+    }
+}
+
+/// One entry of `tokenizer.tokens`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenEmbedding {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pad_to_multiple_of: Option<serde_norway::Value>,
+    pub source: Option<EmbeddingSource>,
+    /// Use `source` even in models that have the token.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+}
+
+/// Where a token's embedding row comes from: a model (its row of that token), or
+/// `{kind: zero}` / `{kind: model_token, model, token | token_id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EmbeddingSource {
+    Model(String),
+    Kind(EmbeddingKind),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingKind {
+    /// `zero` or `model_token`.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<usize>,
+}
+
+impl EmbeddingSource {
+    /// The model this source reads from (`None`: zero).
+    pub fn model(&self) -> Option<&str> {
+        match self {
+            EmbeddingSource::Model(m) => Some(m),
+            EmbeddingSource::Kind(k) => k.model.as_deref(),
+        }
+    }
+
+    fn model_mut(&mut self) -> Option<&mut String> {
+        match self {
+            EmbeddingSource::Model(m) => Some(m),
+            EmbeddingSource::Kind(k) => k.model.as_mut(),
+        }
+    }
+
+    fn validate(&self, key: &str) -> Result<(), MergeError> {
+        let EmbeddingSource::Kind(k) = self else { return Ok(()) };
+        let extra = k.model.is_some() || k.token.is_some() || k.token_id.is_some();
+        match k.kind.as_str() {
+            "zero" if extra => Err(MergeError::config(key, "`kind: zero` takes no `model`, `token` or `token_id`")),
+            "zero" => Ok(()),
+            "model_token" if k.model.is_none() => Err(MergeError::config(key, "`kind: model_token` needs `model`")),
+            "model_token" if k.token.is_some() == k.token_id.is_some() => {
+                Err(MergeError::config(key, "`kind: model_token` needs exactly one of `token` or `token_id`"))
+            }
+            "model_token" => Ok(()),
+            other => Err(MergeError::config(key, format!("unknown kind `{other}`; use `zero` or `model_token`"))),
+        }
+    }
 }
 
 /// One document of a recipe file: `name` (intermediate merges of a `mergekit-multi` file, which
@@ -198,15 +310,25 @@ impl MergeConfig {
         if let Some(t) = self.tokenizer_source.as_mut().filter(|t| *t != "base" && *t != "union") {
             refs.push(t);
         }
-        if let Some(t) = self.tokenizer.as_mut().and_then(|t| t.source.as_mut()).filter(|t| *t != "base" && *t != "union") {
-            refs.push(t);
+        if let Some(section) = self.tokenizer.as_mut() {
+            if let Some(t) = section.source.as_mut().filter(|t| *t != "base" && *t != "union") {
+                refs.push(t);
+            }
+            for (_, token) in section.tokens.iter_mut().flatten() {
+                if let Some(m) = token.source.as_mut().and_then(EmbeddingSource::model_mut) {
+                    refs.push(m);
+                }
+            }
         }
         refs
     }
 
-    /// `tokenizer_source`, or `tokenizer.source` (the same thing in mergekit's newer spelling).
+    /// `tokenizer_source`, or `tokenizer.source` (the same thing in mergekit's newer spelling,
+    /// `union` when the section has none).
     pub fn tokenizer_source(&self) -> Option<&str> {
-        self.tokenizer_source.as_deref().or_else(|| self.tokenizer.as_ref().and_then(|t| t.source.as_deref()))
+        self.tokenizer_source
+            .as_deref()
+            .or_else(|| self.tokenizer.as_ref().map(|t| t.source.as_deref().unwrap_or("union")))
     }
 
     pub fn to_yaml(&self) -> Result<String, MergeError> {
@@ -243,20 +365,14 @@ impl MergeConfig {
             if self.tokenizer_source.is_some() {
                 return Err(MergeError::config("tokenizer", "give `tokenizer_source` or `tokenizer.source`, not both"));
             }
-            if section.tokens.is_some() || section.pad_to_multiple_of.is_some() {
-                let key = if section.tokens.is_some() { "tokens" } else { "pad_to_multiple_of" };
-                return Err(MergeError::Unsupported(format!(
-                    "tokenizer.{key} (mergekit builds chosen token embeddings / pads the vocabulary); only `tokenizer.source` is supported"
-                )));
+            if section.pad_to_multiple_of == Some(0) {
+                return Err(MergeError::config("tokenizer.pad_to_multiple_of", "must be at least 1"));
             }
-            if section.source.as_deref().unwrap_or("union") == "union" {
-                return Err(MergeError::Unsupported(
-                    "tokenizer.source: union (mergekit's default when `source` is absent); set `source: base` or a model".into(),
-                ));
+            for (token, embedding) in section.tokens.iter().flatten() {
+                if let Some(source) = &embedding.source {
+                    source.validate(&format!("tokenizer.tokens.{token}.source"))?;
+                }
             }
-        }
-        if self.tokenizer_source.as_deref() == Some("union") {
-            return Err(MergeError::Unsupported("tokenizer_source: union (use `base` or a model)".into()));
         }
         check_parameters(method, self.parameters.as_ref(), "parameters", false)?;
         if let Some(models) = &self.models {

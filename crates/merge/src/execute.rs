@@ -5,7 +5,7 @@ use evomerge_checkpoint::Dtype;
 
 use crate::buffers::BufferPool;
 use crate::methods::{merge_tensor, ModelTensor, TensorContext};
-use crate::plan::{MergePlan, PlannedTensor, TensorJob, VocabRows};
+use crate::plan::{MergePlan, PlannedInput, PlannedTensor, TensorJob, VocabPermute, VocabRows};
 use crate::source::TensorSource;
 use crate::MergeError;
 
@@ -71,6 +71,46 @@ impl<'a> Executor<'a> {
         Ok(values)
     }
 
+    /// Put every input's rows in the merged vocabulary's order (all inputs at once: a token one
+    /// model lacks takes another model's row).
+    fn permute_vocabulary(
+        &self,
+        tensor: &PlannedTensor,
+        permute: &VocabPermute,
+        base_model: Option<usize>,
+        base_values: &mut Option<Vec<f32>>,
+        inputs: &[PlannedInput],
+        input_values: &mut [Vec<f32>],
+    ) -> Result<(), MergeError> {
+        let Some(vocabulary) = self.plan.vocabulary.as_deref() else {
+            return Err(MergeError::InvalidInputs { tensor: tensor.name.clone(), message: "the plan has no merged vocabulary".into() });
+        };
+        let row_len: usize = tensor.shape.iter().skip(1).product();
+        let mut all: Vec<(usize, &[f32])> = Vec::with_capacity(inputs.len() + 1);
+        if let (Some(model), Some(values)) = (base_model, base_values.as_deref()) {
+            all.push((model, values));
+        }
+        all.extend(inputs.iter().zip(input_values.iter()).map(|(i, v)| (i.model, v.as_slice())));
+        let mut permuted = vocabulary.permute(&tensor.name, &all, row_len, permute.base, self.compute)?.into_iter();
+        drop(all);
+        // mergekit rounds the permuted rows (means included) to the recipe's dtype too.
+        let place = |slot: &mut Vec<f32>, new: Option<Vec<f32>>| {
+            if let Some(mut new) = new {
+                if let Some(dtype) = self.compute {
+                    new.iter_mut().for_each(|v| *v = crate::methods::round_to(dtype, *v));
+                }
+                self.give(std::mem::replace(slot, new));
+            }
+        };
+        if let Some(slot) = base_values.as_mut() {
+            place(slot, permuted.next());
+        }
+        for slot in input_values.iter_mut() {
+            place(slot, permuted.next());
+        }
+        Ok(())
+    }
+
     /// An empty buffer for `len` values.
     fn take(&self, len: usize) -> Vec<f32> {
         let mut buffer = self.pool.map_or_else(Vec::new, |p| p.take(len));
@@ -99,7 +139,11 @@ impl<'a> Executor<'a> {
         let n = tensor.numel() * 4;
         match &tensor.job {
             TensorJob::Copy { .. } => 0,
-            TensorJob::Merge { base, inputs, .. } => n * (inputs.len() + usize::from(base.is_some()) + 2),
+            // Aligning a vocabulary holds each input twice for a moment (as read, and reordered).
+            TensorJob::Merge { base, inputs, permute, .. } => {
+                let held = inputs.len() + usize::from(base.is_some());
+                n * (held * if permute.is_some() { 2 } else { 1 } + 2)
+            }
         }
     }
 
@@ -116,17 +160,20 @@ impl<'a> Executor<'a> {
                     }
                 }
             }
-            TensorJob::Merge { shared, base, inputs, vocab } => {
+            TensorJob::Merge { shared, base, inputs, vocab, permute } => {
                 let row_len: usize = tensor.shape.iter().skip(1).product();
                 let vocab = vocab.as_ref();
                 let mut donor = None;
-                let base_values =
+                let mut base_values =
                     base.as_ref().map(|b| self.read(b.model, &b.name, vocab, row_len, &mut donor)).transpose()?;
-                let input_values = inputs
+                let mut input_values = inputs
                     .iter()
                     .map(|i| self.read(i.model, &i.name, vocab, row_len, &mut donor))
                     .collect::<Result<Vec<_>, _>>()?;
                 drop(donor);
+                if let Some(permute) = permute {
+                    self.permute_vocabulary(tensor, permute, base.as_ref().map(|b| b.model), &mut base_values, inputs, &mut input_values)?;
+                }
                 let model_tensors: Vec<ModelTensor> = inputs
                     .iter()
                     .zip(&input_values)

@@ -12,6 +12,10 @@
 //! checkpoint (worker threads, bounded memory, atomic output), and [`InMemoryMerger`] hands merged
 //! tensors to the caller, for the evolutionary search that merges many candidates in memory.
 //!
+//! Tokenizer merging (`tokenizer_source`, the `tokenizer:` section: `union`, `tokens`,
+//! `pad_to_multiple_of`) reorders embedding/lm_head rows per model and writes the merged
+//! `tokenizer.json` ([`vocab`]).
+//!
 //! LLaVA checkpoints (llava-hf, newer transformers and original layouts) merge their language model
 //! with plain Mistral/Llama checkpoints; see [`layout::Layout`]. A recipe that merges a VLM writes
 //! a VLM, even with a plain `base_model` (rule in [`plan`]).
@@ -29,13 +33,18 @@ pub mod source;
 mod select;
 pub mod sparsify;
 mod stream;
+pub mod vocab;
 
-pub use config::{InputModel, InputSlice, MergeConfig, OutputSlice, RecipeDocument, TokenizerSection};
+pub use config::{
+    EmbeddingKind, EmbeddingSource, InputModel, InputSlice, MergeConfig, OutputSlice, RecipeDocument, TokenEmbedding,
+    TokenizerSection,
+};
 pub use error::MergeError;
 pub use execute::TensorOutput;
 pub use memory::{InMemoryMerger, MergedTensor, MergedView};
 pub use methods::{merge_tensor, BasePolicy, MergeMethod, ModelTensor, TensorContext};
 pub use params::{ParamSet, ParamValue, Parameters, Setting};
-pub use plan::{model_refs, MergePlan, PlannedTensor, TensorJob};
+pub use plan::{model_refs, MergePlan, PlannedTensor, TensorJob, VocabPermute};
+pub use vocab::VocabMerge;
 pub use source::{MemorySource, ResidentSource, TensorSource};
 pub use stream::{merge_documents_to_dir, merge_to_dir, open_models, resolve_model_ref, write_plan, ComputeDtype, MergeOptions, MergeReport};

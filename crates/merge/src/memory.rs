@@ -81,7 +81,7 @@ impl<'a> InMemoryMerger<'a> {
                 format!("the new recipe references {refs:?}, the merger holds {:?}", self.plan.model_refs),
             ));
         }
-        self.plan = MergePlan::new(config, &self.sources)?;
+        self.plan = MergePlan::replan(config, &self.sources, &self.plan)?;
         Ok(())
     }
 

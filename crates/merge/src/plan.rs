@@ -14,6 +14,7 @@
 //! [`MergePlan::output_model`], and is logged.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use evomerge_checkpoint::Dtype;
 use serde_json::Value;
@@ -23,6 +24,7 @@ use crate::layout::{is_vocab_tensor, layer_name, split_layer, Layout};
 use crate::methods::{specs_in_scope, BasePolicy, MergeMethod};
 use crate::params::{resolve, ParamScope, ParamSet, Parameters};
 use crate::source::TensorSource;
+use crate::vocab::VocabMerge;
 use crate::MergeError;
 
 /// Every model a recipe references, in a stable order: `models` (or slice sources) as listed, then
@@ -48,7 +50,7 @@ pub fn model_refs(config: &MergeConfig) -> Vec<String> {
     if let Some(b) = &config.base_model {
         push(b);
     }
-    if let Some(t) = config.tokenizer_source().filter(|t| *t != "base") {
+    if let Some(t) = config.tokenizer_source().filter(|t| *t != "base" && *t != "union") {
         push(t);
     }
     refs
@@ -75,6 +77,14 @@ pub struct VocabRows {
     pub name: String,
 }
 
+/// The inputs of an embedding/lm_head tensor take the merged vocabulary's row order
+/// ([`MergePlan::vocabulary`]) before they are merged; `base` (the slice's base model) lends its
+/// rows to tokens some models lack.
+#[derive(Debug, Clone)]
+pub struct VocabPermute {
+    pub base: Option<usize>,
+}
+
 #[derive(Debug, Clone)]
 pub enum TensorJob {
     /// Run the merge method over the inputs.
@@ -83,6 +93,7 @@ pub enum TensorJob {
         base: Option<PlannedInput>,
         inputs: Vec<PlannedInput>,
         vocab: Option<VocabRows>,
+        permute: Option<VocabPermute>,
     },
     /// Copy a tensor the language model does not have (vision tower, projector) bit for bit.
     Copy { model: usize, name: String },
@@ -132,6 +143,18 @@ pub struct MergePlan {
     /// Chat template the output gets instead of its tokenizer's (the recipe's `chat_template`,
     /// resolved; `None`: keep the copied one).
     pub chat_template: Option<String>,
+    /// The merged vocabulary when the recipe sets a tokenizer source and the models carry
+    /// `tokenizer.json` (see [`crate::vocab`]): the output `tokenizer.json` and the row order.
+    pub vocabulary: Option<Arc<VocabMerge>>,
+    /// The recipe settings `vocabulary` was built from (for [`MergePlan::replan`]).
+    vocabulary_key: Option<VocabularyKey>,
+}
+
+/// Base model, `tokenizer_source`, `tokenizer` section: what a merged vocabulary is built from.
+type VocabularyKey = (Option<String>, Option<String>, Option<crate::config::TokenizerSection>);
+
+fn vocabulary_key(config: &MergeConfig) -> VocabularyKey {
+    (config.base_model.clone(), config.tokenizer_source.clone(), config.tokenizer.clone())
 }
 
 impl std::fmt::Debug for dyn MergeMethod {
@@ -195,6 +218,22 @@ struct SliceSpec<'c> {
 impl MergePlan {
     /// Plan a merge; `sources[i]` is the model named `model_refs(config)[i]`.
     pub fn new(config: &MergeConfig, sources: &[&dyn TensorSource]) -> Result<MergePlan, MergeError> {
+        Self::with_vocabulary(config, sources, None)
+    }
+
+    /// [`MergePlan::new`], reusing `previous`'s merged vocabulary when `config` asks for the same
+    /// one (same base model and tokenizer settings; the caller keeps the sources): the next
+    /// candidate of a search then reads no tokenizer files.
+    pub fn replan(config: &MergeConfig, sources: &[&dyn TensorSource], previous: &MergePlan) -> Result<MergePlan, MergeError> {
+        let reuse = previous.vocabulary.clone().filter(|_| previous.vocabulary_key == Some(vocabulary_key(config)));
+        Self::with_vocabulary(config, sources, reuse)
+    }
+
+    fn with_vocabulary(
+        config: &MergeConfig,
+        sources: &[&dyn TensorSource],
+        reuse: Option<Arc<VocabMerge>>,
+    ) -> Result<MergePlan, MergeError> {
         config.validate()?;
         let method = config.method()?;
         let refs = model_refs(config);
@@ -225,11 +264,24 @@ impl MergePlan {
         let out_dtype = config.out_dtype.as_deref().or(config.dtype.as_deref()).and_then(parse_dtype);
 
         let tokenizer_model = match config.tokenizer_source() {
-            None | Some("base") => None,
+            None | Some("base") | Some("union") => None,
             Some(r) => Some(index_of(r)),
         };
+        let vocabulary = match reuse {
+            Some(v) => Some(v),
+            None => VocabMerge::build(config, &refs, sources)?.map(Arc::new),
+        };
 
-        let mut planner = Planner { config, method, infos: &infos, out_info, out_dtype, tokenizer_model, tensors: Vec::new() };
+        let mut planner = Planner {
+            config,
+            method,
+            infos: &infos,
+            out_info,
+            out_dtype,
+            tokenizer_model,
+            vocabulary: vocabulary.as_deref(),
+            tensors: Vec::new(),
+        };
 
         // Non-layer LLM tensors of the output model: embeddings before the layers, the rest after.
         let (pre, post): (Vec<&String>, Vec<&String>) =
@@ -286,8 +338,9 @@ impl MergePlan {
         let mut out_config = out_info.source.config().cloned().unwrap_or_else(|| Value::Object(Default::default()));
         update_config(&mut out_config, out_info.layout, out_layer, vocab_rows, out_dtype);
         // `tokenizer_source: base` names the base, which is no longer always the output model.
-        let files_from = match config.tokenizer_source() {
-            Some("base") => global_base.unwrap_or(out_model),
+        let files_from = match (config.tokenizer_source(), &vocabulary) {
+            (_, Some(v)) => v.files_from,
+            (Some("base"), None) => global_base.unwrap_or(out_model),
             _ => tokenizer_model.unwrap_or(out_model),
         };
         if out_info.layout.is_vlm() {
@@ -304,6 +357,8 @@ impl MergePlan {
             processor_files_from: if out_info.layout.is_vlm() { out_model } else { files_from },
             recipe_dtype: config.dtype.as_deref().and_then(parse_dtype),
             chat_template: resolve_chat_template(config, sources)?,
+            vocabulary_key: vocabulary.is_some().then(|| vocabulary_key(config)),
+            vocabulary,
         })
     }
 
@@ -434,6 +489,7 @@ struct Planner<'p, 'a> {
     out_info: &'p ModelInfo<'a>,
     out_dtype: Option<Dtype>,
     tokenizer_model: Option<usize>,
+    vocabulary: Option<&'p VocabMerge>,
     tensors: Vec<PlannedTensor>,
 }
 
@@ -480,7 +536,14 @@ impl Planner<'_, '_> {
 
         let mut shape = first_shape.clone();
         let mut vocab_rows = None;
-        if vocab && !shape.is_empty() {
+        let mut permute = None;
+        if let Some(vocabulary) = self.vocabulary.filter(|_| vocab && !shape.is_empty()) {
+            shape[0] = vocabulary.rows;
+            // Resolve every token's row source now, so a bad `tokens` entry fails before writing.
+            let rows: Vec<(usize, usize)> = located.iter().map(|(model, _, shape)| (*model, shape[0])).collect();
+            vocabulary.default_rows(&self.out_info.layout.stored(out_canonical), &rows, slice.base)?;
+            permute = Some(VocabPermute { base: slice.base });
+        } else if vocab && !shape.is_empty() {
             let min_rows = located.iter().map(|l| l.2[0]).min().unwrap_or(0);
             let max_rows = located.iter().map(|l| l.2[0]).max().unwrap_or(0);
             let row_model = self.tokenizer_model.or(slice.base).unwrap_or(located[0].0);
@@ -577,7 +640,7 @@ impl Planner<'_, '_> {
             shape,
             dtype,
             layer,
-            job: TensorJob::Merge { shared, base, inputs, vocab: vocab_rows },
+            job: TensorJob::Merge { shared, base, inputs, vocab: vocab_rows, permute },
         });
         Ok(())
     }

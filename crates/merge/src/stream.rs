@@ -273,6 +273,12 @@ pub fn write_plan(
     result?; // dropping `writer` on error removes its temporary directory
     let files_from = sources[plan.files_from].files_dir();
     let processor_files_from = sources[plan.processor_files_from].files_dir();
+    if let Some(vocabulary) = plan.vocabulary.as_ref().filter(|v| v.changed) {
+        writer.set_json_file("tokenizer.json", vocabulary.tokenizer_json.clone());
+        if let Some(config) = &vocabulary.tokenizer_config {
+            writer.set_json_file("tokenizer_config.json", config.clone());
+        }
+    }
     writer.set_chat_template(plan.chat_template.clone());
     let out_dir = writer.finish_with_processor(&plan.config, files_from, processor_files_from)?;
     Ok(MergeReport {

@@ -129,6 +129,12 @@ parity!(
     vocab_big,
     tokenizer_section_base,
     tokenizer_section_big,
+    union_ties,
+    union_tokens,
+    union_mean,
+    union_stripped,
+    base_tokens_pad,
+    model_source_perm,
     breadcrumbs,
     breadcrumbs_defaults,
     breadcrumbs_ties,
@@ -212,7 +218,7 @@ macro_rules! parity_bf16 {
     )*};
 }
 
-parity_bf16!(linear_bf16, task_arithmetic_bf16, ties_bf16, slerp_bf16);
+parity_bf16!(linear_bf16, task_arithmetic_bf16, ties_bf16, slerp_bf16, union_mean_bf16);
 
 /// The default f32 arithmetic is not mergekit's in bf16: TIES keeps other entries (this is why
 /// the recipe mode exists, and checks the comparison above can see a difference).
@@ -283,19 +289,4 @@ fn arcee_fusion() {
 #[test]
 fn arcee_fusion_slices() {
     check_arcee("arcee_fusion_slices", "ft2");
-}
-
-/// The parts of `tokenizer:` evomerge does not do are refused by name, not ignored.
-#[test]
-fn tokenizer_section_refuses_what_it_does_not_do() {
-    let head = "models:\n  - model: a\n    parameters: {weight: 1}\nmerge_method: linear\n";
-    for (section, wanted) in [
-        ("tokenizer:\n  source: base\n  tokens:\n    x: {source: base}\n", "tokenizer.tokens"),
-        ("tokenizer:\n  source: base\n  pad_to_multiple_of: 64\n", "tokenizer.pad_to_multiple_of"),
-        ("tokenizer: {}\n", "union"),
-        ("tokenizer:\n  source: base\ntokenizer_source: base\n", "not both"),
-    ] {
-        let e = MergeConfig::from_yaml(&format!("{head}{section}")).unwrap_err().to_string();
-        assert!(e.contains(wanted), "{section}: {e}");
-    }
 }
