@@ -115,11 +115,11 @@ impl<'a> InMemoryMerger<'a> {
     }
 
     /// Planned tensor `index` in per-element form, for a kernel elsewhere (see [`MergeMethod::elementwise`]):
-    /// `None` when it is a copy, has no base or no other input, needs vocabulary alignment, or its method has no
-    /// such form for these parameters.
+    /// `None` when it is a copy, has no base or no other input, needs vocabulary alignment or permutation, or its
+    /// method has no such form for these parameters.
     pub fn elementwise(&self, index: usize) -> Option<Result<ElementwiseGta, MergeError>> {
         let tensor = self.plan.tensors.get(index)?;
-        let TensorJob::Merge { shared, base: Some(_), inputs, vocab: None } = &tensor.job else {
+        let TensorJob::Merge { shared, base: Some(_), inputs, vocab: None, permute: None } = &tensor.job else {
             return None;
         };
         if inputs.is_empty() {
