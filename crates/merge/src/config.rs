@@ -258,6 +258,9 @@ impl MergeConfig {
         if self.tokenizer_source.as_deref() == Some("union") {
             return Err(MergeError::Unsupported("tokenizer_source: union (use `base` or a model)".into()));
         }
+        for reference in crate::plan::model_refs(self) {
+            crate::lora::split_model_ref(&reference)?;
+        }
         check_parameters(method, self.parameters.as_ref(), "parameters", false)?;
         if let Some(models) = &self.models {
             for (i, m) in models.iter().enumerate() {

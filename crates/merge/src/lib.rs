@@ -21,6 +21,7 @@ pub mod config;
 mod error;
 mod execute;
 pub mod layout;
+pub mod lora;
 mod memory;
 pub mod methods;
 pub mod params;
@@ -38,4 +39,5 @@ pub use methods::{merge_tensor, BasePolicy, MergeMethod, ModelTensor, TensorCont
 pub use params::{ParamSet, ParamValue, Parameters, Setting};
 pub use plan::{model_refs, MergePlan, PlannedTensor, TensorJob};
 pub use source::{MemorySource, ResidentSource, TensorSource};
-pub use stream::{merge_documents_to_dir, merge_to_dir, open_models, resolve_model_ref, write_plan, ComputeDtype, MergeOptions, MergeReport};
+pub use lora::{LoraAdapter, ModelSource};
+pub use stream::{merge_documents_to_dir, merge_to_dir, open_model, open_models, resolve_model_ref, write_plan, ComputeDtype, MergeOptions, MergeReport};

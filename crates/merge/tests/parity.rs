@@ -153,6 +153,8 @@ parity!(
     ram_defaults,
     ramplus_tl,
     ramplus_tl_defaults,
+    lora_linear,
+    lora_task_arithmetic,
 );
 
 /// Entries of `got` whose value differs from mergekit's (bit for bit, after rounding to bf16).
