@@ -201,7 +201,7 @@ impl GenomeSpace {
                     if let Some(base) = &self.base_model {
                         sources.push(InputSlice { model: base.clone(), layer_range: *range, parameters: None });
                     }
-                    OutputSlice { sources, base_model: None, parameters: value(None, Some(gi)) }
+                    OutputSlice { sources, base_model: None, residual_weight: None, parameters: value(None, Some(gi)) }
                 })
                 .collect();
             config.slices = Some(slices);

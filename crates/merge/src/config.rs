@@ -81,6 +81,10 @@ pub struct OutputSlice {
     pub sources: Vec<InputSlice>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_model: Option<String>,
+    /// Accepted and ignored: mergekit 0.1.5 parses it but never uses it (its output is the same
+    /// with or without it), so a recipe carrying it merges as mergekit merges it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub residual_weight: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Option<Parameters>,
 }
@@ -273,6 +277,9 @@ impl MergeConfig {
                     return Err(MergeError::config(format!("slices[{i}].sources"), "a slice needs at least one source"));
                 }
                 check_parameters(method, s.parameters.as_ref(), &format!("slices[{i}].parameters"), false)?;
+                if s.residual_weight.is_some() {
+                    tracing::warn!("slices[{i}].residual_weight has no effect (mergekit 0.1.5 reads and ignores it too)");
+                }
                 let len0 = s.sources[0].layer_range[1].saturating_sub(s.sources[0].layer_range[0]);
                 for (j, src) in s.sources.iter().enumerate() {
                     let key = format!("slices[{i}].sources[{j}]");
@@ -365,9 +372,8 @@ fn check_single_document(text: &str) -> Result<(), MergeError> {
 }
 
 /// Keys mergekit 0.1.5 reads that evomerge does not support yet: (key, what mergekit does with it).
-const MERGEKIT_ONLY_KEYS: [(&str, &str); 2] = [
+const MERGEKIT_ONLY_KEYS: [(&str, &str); 1] = [
     ("modules", "merges each module of a multimodal model with its own recipe"),
-    ("residual_weight", "scales the slice's residual stream"),
 ];
 
 /// Add to serde's "unknown field" message what mergekit would have done and how to proceed.
