@@ -371,20 +371,24 @@ fn check_single_document(text: &str) -> Result<(), MergeError> {
     Ok(())
 }
 
-/// Keys mergekit 0.1.5 reads that evomerge does not support yet: (key, what mergekit does with it).
-const MERGEKIT_ONLY_KEYS: [(&str, &str); 1] = [
-    ("modules", "merges each module of a multimodal model with its own recipe"),
-];
+/// Keys mergekit 0.1.5 reads that evomerge does not support yet: (key, what mergekit does with
+/// it, how to proceed).
+const MERGEKIT_ONLY_KEYS: [(&str, &str, &str); 1] = [(
+    "modules",
+    "merges each module of a model with its own recipe and leaves the modules the recipe does not list \
+     out of the output; for LLaVA it has no architecture definition and infers the modules from tensor \
+     names: `default` (every tensor outside a numbered layer), `model.language_model.layers`, \
+     `model.vision_tower.encoder.layers`",
+    "To merge a LLaVA's language model, use `models:` or `slices:`: the output keeps the VLM's vision \
+     tower and projector (see the merge README, \"VLM ⊕ LLM\")",
+)];
 
 /// Add to serde's "unknown field" message what mergekit would have done and how to proceed.
 fn explain_unknown_field(message: &str) -> String {
     let Some(rest) = message.split("unknown field `").nth(1) else { return message.to_string() };
     let Some(key) = rest.split('`').next() else { return message.to_string() };
-    if let Some((_, does)) = MERGEKIT_ONLY_KEYS.iter().find(|(k, _)| *k == key) {
-        return format!(
-            "{message}. mergekit 0.1.5 reads `{key}` (it {does}); evomerge does not support it yet. Remove it to \
-             merge without it (the result then differs from mergekit's)"
-        );
+    if let Some((_, does, instead)) = MERGEKIT_ONLY_KEYS.iter().find(|(k, _, _)| *k == key) {
+        return format!("{message}. mergekit 0.1.5 reads `{key}` (it {does}); evomerge does not support it yet. {instead}");
     }
     let is_parameter = methods::registry().iter().any(|m| m.parameters().iter().any(|p| p.name == key));
     let hint = if is_parameter {
