@@ -162,6 +162,7 @@ impl GenomeSpace {
         let mut config = MergeConfig {
             models: None,
             slices: None,
+            modules: None,
             merge_method: self.merge_method.clone(),
             base_model: self.base_model.clone(),
             parameters: None,

@@ -15,6 +15,9 @@
 //! LLaVA checkpoints (llava-hf, newer transformers and original layouts) merge their language model
 //! with plain Mistral/Llama checkpoints; see [`layout::Layout`]. A recipe that merges a VLM writes
 //! a VLM, even with a plain `base_model` (rule in [`plan`]).
+//!
+//! Model references may be `model+lora` (a PEFT LoRA folded in as it is read, [`lora`]); a
+//! recipe may give per-module recipes (`modules:`, [`modules`]).
 
 mod buffers;
 pub mod config;
@@ -23,6 +26,7 @@ mod execute;
 pub mod layout;
 pub mod lora;
 mod memory;
+pub mod modules;
 pub mod methods;
 pub mod params;
 pub mod plan;
@@ -31,7 +35,7 @@ mod select;
 pub mod sparsify;
 mod stream;
 
-pub use config::{InputModel, InputSlice, MergeConfig, OutputSlice, RecipeDocument, TokenizerSection};
+pub use config::{InputModel, InputSlice, MergeConfig, OutputModule, OutputSlice, RecipeDocument, TokenizerSection};
 pub use error::MergeError;
 pub use execute::TensorOutput;
 pub use memory::{InMemoryMerger, MergedTensor, MergedView};
