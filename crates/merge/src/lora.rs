@@ -40,13 +40,16 @@ const VARIANT_KEYS: [(&str, &str); 11] = [
     ("arrow_config", "Arrow routing"),
 ];
 
+/// A tensor's shape and f32 values.
+type Tensor = (Vec<usize>, Vec<f32>);
+
 /// A loaded LoRA adapter: low-rank updates and whole-tensor replacements, by the model tensor name
 /// they change.
 #[derive(Debug, Clone)]
 pub struct LoraAdapter {
     label: String,
     updates: BTreeMap<String, LowRank>,
-    replaced: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    replaced: BTreeMap<String, Tensor>,
 }
 
 /// `scale · B·A` (transposed for embeddings, whose A is `[r, vocab]` and B `[dim, r]`).
@@ -133,10 +136,10 @@ impl LoraAdapter {
     pub fn from_parts(
         label: &str,
         config: &Value,
-        tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+        tensors: BTreeMap<String, Tensor>,
     ) -> Result<Self, MergeError> {
         let settings = Settings::read(label, config)?;
-        let mut pairs: BTreeMap<String, [Option<(Vec<usize>, Vec<f32>)>; 2]> = BTreeMap::new();
+        let mut pairs: BTreeMap<String, [Option<Tensor>; 2]> = BTreeMap::new();
         let mut replaced = BTreeMap::new();
         for (saved, tensor) in tensors {
             let bad = |why: String| MergeError::config(label, format!("adapter tensor `{saved}` {why}"));

@@ -657,36 +657,6 @@ fn set_llm_shape(target: &mut serde_json::Map<String, Value>, layers: usize, voc
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn config_update_follows_the_output_layout() {
-        let mut nested = json!({
-            "model_type": "llava", "vocab_size": 10, "torch_dtype": "float16",
-            "text_config": {"torch_dtype": "float16", "vocab_size": 10, "num_hidden_layers": 2},
-            "vision_config": {"torch_dtype": "float16"}
-        });
-        update_config(&mut nested, Layout::LlavaHf, 3, Some(12), Some(Dtype::BF16));
-        assert_eq!(
-            nested,
-            json!({
-                "model_type": "llava", "vocab_size": 12, "torch_dtype": "bfloat16",
-                "text_config": {"torch_dtype": "bfloat16", "vocab_size": 12, "num_hidden_layers": 3},
-                "vision_config": {"torch_dtype": "float16"}
-            })
-        );
-        let mut flat = json!({"model_type": "llava_mistral", "num_hidden_layers": 2, "vocab_size": 10});
-        update_config(&mut flat, Layout::Liuhaotian, 3, Some(12), None);
-        assert_eq!(flat, json!({"model_type": "llava_mistral", "num_hidden_layers": 3, "vocab_size": 12}));
-        let mut bare = json!({"model_type": "llava"});
-        update_config(&mut bare, Layout::LlavaNested, 3, None, None);
-        assert_eq!(bare, json!({"model_type": "llava", "text_config": {"num_hidden_layers": 3}}));
-    }
-}
-
 /// The recipe's `chat_template` as text. `auto` takes the template most input models have
 /// (as mergekit; on a tie the first in recipe order), or none when no model has one.
 pub(crate) fn resolve_chat_template(config: &MergeConfig, sources: &[&dyn TensorSource]) -> Result<Option<String>, MergeError> {
@@ -715,4 +685,34 @@ fn model_chat_template(dir: &std::path::Path) -> Option<String> {
     })?;
     let trimmed = text.trim();
     (!trimmed.is_empty()).then(|| trimmed.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn config_update_follows_the_output_layout() {
+        let mut nested = json!({
+            "model_type": "llava", "vocab_size": 10, "torch_dtype": "float16",
+            "text_config": {"torch_dtype": "float16", "vocab_size": 10, "num_hidden_layers": 2},
+            "vision_config": {"torch_dtype": "float16"}
+        });
+        update_config(&mut nested, Layout::LlavaHf, 3, Some(12), Some(Dtype::BF16));
+        assert_eq!(
+            nested,
+            json!({
+                "model_type": "llava", "vocab_size": 12, "torch_dtype": "bfloat16",
+                "text_config": {"torch_dtype": "bfloat16", "vocab_size": 12, "num_hidden_layers": 3},
+                "vision_config": {"torch_dtype": "float16"}
+            })
+        );
+        let mut flat = json!({"model_type": "llava_mistral", "num_hidden_layers": 2, "vocab_size": 10});
+        update_config(&mut flat, Layout::Liuhaotian, 3, Some(12), None);
+        assert_eq!(flat, json!({"model_type": "llava_mistral", "num_hidden_layers": 3, "vocab_size": 12}));
+        let mut bare = json!({"model_type": "llava"});
+        update_config(&mut bare, Layout::LlavaNested, 3, None, None);
+        assert_eq!(bare, json!({"model_type": "llava", "text_config": {"num_hidden_layers": 3}}));
+    }
 }
