@@ -120,6 +120,50 @@ pub(crate) fn resolve(spec: &str) -> Result<Resolved, CheckpointError> {
     download(spec, &id, cache, repo, repo_root)
 }
 
+/// The snapshot directory of hub repository `spec` (`org/name[@revision]`) holding every one of
+/// `files`, for repositories that are not model checkpoints (e.g. a LoRA adapter: its config and
+/// weights). Uses the cache when it has them all; otherwise downloads (unless `HF_HUB_OFFLINE`).
+pub fn resolve_files(spec: &str, files: &[&str]) -> Result<PathBuf, CheckpointError> {
+    use hf_hub::api::sync::ApiBuilder;
+
+    let id = HubId::parse(spec).ok_or_else(|| CheckpointError::NotFound { spec: spec.to_string() })?;
+    let hub_err = |message: String| CheckpointError::Hub { spec: spec.to_string(), message };
+    let cache_path = cache_dir()
+        .ok_or_else(|| hub_err("cannot locate the Hugging Face cache: set HF_HOME or HOME".into()))?;
+    let repo = Repo::with_revision(id.repo.clone(), RepoType::Model, id.revision.clone());
+    if let Some(snapshot) = cached_snapshot(&cache_path.join(repo.folder_name()), &id.revision) {
+        if files.iter().all(|f| snapshot.join(f).is_file()) {
+            return Ok(snapshot);
+        }
+    }
+    if offline() {
+        return Err(hub_err(format!(
+            "not a local directory and {} not in the Hugging Face cache at {}, and HF_HUB_OFFLINE is set; \
+             unset HF_HUB_OFFLINE to download it, or pass a local directory",
+            files.join(", "),
+            cache_path.display()
+        )));
+    }
+    let mut builder = ApiBuilder::from_cache(Cache::new(cache_path)).with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if let Some(endpoint) = std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()) {
+        builder = builder.with_endpoint(endpoint);
+    }
+    let api = builder.build().map_err(|e| hub_err(format!("cannot set up the hub client: {e}")))?;
+    let api_repo = api.repo(repo);
+    let mut snapshot = None;
+    for file in files {
+        let path = api_repo.get(file).map_err(|e| {
+            hub_err(format!(
+                "not a local directory and not in the Hugging Face cache; downloading {file} (revision {}) failed: {e}. \
+                 Check the id and your network, or pass a local directory",
+                id.revision
+            ))
+        })?;
+        snapshot = path.parent().map(Path::to_path_buf);
+    }
+    snapshot.ok_or_else(|| hub_err("no files were asked for".into()))
+}
+
 /// The snapshot directory for `revision`: `refs/<revision>` names a commit; a full commit hash
 /// may also be used directly.
 fn cached_snapshot(repo_root: &Path, revision: &str) -> Option<PathBuf> {

@@ -21,5 +21,5 @@ pub use dtype::{bf16_bits_to_f32, decode_to_f32, encode_from_f32, f32_to_bf16_bi
 pub use error::CheckpointError;
 pub use header::MAX_HEADER_BYTES;
 pub use hub::{is_processor_file, HubId, AUXILIARY_FILES};
-pub use reader::{layer_index, Checkpoint, TensorInfo, TensorView, CONFIG_FILE, INDEX_FILE, SINGLE_FILE};
+pub use reader::{layer_index, read_tensor_file, Checkpoint, FileTensor, TensorInfo, TensorView, CONFIG_FILE, INDEX_FILE, SINGLE_FILE};
 pub use writer::{write_checkpoint, CheckpointWriter, TensorPlan, WriteOptions, DEFAULT_MAX_SHARD_BYTES};

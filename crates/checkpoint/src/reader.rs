@@ -466,3 +466,40 @@ mod tests {
         assert_eq!(layer_index("model.layers.norm"), None);
     }
 }
+
+/// One tensor of a safetensors file read whole into memory by [`read_tensor_file`].
+#[derive(Debug, Clone)]
+pub struct FileTensor {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    /// Little-endian stored bytes.
+    pub data: Vec<u8>,
+}
+
+impl FileTensor {
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.shape.iter().product()];
+        decode_to_f32(self.dtype, &self.data, &mut out);
+        out
+    }
+}
+
+/// Every tensor of one small safetensors file that is not a model directory (e.g. a LoRA
+/// adapter's `adapter_model.safetensors`), validated as [`Checkpoint::open`] validates shards.
+pub fn read_tensor_file(path: &Path) -> Result<Vec<FileTensor>, CheckpointError> {
+    let bytes = std::fs::read(path).map_err(|e| CheckpointError::io(path, e))?;
+    let parsed = header::parse(path, &bytes)?;
+    parsed
+        .tensors
+        .into_iter()
+        .map(|raw| {
+            let dtype = raw.dtype.map_err(|dtype| CheckpointError::UnsupportedDtype {
+                path: path.to_path_buf(),
+                tensor: raw.name.clone(),
+                dtype,
+            })?;
+            Ok(FileTensor { data: bytes[raw.start..raw.end].to_vec(), name: raw.name, dtype, shape: raw.shape })
+        })
+        .collect()
+}

@@ -162,6 +162,7 @@ impl GenomeSpace {
         let mut config = MergeConfig {
             models: None,
             slices: None,
+            modules: None,
             merge_method: self.merge_method.clone(),
             base_model: self.base_model.clone(),
             parameters: None,
@@ -201,7 +202,7 @@ impl GenomeSpace {
                     if let Some(base) = &self.base_model {
                         sources.push(InputSlice { model: base.clone(), layer_range: *range, parameters: None });
                     }
-                    OutputSlice { sources, base_model: None, parameters: value(None, Some(gi)) }
+                    OutputSlice { sources, base_model: None, residual_weight: None, parameters: value(None, Some(gi)) }
                 })
                 .collect();
             config.slices = Some(slices);

@@ -1,6 +1,7 @@
 //! The merge recipe: mergekit's YAML format parsed into typed structs and validated at load, so a
 //! bad key or value is reported (by its path) before any tensor is read.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -17,6 +18,9 @@ pub struct MergeConfig {
     pub models: Option<Vec<InputModel>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slices: Option<Vec<OutputSlice>>,
+    /// Per-module recipes (mergekit's `modules:`), by module name; see [`crate::modules`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modules: Option<BTreeMap<String, OutputModule>>,
     pub merge_method: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_model: Option<String>,
@@ -42,6 +46,19 @@ pub struct MergeConfig {
     /// to the working directory (set by [`MergeConfig::from_file`] to the recipe's directory).
     #[serde(skip)]
     pub recipe_dir: Option<PathBuf>,
+}
+
+/// One module of a `modules:` recipe: its own `models` or `slices`, and parameters that rank
+/// between the slice's and the recipe's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputModule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<InputModel>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slices: Option<Vec<OutputSlice>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Parameters>,
 }
 
 /// The recipe's `tokenizer:` section.
@@ -193,6 +210,10 @@ pub struct OutputSlice {
     pub sources: Vec<InputSlice>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_model: Option<String>,
+    /// Accepted and ignored: mergekit 0.1.5 parses it but never uses it (its output is the same
+    /// with or without it), so a recipe carrying it merges as mergekit merges it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub residual_weight: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Option<Parameters>,
 }
@@ -304,6 +325,19 @@ impl MergeConfig {
                 refs.push(b);
             }
         }
+        for module in self.modules.iter_mut().flat_map(|m| m.values_mut()) {
+            for m in module.models.iter_mut().flatten() {
+                refs.push(&mut m.model);
+            }
+            for s in module.slices.iter_mut().flatten() {
+                for source in &mut s.sources {
+                    refs.push(&mut source.model);
+                }
+                if let Some(b) = &mut s.base_model {
+                    refs.push(b);
+                }
+            }
+        }
         if let Some(b) = &mut self.base_model {
             refs.push(b);
         }
@@ -343,13 +377,22 @@ impl MergeConfig {
     /// Check structure, method, parameter names, types and ranges.
     pub fn validate(&self) -> Result<(), MergeError> {
         let method = self.method()?;
-        match (&self.models, &self.slices) {
-            (Some(m), None) if !m.is_empty() => {}
-            (None, Some(s)) if !s.is_empty() => {}
-            (Some(_), Some(_)) => {
-                return Err(MergeError::config("models", "give either `models` or `slices`, not both"))
+        match (&self.models, &self.slices, &self.modules) {
+            (Some(m), None, None) if !m.is_empty() => {}
+            (None, Some(s), None) if !s.is_empty() => {}
+            (None, None, Some(m)) if !m.is_empty() => {}
+            (None, None, None) => {
+                return Err(MergeError::config("models", "the recipe needs a non-empty `models`, `slices` or `modules`"))
             }
-            _ => return Err(MergeError::config("models", "the recipe needs a non-empty `models` or `slices` list")),
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
+                return Err(MergeError::config("models", "give one of `models`, `slices` and `modules`, not several"))
+            }
+            _ => return Err(MergeError::config("models", "the recipe needs a non-empty `models`, `slices` or `modules`")),
+        }
+        if self.modules.is_some() && self.tokenizer_source().is_some() {
+            return Err(MergeError::Unsupported(
+                "a tokenizer source with `modules:` (vocabulary alignment across modules)".into(),
+            ));
         }
         for (key, name) in [("dtype", &self.dtype), ("out_dtype", &self.out_dtype)] {
             if let Some(name) = name {
@@ -374,21 +417,51 @@ impl MergeConfig {
                 }
             }
         }
+        for reference in crate::plan::model_refs(self) {
+            crate::lora::split_model_ref(&reference)?;
+        }
         check_parameters(method, self.parameters.as_ref(), "parameters", false)?;
-        if let Some(models) = &self.models {
+        check_models_and_slices(method, self.models.as_deref(), self.slices.as_deref(), "")?;
+        for (name, module) in self.modules.iter().flatten() {
+            let key = format!("modules.{name}");
+            match (&module.models, &module.slices) {
+                (Some(m), None) if !m.is_empty() => {}
+                (None, Some(s)) if !s.is_empty() => {}
+                _ => return Err(MergeError::config(key, "a module needs either a non-empty `models` or `slices` list")),
+            }
+            check_parameters(method, module.parameters.as_ref(), &format!("{key}.parameters"), false)?;
+            check_models_and_slices(method, module.models.as_deref(), module.slices.as_deref(), &format!("{key}."))?;
+        }
+        Ok(())
+    }
+}
+
+/// Per-model parameters of `models`, and the structure and parameters of `slices`; `prefix` is
+/// the key path of their parent (`modules.<name>.` inside a module).
+fn check_models_and_slices(
+    method: &dyn MergeMethod,
+    models: Option<&[InputModel]>,
+    slices: Option<&[OutputSlice]>,
+    prefix: &str,
+) -> Result<(), MergeError> {
+    {
+        if let Some(models) = models {
             for (i, m) in models.iter().enumerate() {
-                check_parameters(method, m.parameters.as_ref(), &format!("models[{i}].parameters"), true)?;
+                check_parameters(method, m.parameters.as_ref(), &format!("{prefix}models[{i}].parameters"), true)?;
             }
         }
-        if let Some(slices) = &self.slices {
+        if let Some(slices) = slices {
             for (i, s) in slices.iter().enumerate() {
                 if s.sources.is_empty() {
-                    return Err(MergeError::config(format!("slices[{i}].sources"), "a slice needs at least one source"));
+                    return Err(MergeError::config(format!("{prefix}slices[{i}].sources"), "a slice needs at least one source"));
                 }
-                check_parameters(method, s.parameters.as_ref(), &format!("slices[{i}].parameters"), false)?;
+                check_parameters(method, s.parameters.as_ref(), &format!("{prefix}slices[{i}].parameters"), false)?;
+                if s.residual_weight.is_some() {
+                    tracing::warn!("{prefix}slices[{i}].residual_weight has no effect (mergekit 0.1.5 reads and ignores it too)");
+                }
                 let len0 = s.sources[0].layer_range[1].saturating_sub(s.sources[0].layer_range[0]);
                 for (j, src) in s.sources.iter().enumerate() {
-                    let key = format!("slices[{i}].sources[{j}]");
+                    let key = format!("{prefix}slices[{i}].sources[{j}]");
                     let [a, b] = src.layer_range;
                     if a >= b {
                         return Err(MergeError::config(
@@ -477,22 +550,10 @@ fn check_single_document(text: &str) -> Result<(), MergeError> {
     Ok(())
 }
 
-/// Keys mergekit 0.1.5 reads that evomerge does not support yet: (key, what mergekit does with it).
-const MERGEKIT_ONLY_KEYS: [(&str, &str); 2] = [
-    ("modules", "merges each module of a multimodal model with its own recipe"),
-    ("residual_weight", "scales the slice's residual stream"),
-];
-
 /// Add to serde's "unknown field" message what mergekit would have done and how to proceed.
 fn explain_unknown_field(message: &str) -> String {
     let Some(rest) = message.split("unknown field `").nth(1) else { return message.to_string() };
     let Some(key) = rest.split('`').next() else { return message.to_string() };
-    if let Some((_, does)) = MERGEKIT_ONLY_KEYS.iter().find(|(k, _)| *k == key) {
-        return format!(
-            "{message}. mergekit 0.1.5 reads `{key}` (it {does}); evomerge does not support it yet. Remove it to \
-             merge without it (the result then differs from mergekit's)"
-        );
-    }
     let is_parameter = methods::registry().iter().any(|m| m.parameters().iter().any(|p| p.name == key));
     let hint = if is_parameter {
         format!("`{key}` is a merge parameter: put it under `parameters:`")

@@ -19,13 +19,18 @@
 //! LLaVA checkpoints (llava-hf, newer transformers and original layouts) merge their language model
 //! with plain Mistral/Llama checkpoints; see [`layout::Layout`]. A recipe that merges a VLM writes
 //! a VLM, even with a plain `base_model` (rule in [`plan`]).
+//!
+//! Model references may be `model+lora` (a PEFT LoRA folded in as it is read, [`lora`]); a
+//! recipe may give per-module recipes (`modules:`, [`modules`]).
 
 mod buffers;
 pub mod config;
 mod error;
 mod execute;
 pub mod layout;
+pub mod lora;
 mod memory;
+pub mod modules;
 pub mod methods;
 pub mod params;
 pub mod plan;
@@ -36,7 +41,7 @@ mod stream;
 pub mod vocab;
 
 pub use config::{
-    EmbeddingKind, EmbeddingSource, InputModel, InputSlice, MergeConfig, OutputSlice, RecipeDocument, TokenEmbedding,
+    EmbeddingKind, EmbeddingSource, InputModel, InputSlice, MergeConfig, OutputModule, OutputSlice, RecipeDocument, TokenEmbedding,
     TokenizerSection,
 };
 pub use error::MergeError;
@@ -47,4 +52,5 @@ pub use params::{ParamSet, ParamValue, Parameters, Setting};
 pub use plan::{model_refs, MergePlan, PlannedTensor, TensorJob, VocabPermute};
 pub use vocab::VocabMerge;
 pub use source::{MemorySource, ResidentSource, TensorSource};
-pub use stream::{merge_documents_to_dir, merge_to_dir, open_models, resolve_model_ref, write_plan, ComputeDtype, MergeOptions, MergeReport};
+pub use lora::{LoraAdapter, ModelSource};
+pub use stream::{merge_documents_to_dir, merge_to_dir, open_model, open_models, resolve_model_ref, write_plan, ComputeDtype, MergeOptions, MergeReport};

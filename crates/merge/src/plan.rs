@@ -47,6 +47,15 @@ pub fn model_refs(config: &MergeConfig) -> Vec<String> {
             }
         }
     }
+    for module in config.modules.iter().flat_map(|m| m.values()) {
+        module.models.iter().flatten().for_each(|m| push(&m.model));
+        for s in module.slices.iter().flatten() {
+            s.sources.iter().for_each(|src| push(&src.model));
+            if let Some(b) = &s.base_model {
+                push(b);
+            }
+        }
+    }
     if let Some(b) = &config.base_model {
         push(b);
     }
@@ -147,13 +156,13 @@ pub struct MergePlan {
     /// `tokenizer.json` (see [`crate::vocab`]): the output `tokenizer.json` and the row order.
     pub vocabulary: Option<Arc<VocabMerge>>,
     /// The recipe settings `vocabulary` was built from (for [`MergePlan::replan`]).
-    vocabulary_key: Option<VocabularyKey>,
+    pub(crate) vocabulary_key: Option<VocabularyKey>,
 }
 
 /// Base model, `tokenizer_source`, `tokenizer` section: what a merged vocabulary is built from.
-type VocabularyKey = (Option<String>, Option<String>, Option<crate::config::TokenizerSection>);
+pub(crate) type VocabularyKey = (Option<String>, Option<String>, Option<crate::config::TokenizerSection>);
 
-fn vocabulary_key(config: &MergeConfig) -> VocabularyKey {
+pub(crate) fn vocabulary_key(config: &MergeConfig) -> VocabularyKey {
     (config.base_model.clone(), config.tokenizer_source.clone(), config.tokenizer.clone())
 }
 
@@ -164,9 +173,9 @@ impl std::fmt::Debug for dyn MergeMethod {
 }
 
 /// Per-model view: layout and canonical-name index.
-struct ModelInfo<'a> {
-    source: &'a dyn TensorSource,
-    label: String,
+pub(crate) struct ModelInfo<'a> {
+    pub(crate) source: &'a dyn TensorSource,
+    pub(crate) label: String,
     layout: Layout,
     /// canonical name -> stored name, LLM tensors only.
     canonical: BTreeMap<String, String>,
@@ -196,6 +205,12 @@ impl<'a> ModelInfo<'a> {
         ModelInfo { source, label: source.label(), layout, canonical, other, num_layers }
     }
 
+    /// Every tensor under its stored name (no layout mapping), for `modules:` plans.
+    pub(crate) fn raw(source: &'a dyn TensorSource) -> Self {
+        let canonical = source.tensor_names().into_iter().map(|n| (n.clone(), n)).collect();
+        ModelInfo { source, label: source.label(), layout: Layout::Plain, canonical, other: Vec::new(), num_layers: 0 }
+    }
+
     /// Canonical suffixes (`self_attn.q_proj.weight`, ...) of layer `index`, with a template name.
     fn layer_rests(&self, index: usize) -> Vec<(String, String)> {
         self.canonical
@@ -209,10 +224,12 @@ impl<'a> ModelInfo<'a> {
 }
 
 /// One output slice after normalising `models:` into `slices:`.
-struct SliceSpec<'c> {
-    sources: Vec<(usize, [usize; 2], Option<&'c Parameters>)>,
-    base: Option<usize>,
-    params: Option<&'c Parameters>,
+pub(crate) struct SliceSpec<'c> {
+    pub(crate) sources: Vec<(usize, [usize; 2], Option<&'c Parameters>)>,
+    pub(crate) base: Option<usize>,
+    pub(crate) params: Option<&'c Parameters>,
+    /// The `modules:` entry's parameters (between the slice's and the recipe's).
+    pub(crate) module_params: Option<&'c Parameters>,
 }
 
 impl MergePlan {
@@ -242,6 +259,9 @@ impl MergePlan {
                 tensor: "(plan)".into(),
                 message: format!("the recipe references {} models but {} sources were given", refs.len(), sources.len()),
             });
+        }
+        if let Some(modules) = &config.modules {
+            return crate::modules::plan(config, modules, method, refs, sources);
         }
         let index_of = |r: &str| refs.iter().position(|x| x == r).unwrap_or(0);
         let infos: Vec<ModelInfo> = sources.iter().map(|s| ModelInfo::new(*s)).collect();
@@ -444,7 +464,7 @@ fn normalise_slices<'c>(
             }
             s.1 = [0, n];
         }
-        slices.push(SliceSpec { sources, base: global_base, params: None });
+        slices.push(SliceSpec { sources, base: global_base, params: None, module_params: None });
     } else if let Some(defs) = &config.slices {
         for (i, def) in defs.iter().enumerate() {
             let base = def.base_model.as_deref().map(index_of).or(global_base);
@@ -473,7 +493,7 @@ fn normalise_slices<'c>(
                     }
                 }
             }
-            slices.push(SliceSpec { sources, base, params: def.parameters.as_ref() });
+            slices.push(SliceSpec { sources, base, params: def.parameters.as_ref(), module_params: None });
         }
     }
     if method.base_policy() == BasePolicy::Required && global_base.is_none() && slices.iter().any(|s| s.base.is_none()) {
@@ -482,20 +502,20 @@ fn normalise_slices<'c>(
     Ok(slices)
 }
 
-struct Planner<'p, 'a> {
-    config: &'p MergeConfig,
-    method: &'static dyn MergeMethod,
-    infos: &'p [ModelInfo<'a>],
-    out_info: &'p ModelInfo<'a>,
-    out_dtype: Option<Dtype>,
-    tokenizer_model: Option<usize>,
-    vocabulary: Option<&'p VocabMerge>,
-    tensors: Vec<PlannedTensor>,
+pub(crate) struct Planner<'p, 'a> {
+    pub(crate) config: &'p MergeConfig,
+    pub(crate) method: &'static dyn MergeMethod,
+    pub(crate) infos: &'p [ModelInfo<'a>],
+    pub(crate) out_info: &'p ModelInfo<'a>,
+    pub(crate) out_dtype: Option<Dtype>,
+    pub(crate) tokenizer_model: Option<usize>,
+    pub(crate) vocabulary: Option<&'p VocabMerge>,
+    pub(crate) tensors: Vec<PlannedTensor>,
 }
 
 impl Planner<'_, '_> {
     /// Plan output tensor `out_canonical` from `in_canonical[k]` of each slice source.
-    fn plan_tensor(
+    pub(crate) fn plan_tensor(
         &mut self,
         out_canonical: &str,
         layer: Option<usize>,
@@ -572,7 +592,7 @@ impl Planner<'_, '_> {
         }
 
         // Parameters: shared ones see the output name, per-input ones the input's name.
-        let shared_scopes = [slice.params, self.config.parameters.as_ref()];
+        let shared_scopes = [slice.params, slice.module_params, self.config.parameters.as_ref()];
         let mut shared = ParamSet::new();
         for spec in specs_in_scope(method, ParamScope::Shared) {
             if let Some(v) = resolve(spec, &shared_scopes, out_canonical, t).map_err(|m| MergeError::config(format!("parameters.{}", spec.name), m))? {
@@ -591,7 +611,7 @@ impl Planner<'_, '_> {
         let mut inputs = Vec::new();
         for (((model, _, model_params), canonical), (_, stored, _)) in slice.sources.iter().zip(in_canonical).zip(&located) {
             let is_base = base_in_method && Some(*model) == slice.base;
-            let scopes = [*model_params, slice.params, self.config.parameters.as_ref()];
+            let scopes = [*model_params, slice.params, slice.module_params, self.config.parameters.as_ref()];
             let mut params = ParamSet::new();
             for spec in method.parameters() {
                 let applies = match spec.scope {
@@ -648,7 +668,7 @@ impl Planner<'_, '_> {
 
 /// Output config: layer count, vocabulary size and dtype of the merged model, whose layout is
 /// `layout`.
-fn update_config(config: &mut Value, layout: Layout, layers: usize, vocab_rows: Option<usize>, dtype: Option<Dtype>) {
+pub(crate) fn update_config(config: &mut Value, layout: Layout, layers: usize, vocab_rows: Option<usize>, dtype: Option<Dtype>) {
     let Some(obj) = config.as_object_mut() else { return };
     // llava-hf and newer transformers LLaVA configs keep the language model's hyper-parameters in
     // `text_config`; one left out (all defaults) is created, since top-level keys would be ignored.
@@ -700,6 +720,36 @@ fn set_llm_shape(target: &mut serde_json::Map<String, Value>, layers: usize, voc
     }
 }
 
+/// The recipe's `chat_template` as text. `auto` takes the template most input models have
+/// (as mergekit; on a tie the first in recipe order), or none when no model has one.
+pub(crate) fn resolve_chat_template(config: &MergeConfig, sources: &[&dyn TensorSource]) -> Result<Option<String>, MergeError> {
+    let Some(value) = config.chat_template.as_deref() else { return Ok(None) };
+    if let Some(text) = crate::config::chat_template_text(value)? {
+        return Ok(Some(text));
+    }
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for source in sources {
+        let Some(template) = source.files_dir().and_then(model_chat_template) else { continue };
+        match counts.iter_mut().find(|(t, _)| *t == template) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((template, 1)),
+        }
+    }
+    // `max_by_key` keeps the last maximum; reverse so the first in recipe order wins ties.
+    Ok(counts.into_iter().rev().max_by_key(|(_, n)| *n).map(|(t, _)| t))
+}
+
+/// A model directory's chat template (`chat_template.jinja`, else `tokenizer_config.json`'s
+/// string `chat_template`), trimmed as mergekit compares them.
+fn model_chat_template(dir: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(dir.join("chat_template.jinja")).ok().or_else(|| {
+        let config: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?).ok()?;
+        config.get("chat_template")?.as_str().map(str::to_string)
+    })?;
+    let trimmed = text.trim();
+    (!trimmed.is_empty()).then(|| trimmed.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -728,34 +778,4 @@ mod tests {
         update_config(&mut bare, Layout::LlavaNested, 3, None, None);
         assert_eq!(bare, json!({"model_type": "llava", "text_config": {"num_hidden_layers": 3}}));
     }
-}
-
-/// The recipe's `chat_template` as text. `auto` takes the template most input models have
-/// (as mergekit; on a tie the first in recipe order), or none when no model has one.
-fn resolve_chat_template(config: &MergeConfig, sources: &[&dyn TensorSource]) -> Result<Option<String>, MergeError> {
-    let Some(value) = config.chat_template.as_deref() else { return Ok(None) };
-    if let Some(text) = crate::config::chat_template_text(value)? {
-        return Ok(Some(text));
-    }
-    let mut counts: Vec<(String, usize)> = Vec::new();
-    for source in sources {
-        let Some(template) = source.files_dir().and_then(model_chat_template) else { continue };
-        match counts.iter_mut().find(|(t, _)| *t == template) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((template, 1)),
-        }
-    }
-    // `max_by_key` keeps the last maximum; reverse so the first in recipe order wins ties.
-    Ok(counts.into_iter().rev().max_by_key(|(_, n)| *n).map(|(t, _)| t))
-}
-
-/// A model directory's chat template (`chat_template.jinja`, else `tokenizer_config.json`'s
-/// string `chat_template`), trimmed as mergekit compares them.
-fn model_chat_template(dir: &std::path::Path) -> Option<String> {
-    let text = std::fs::read_to_string(dir.join("chat_template.jinja")).ok().or_else(|| {
-        let config: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?).ok()?;
-        config.get("chat_template")?.as_str().map(str::to_string)
-    })?;
-    let trimmed = text.trim();
-    (!trimmed.is_empty()).then(|| trimmed.to_string())
 }

@@ -13,6 +13,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::buffers::{encode_in_place, BufferPool};
 use crate::config::MergeConfig;
 use crate::execute::{Executor, TensorOutput};
+use crate::lora::{split_model_ref, LoraAdapter, ModelSource, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
 use crate::plan::{model_refs, MergePlan};
 use crate::source::TensorSource;
 use crate::MergeError;
@@ -88,8 +89,15 @@ pub struct MergeReport {
 }
 
 /// Where a model reference in a recipe points: an existing path (as given, else relative to the
-/// recipe's directory), or a hub id.
+/// recipe's directory), or a hub id. In `model+lora` each part is resolved so.
 pub fn resolve_model_ref(config: &MergeConfig, reference: &str) -> String {
+    match split_model_ref(reference) {
+        Ok((model, Some(lora))) => format!("{}+{}", resolve_path(config, model), resolve_path(config, lora)),
+        _ => resolve_path(config, reference),
+    }
+}
+
+fn resolve_path(config: &MergeConfig, reference: &str) -> String {
     let direct = Path::new(reference);
     if direct.exists() || direct.is_absolute() {
         return reference.to_string();
@@ -103,9 +111,28 @@ pub fn resolve_model_ref(config: &MergeConfig, reference: &str) -> String {
     reference.to_string()
 }
 
+/// Open one model reference of the recipe: a checkpoint, with the adapter of `model+lora` folded in.
+pub fn open_model(config: &MergeConfig, reference: &str) -> Result<ModelSource, MergeError> {
+    let (model, lora) = split_model_ref(reference)?;
+    let checkpoint = Checkpoint::open(&resolve_path(config, model))?;
+    let adapter = match lora {
+        None => None,
+        Some(lora) => {
+            let resolved = resolve_path(config, lora);
+            let dir = if Path::new(&resolved).exists() {
+                PathBuf::from(&resolved)
+            } else {
+                evomerge_checkpoint::hub::resolve_files(&resolved, &[ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE])?
+            };
+            Some(LoraAdapter::open(&dir, lora)?)
+        }
+    };
+    ModelSource::new(checkpoint, adapter)
+}
+
 /// Open every model the recipe references, in [`model_refs`] order.
-pub fn open_models(config: &MergeConfig) -> Result<Vec<Checkpoint>, MergeError> {
-    model_refs(config).iter().map(|r| Ok(Checkpoint::open(&resolve_model_ref(config, r))?)).collect()
+pub fn open_models(config: &MergeConfig) -> Result<Vec<ModelSource>, MergeError> {
+    model_refs(config).iter().map(|r| open_model(config, r)).collect()
 }
 
 /// Merge as the recipe says and write the model to `out` (atomically: on any error nothing is left

@@ -223,8 +223,6 @@ fn unknown_keys_say_what_mergekit_would_have_done() {
     assert!(err.contains("unknown field `dype`") && err.contains("silently ignore `dype`") && err.contains("spelling"), "{err}");
     let err = MergeConfig::from_yaml("models:\n  - model: a\nmerge_method: linear\nnormalize: false\n").unwrap_err().to_string();
     assert!(err.contains("silently ignore `normalize`") && err.contains("under `parameters:`"), "{err}");
-    let err = MergeConfig::from_yaml("models:\n  - model: a\nmerge_method: linear\nmodules: {}\n").unwrap_err().to_string();
-    assert!(err.contains("mergekit 0.1.5 reads `modules`") && err.contains("does not support it yet"), "{err}");
 }
 
 #[test]

@@ -159,6 +159,8 @@ parity!(
     ram_defaults,
     ramplus_tl,
     ramplus_tl_defaults,
+    lora_linear,
+    lora_task_arithmetic,
 );
 
 /// Entries of `got` whose value differs from mergekit's (bit for bit, after rounding to bf16).
@@ -289,4 +291,27 @@ fn arcee_fusion() {
 #[test]
 fn arcee_fusion_slices() {
     check_arcee("arcee_fusion_slices", "ft2");
+}
+
+/// `residual_weight` on a slice is accepted and changes nothing, as in mergekit 0.1.5 (which parses
+/// it and never uses it: its output with `residual_weight: 0.25` on every slice of `passthrough`
+/// equals the committed fixture bit for bit).
+#[test]
+fn residual_weight_is_accepted_and_ignored_as_in_mergekit() {
+    for recipe in ["passthrough", "slerp"] {
+        let text = std::fs::read_to_string(fixtures().join(format!("recipes/{recipe}.yml"))).unwrap();
+        let with = text.replace("  - sources:", "  - residual_weight: 0.25\n    sources:");
+        assert_ne!(with, text, "{recipe}: the recipe has slices");
+        let mut config = MergeConfig::from_yaml(&with).unwrap();
+        config.recipe_dir = Some(fixtures());
+        assert!(config.slices.as_ref().unwrap().iter().all(|s| s.residual_weight == Some(0.25)));
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("merged");
+        merge_to_dir(&config, &out, &MergeOptions { progress: false, ..Default::default() }).unwrap();
+        let merged = Checkpoint::open_dir(&out).unwrap();
+        let got: BTreeMap<_, _> =
+            merged.tensor_names().into_iter().map(|n| (n.to_string(), (merged.tensor(n).unwrap().shape.to_vec(), merged.tensor(n).unwrap().to_f32()))).collect();
+        assert_eq!(got, streamed_f32(recipe), "{recipe}: output differs from the recipe without residual_weight");
+        compare(recipe, "residual_weight", &got, &expected(recipe));
+    }
 }
