@@ -20,6 +20,7 @@
 #      to PTX with nvcc, with the arithmetic settings NVRTC gets (no FMA contraction, IEEE division).
 #
 # Usage:   scripts/check-cuda.sh [extra cargo args...]
+#          scripts/check-cuda.sh --build-gpu-check DIR   (the programs scripts/gpu-check.sh runs; see there)
 # Needs:   python3 (with venv), a C/C++ host compiler for nvcc (gcc/g++), network access to PyPI on first run.
 # Cost:    the first run spends several minutes in nvcc compiling candle's kernels to PTX.
 # Note:    this is a *check* only. Linking a binary (`cargo build --features cuda`) additionally needs
@@ -77,9 +78,28 @@ echo "check-cuda: $(nvcc --version | tail -n 2 | head -n 1)"
 echo "check-cuda: $(cargo --version), CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP, CUDARC_CUDA_VERSION=$CUDARC_CUDA_VERSION"
 echo "check-cuda: CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
 
-# 4. check
 cd "$repo_root"
 start=$SECONDS
+
+# `--build-gpu-check DIR`: instead of checking, build what scripts/gpu-check.sh runs on a GPU machine (which has
+# no Rust toolchain): the `gpu_check` example with CUDA and the merge benchmark (for its model set), release,
+# stripped, into DIR. cudarc loads libcuda/cuBLAS/NVRTC when the program starts, so they need not be here.
+if [[ "${1:-}" == "--build-gpu-check" ]]; then
+    out="${2:?usage: check-cuda.sh --build-gpu-check DIR}"
+    mkdir -p "$out"
+    cargo build --release --features cuda -p evomerge-evolve --example gpu_check || die "building gpu_check failed"
+    cp "$CARGO_TARGET_DIR/release/examples/gpu_check" "$out/gpu_check"
+    bench="$(cargo bench -p evomerge-merge --bench merge --no-run --message-format=json 2>/dev/null \
+        | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)"
+    [[ -x "$bench" ]] || die "building the merge benchmark failed"
+    cp "$bench" "$out/merge-bench"
+    strip "$out/gpu_check" "$out/merge-bench" 2>/dev/null || true
+    ls -l "$out"
+    echo "check-cuda: built the gpu-check programs into $out in $((SECONDS - start)) s"
+    exit 0
+fi
+
+# 4. check
 cargo check --workspace --features cuda --all-targets "$@" || die "cargo check --features cuda failed"
 # 5. the CUDA C kernels evomerge compiles at run time with NVRTC: compile them here to PTX with the same
 #    arithmetic settings (no FMA contraction, IEEE division), so a syntax or type error shows in CI, not on a GPU.

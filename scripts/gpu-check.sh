@@ -1,37 +1,55 @@
 #!/usr/bin/env bash
-# CPU-vs-GPU parity on a machine with an NVIDIA GPU, no network and no Rust toolchain (issue #19).
+# The GPU checks and benchmarks of issue #19, as one script for a machine with an NVIDIA GPU, no network and no
+# Rust toolchain (the `device` tool's machine). Run on a GPU machine only; nothing here is part of CI.
 #
-# NOT RUN ON A GPU YET: written without access to one; expect to fix small things on its first run.
+# Build here (needs the CUDA check's toolchain venv; minutes), then run there with the repo:
+#     scripts/check-cuda.sh --build-gpu-check .gpu                # .gpu/gpu_check (CUDA) and .gpu/merge-bench
+#     scripts/gpu-check.sh .gpu                                   # on the GPU machine, from the repo root
+# (`.gpu` is git-ignored; with the device tool: run(command="bash scripts/gpu-check.sh .gpu", carry=[".gpu"])).
 #
-# Usage:   scripts/gpu-check.sh BINARY FIXTURES_DIR
-#   BINARY        `evomerge` built with `cargo build --release --features cuda` (needs libcuda, cuBLAS, NVRTC there)
-#   FIXTURES_DIR  a copy of tests/fixtures/mistral (carried with the binary)
-# What it checks: `evomerge generate` greedy and beam-search completions of the generation fixture, in f32, are
-# identical with --device cpu and --device cuda. Logits parity is not in it yet: `evomerge logits` has no
-# --device flag. Prints one table row per check; exits non-zero if any differs.
-set -euo pipefail
-bin="${1:?usage: gpu-check.sh BINARY FIXTURES_DIR}"
-fixtures="${2:?usage: gpu-check.sh BINARY FIXTURES_DIR}"
-model="$fixtures/generation/model"
-[[ -x "$bin" ]] || { echo "gpu-check: $bin is not an executable" >&2; exit 1; }
-[[ -d "$model" ]] || { echo "gpu-check: no generation fixture at $model" >&2; exit 1; }
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-printf '%s\n' '{"prompt": "The cat"}' '{"prompt": "Once upon a time, in a land far away"}' '{"prompt": "1 2 3"}' \
-    > "$work/prompts.jsonl"
-
-failed=0
-printf '%-28s %-8s %-10s %s\n' check result cpu_s cuda_s
-for beams in 1 3; do
-    for device in cpu cuda; do
-        start=$(date +%s.%N)
-        "$bin" generate --model "$model" --prompts "$work/prompts.jsonl" --max-new-tokens 32 \
-            --num-beams "$beams" --dtype f32 --device "$device" --out "$work/$device-$beams.jsonl"
-        awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }' > "$work/$device-$beams.s"
-    done
-    result=identical
-    cmp -s "$work/cpu-$beams.jsonl" "$work/cuda-$beams.jsonl" || { result=DIFFERS; failed=1; }
-    printf '%-28s %-8s %-10s %s\n' "generate num_beams=$beams" "$result" "$(cat "$work/cpu-$beams.s")" \
-        "$(cat "$work/cuda-$beams.s")"
+# What it does, each step printing `RESULT ...` lines, gathered into one table at the end (also $OUT/gpu-check.txt
+# when OUT is set):
+#   1. generate-parity: f32 logits CPU vs GPU (≤ 1e-3) and greedy / 3-beam completions (identical), fixtures
+#   2. merge-parity: candidate merges on the GPU vs the CPU merger, f32 and bf16, bit for bit (DARE masks too)
+#   3. the 1.1 B model set (3 × TinyLlama-shaped bf16, synthetic) written to $EVOMERGE_BENCH_DIR
+#   4. merge-bench: seconds per DARE-TIES candidate into a live bf16 model on the GPU (resident sources) vs the
+#      CPU merger + upload
+#   5. decode-bench: greedy tokens/s at batch 1 and 32, bf16, evomerge vs transformers (python3 with torch and
+#      transformers, as the machine has) on the same model and prompts
+# Exit: non-zero if a parity check fails or a program is missing; benchmarks only report.
+set -uo pipefail
+bins="${1:?usage: gpu-check.sh DIR (holding gpu_check and merge-bench, from check-cuda.sh --build-gpu-check)}"
+for program in gpu_check merge-bench; do
+    [[ -x "$bins/$program" ]] || { echo "gpu-check: $bins/$program missing; build it with scripts/check-cuda.sh --build-gpu-check $bins" >&2; exit 1; }
 done
+export EVOMERGE_BENCH_DIR="${EVOMERGE_BENCH_DIR:-/tmp/evomerge-bench}"
+device="${GPU_CHECK_DEVICE:-cuda}"   # `cpu` runs the same steps on the CPU (a dry run of this script)
+log="$(mktemp)"
+failed=0
+step() { # name, command...
+    local name="$1"; shift
+    local started=$SECONDS
+    echo "== $name"
+    if "$@" 2>&1 | tee -a "$log"; then
+        echo "== $name: done in $((SECONDS - started)) s"
+    else
+        echo "== $name: FAILED after $((SECONDS - started)) s"
+        echo "RESULT $name FAILED" >> "$log"
+        return 1
+    fi
+}
+gpu="$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n 1)"
+echo "RESULT machine gpu=\"${gpu:-unknown}\" date=$(date -u +%Y-%m-%d)" | tee -a "$log"
+step generate-parity "$bins/gpu_check" generate-parity --device "$device" --model tests/fixtures/mistral/generation/model || failed=1
+step merge-parity "$bins/gpu_check" merge-parity --device "$device" --fixtures tests/fixtures/merge || failed=1
+step model-set "$bins/merge-bench" generate || failed=1
+if [[ -f "$EVOMERGE_BENCH_DIR/ft2/config.json" ]]; then
+    step merge-bench "$bins/gpu_check" merge-bench --device "$device" --models "$EVOMERGE_BENCH_DIR" --candidates 5
+    step decode-bench "$bins/gpu_check" decode-bench --device "$device" --model "$EVOMERGE_BENCH_DIR/base" --batch 1,32 --new-tokens 128
+    step decode-bench-transformers python3 scripts/gpu_decode_transformers.py "$EVOMERGE_BENCH_DIR/base" \
+        --batch 1,32 --new-tokens 128
+fi
+echo
+echo "== gpu-check summary ($( [[ $failed == 0 ]] && echo 'parity passed' || echo 'PARITY FAILED'))"
+grep '^RESULT' "$log" | sed 's/^RESULT //' | tee "${OUT:-/tmp}/gpu-check.txt"
 exit "$failed"
