@@ -279,10 +279,8 @@ fn rescore(phase: &mut dyn Phase, queue: &mut Queue, first: u64, end: u64, kind:
             rescored.iter().find(|s| s.rescore_of == Some(r.trial) && s.status == TrialStatus::Complete).cloned()
         }
     });
-    let best = full_set.flatten().fold(None, |best: Option<TrialRecord>, t| match best {
-        Some(b) if b.fitness >= t.fitness => Some(b),
-        _ => Some(t),
-    });
+    // Ranked order: among equal full-set fitness the better-ranked (then lower-numbered) trial wins.
+    let best = crate::budget::highest_fitness(full_set.flatten());
     if let Some(b) = &best {
         tracing::info!(
             "{} phase: re-scored {} of the top {} candidates on the full search set; best: trial {} ({:.6})",

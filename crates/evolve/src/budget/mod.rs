@@ -226,13 +226,15 @@ pub fn answered_everything(t: &TrialRecord) -> bool {
 
 /// The best trial that answered every item (lowest trial number on ties).
 pub fn incumbent(earlier: &[TrialRecord]) -> Option<&TrialRecord> {
-    earlier
-        .iter()
-        .filter(|t| answered_everything(t))
-        .fold(None, |best: Option<&TrialRecord>, t| match best {
-            Some(b) if b.fitness >= t.fitness => Some(b),
-            _ => Some(t),
-        })
+    highest_fitness(earlier.iter().filter(|t| answered_everything(t)))
+}
+
+/// The trial with the highest fitness; on ties the one that comes first.
+pub fn highest_fitness<T: std::borrow::Borrow<TrialRecord>>(trials: impl IntoIterator<Item = T>) -> Option<T> {
+    trials.into_iter().fold(None, |best: Option<T>, t| match best {
+        Some(b) if b.borrow().fitness >= t.borrow().fitness => Some(b),
+        _ => Some(t),
+    })
 }
 
 /// `n` of the items, seeded; with labels, each label gets its share (largest remainders, then
