@@ -10,11 +10,12 @@
 # What it does, each step printing `RESULT ...` lines, gathered into one table at the end (also $OUT/gpu-check.txt
 # when OUT is set):
 #   1. generate-parity: f32 logits CPU vs GPU (≤ 1e-3) and greedy / 3-beam completions (identical), fixtures
-#   2. merge-parity: candidate merges on the GPU vs the CPU merger, f32 and bf16, bit for bit (DARE masks too)
-#   3. the 1.1 B model set (3 × TinyLlama-shaped bf16, synthetic) written to $EVOMERGE_BENCH_DIR
-#   4. merge-bench: seconds per DARE-TIES candidate into a live bf16 model on the GPU (resident sources) vs the
+#   2. vlm-parity: LLaVA image features (tower + projector) CPU vs GPU (≤ 1e-3) on the fixture, and its images/s
+#   3. merge-parity: candidate merges on the GPU vs the CPU merger, f32 and bf16, bit for bit (DARE masks too)
+#   4. the 1.1 B model set (3 × TinyLlama-shaped bf16, synthetic) written to $EVOMERGE_BENCH_DIR
+#   5. merge-bench: seconds per DARE-TIES candidate into a live bf16 model on the GPU (resident sources) vs the
 #      CPU merger + upload
-#   5. decode-bench: greedy tokens/s at batch 1 and 32, bf16, evomerge vs transformers (python3 with torch and
+#   6. decode-bench: greedy tokens/s at batch 1 and 32, bf16, evomerge vs transformers (python3 with torch and
 #      transformers, as the machine has) on the same model and prompts
 # Exit: non-zero if a parity check fails or a program is missing; benchmarks only report.
 set -uo pipefail
@@ -41,6 +42,8 @@ step() { # name, command...
 gpu="$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n 1)"
 echo "RESULT machine gpu=\"${gpu:-unknown}\" date=$(date -u +%Y-%m-%d)" | tee -a "$log"
 step generate-parity "$bins/gpu_check" generate-parity --device "$device" --model tests/fixtures/mistral/generation/model || failed=1
+step vlm-parity "$bins/gpu_check" vlm-parity --device "$device" --model tests/fixtures/vision/llava \
+    --images tests/fixtures/vision/images || failed=1
 step merge-parity "$bins/gpu_check" merge-parity --device "$device" --fixtures tests/fixtures/merge || failed=1
 step model-set "$bins/merge-bench" generate || failed=1
 if [[ -f "$EVOMERGE_BENCH_DIR/ft2/config.json" ]]; then

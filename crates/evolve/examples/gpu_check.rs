@@ -4,6 +4,9 @@
 //! gpu_check generate-parity --model tests/fixtures/mistral/generation/model [--device cuda]
 //!     f32 logits of the device-generic path on the device vs the CPU (max |diff| ≤ 1e-3), and greedy and
 //!     beam-search (3 beams) completions of a padded batch, which must be identical
+//! gpu_check vlm-parity --model tests/fixtures/vision/llava --images tests/fixtures/vision/images [--device cuda]
+//!     image features (vision tower + projector, f32) on the device vs the CPU (max |diff| ≤ 1e-3), and images/s
+//!     through tower + projector on the device (a tiny fixture tower: a parity check, not a speed figure)
 //! gpu_check merge-parity --fixtures tests/fixtures/merge [--device cuda]
 //!     the candidate merge on the device vs the CPU merger, several DARE-TIES / DARE-linear candidates,
 //!     f32 and bf16 sources: the written weights must be equal bit for bit (so the DARE masks are identical)
@@ -29,6 +32,7 @@ use evomerge_merge::{
 };
 use evomerge_mistral::generation::{generate, GenerationConfig, PromptInput};
 use evomerge_mistral::prompt::TextTokenizer;
+use evomerge_vision::{load_image, AlphaMode, LlavaModel, LoadOptions as VisionOptions};
 use evomerge_mistral::{LoadOptions, Mistral};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -44,7 +48,7 @@ fn run() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(command) = args.first() else {
         return Err(
-            "usage: gpu_check generate-parity|merge-parity|merge-bench|decode-bench [options] (see the source's header)"
+            "usage: gpu_check generate-parity|vlm-parity|merge-parity|merge-bench|decode-bench [options] (see the source's header)"
                 .into(),
         );
     };
@@ -53,6 +57,7 @@ fn run() -> Res<()> {
     match command.as_str() {
         "generate-parity" => generate_parity(&path_flag(&flags, "model")?, &device),
         "merge-parity" => merge_parity(&path_flag(&flags, "fixtures")?, &device),
+        "vlm-parity" => vlm_parity(&path_flag(&flags, "model")?, &path_flag(&flags, "images")?, &device),
         "merge-bench" => merge_bench(&path_flag(&flags, "models")?, &device, number(&flags, "candidates", 5)?),
         "decode-bench" => {
             let batches = flags.get("batch").map_or("1,32", String::as_str);
@@ -65,7 +70,7 @@ fn run() -> Res<()> {
                 number(&flags, "prompt-len", 32)?,
             )
         }
-        other => Err(format!("unknown check `{other}`: generate-parity, merge-parity, merge-bench or decode-bench").into()),
+        other => Err(format!("unknown check `{other}`: generate-parity, vlm-parity, merge-parity, merge-bench or decode-bench").into()),
     }
 }
 
@@ -121,6 +126,43 @@ fn generate_parity(dir: &Path, device: &Device) -> Res<()> {
     }
     if failed {
         return Err("generation parity failed".into());
+    }
+    Ok(())
+}
+
+fn vlm_parity(model: &Path, images: &Path, device: &Device) -> Res<()> {
+    let spec = model.to_str().ok_or("the model path is not UTF-8")?;
+    let load = |device: &Device| {
+        LlavaModel::load(spec, &VisionOptions { device: device.clone(), dtype: Some(DType::F32), ..Default::default() })
+    };
+    let (on_cpu, on_device) = (load(&Device::Cpu)?, load(device)?);
+    let mut pictures = Vec::new();
+    for name in ["rgb.jpg", "size_170x120.png", "size_200x57.png", "gray.png"] {
+        pictures.push(load_image(&images.join(name), AlphaMode::default())?);
+    }
+    let mut max_diff = 0f32;
+    for picture in &pictures {
+        let a = on_cpu.features_of(picture)?.flatten_all()?.to_vec1::<f32>()?;
+        let b = on_device.features_of(picture)?.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+        if a.len() != b.len() {
+            return Err("feature shapes differ between the CPU and the device".into());
+        }
+        max_diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(max_diff, f32::max);
+    }
+    println!("RESULT vlm-parity features_max_abs_diff={max_diff:.2e} {}", if max_diff <= 1e-3 { "ok" } else { "DIFFERS" });
+    let rounds = 20;
+    device.synchronize()?;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        for picture in &pictures {
+            on_device.features_of(picture)?;
+        }
+    }
+    device.synchronize()?;
+    let per_second = (rounds * pictures.len()) as f64 / started.elapsed().as_secs_f64();
+    println!("RESULT vlm-parity fixture_images_per_second={per_second:.1} (tiny fixture tower)");
+    if max_diff > 1e-3 {
+        return Err("VLM feature parity failed".into());
     }
     Ok(())
 }
