@@ -194,13 +194,23 @@ fn in_memory(recipe: &str, compute_dtype: ComputeDtype) -> BTreeMap<String, (Vec
 
 /// `--compute-dtype recipe` gives mergekit's bf16 output bit for bit, streaming and in memory.
 fn check_bf16(recipe: &str) {
+    check_bf16_within(recipe, 0);
+}
+
+/// `--compute-dtype recipe` gives mergekit's bf16 output except in at most `allowed` entries
+/// (streaming and in memory alike), for methods whose torch-internal reductions are not
+/// reproduced step for step.
+fn check_bf16_within(recipe: &str, allowed: usize) {
     let want = expected(recipe);
     let streaming = bf16_mismatches(&streamed(recipe, ComputeDtype::Recipe), &want);
     let memory = bf16_mismatches(&in_memory(recipe, ComputeDtype::Recipe), &want);
     let f32_mode = bf16_mismatches(&streamed(recipe, ComputeDtype::F32), &want);
     let total: usize = want.tensors.values().map(|(_, v)| v.len()).sum();
     eprintln!("{recipe}: {streaming} / {memory} of {total} entries differ from mergekit (recipe dtype, streaming / in memory); {f32_mode} in f32");
-    assert_eq!((streaming, memory), (0, 0), "{recipe}: entries differing from mergekit in bf16");
+    assert!(
+        streaming <= allowed && memory <= allowed,
+        "{recipe}: {streaming} / {memory} entries differ from mergekit in bf16 (at most {allowed} expected)"
+    );
 }
 
 macro_rules! parity_bf16 {
@@ -212,7 +222,19 @@ macro_rules! parity_bf16 {
     )*};
 }
 
-parity_bf16!(linear_bf16, task_arithmetic_bf16, ties_bf16, slerp_bf16);
+parity_bf16!(
+    linear_bf16,
+    task_arithmetic_bf16,
+    ties_bf16,
+    slerp_bf16,
+    dare_ties_bf16,
+    dare_linear_bf16,
+    della_dense_bf16,
+    della_linear_bf16,
+    breadcrumbs_bf16,
+    breadcrumbs_ties_bf16,
+    breadcrumbs_ties_normalized_bf16,
+);
 
 /// The default f32 arithmetic is not mergekit's in bf16: TIES keeps other entries (this is why
 /// the recipe mode exists, and checks the comparison above can see a difference).

@@ -44,55 +44,70 @@ fn round_f64_to(dtype: Dtype, v: f64) -> f32 {
     }
 }
 
-/// torch's descending comparison on the CPU: larger first, NaN before everything.
+/// torch's comparison on the CPU: descending puts larger first and NaN before everything,
+/// ascending smaller first and NaN after everything.
 #[inline]
-fn before(a: (f32, u32), b: (f32, u32)) -> bool {
-    a.0 > b.0 || (a.0.is_nan() && !b.0.is_nan())
+fn before<const DESC: bool>(a: (f32, u32), b: (f32, u32)) -> bool {
+    if DESC {
+        a.0 > b.0 || (a.0.is_nan() && !b.0.is_nan())
+    } else {
+        a.0 < b.0 || (!a.0.is_nan() && b.0.is_nan())
+    }
 }
 
 /// The permutation `torch.argsort(values, descending=True)` returns on the CPU (libstdc++'s
 /// introsort: median-of-three quicksort down to runs of 16, heapsort past depth 2·log2 n, then
 /// one insertion sort).
 pub fn torch_argsort_descending(values: &[f32]) -> Vec<u32> {
+    torch_argsort::<true>(values)
+}
+
+/// The permutation `torch.sort(values).indices` (ascending, not stable) returns on the CPU: the
+/// same introsort with the ascending comparison.
+pub fn torch_argsort_ascending(values: &[f32]) -> Vec<u32> {
+    torch_argsort::<false>(values)
+}
+
+fn torch_argsort<const DESC: bool>(values: &[f32]) -> Vec<u32> {
     let mut v: Vec<(f32, u32)> = values.iter().zip(0u32..).map(|(&x, i)| (x, i)).collect();
     let n = v.len();
     if n > 1 {
         let depth = 2 * (usize::BITS - 1 - n.leading_zeros()) as usize;
-        introsort_loop(&mut v, 0, n, depth);
-        final_insertion_sort(&mut v);
+        introsort_loop::<DESC>(&mut v, 0, n, depth);
+        final_insertion_sort::<DESC>(&mut v);
     }
     v.into_iter().map(|(_, i)| i).collect()
 }
 
 const THRESHOLD: usize = 16;
 
-fn introsort_loop(v: &mut [(f32, u32)], first: usize, mut last: usize, mut depth: usize) {
+fn introsort_loop<const DESC: bool>(v: &mut [(f32, u32)], first: usize, mut last: usize, mut depth: usize) {
     while last - first > THRESHOLD {
         if depth == 0 {
-            heap_sort(&mut v[first..last]);
+            heap_sort::<DESC>(&mut v[first..last]);
             return;
         }
         depth -= 1;
         let mid = first + (last - first) / 2;
-        move_median_to_first(v, first, first + 1, mid, last - 1);
-        let cut = unguarded_partition(v, first + 1, last, first);
-        introsort_loop(v, cut, last, depth);
+        move_median_to_first::<DESC>(v, first, first + 1, mid, last - 1);
+        let cut = unguarded_partition::<DESC>(v, first + 1, last, first);
+        introsort_loop::<DESC>(v, cut, last, depth);
         last = cut;
     }
 }
 
-fn move_median_to_first(v: &mut [(f32, u32)], result: usize, a: usize, b: usize, c: usize) {
-    let pick = if before(v[a], v[b]) {
-        if before(v[b], v[c]) {
+fn move_median_to_first<const DESC: bool>(v: &mut [(f32, u32)], result: usize, a: usize, b: usize, c: usize) {
+    let pick = if before::<DESC>(v[a], v[b]) {
+        if before::<DESC>(v[b], v[c]) {
             b
-        } else if before(v[a], v[c]) {
+        } else if before::<DESC>(v[a], v[c]) {
             c
         } else {
             a
         }
-    } else if before(v[a], v[c]) {
+    } else if before::<DESC>(v[a], v[c]) {
         a
-    } else if before(v[b], v[c]) {
+    } else if before::<DESC>(v[b], v[c]) {
         c
     } else {
         b
@@ -100,13 +115,13 @@ fn move_median_to_first(v: &mut [(f32, u32)], result: usize, a: usize, b: usize,
     v.swap(result, pick);
 }
 
-fn unguarded_partition(v: &mut [(f32, u32)], mut first: usize, mut last: usize, pivot: usize) -> usize {
+fn unguarded_partition<const DESC: bool>(v: &mut [(f32, u32)], mut first: usize, mut last: usize, pivot: usize) -> usize {
     loop {
-        while before(v[first], v[pivot]) {
+        while before::<DESC>(v[first], v[pivot]) {
             first += 1;
         }
         last -= 1;
-        while before(v[pivot], v[last]) {
+        while before::<DESC>(v[pivot], v[last]) {
             last -= 1;
         }
         if first >= last {
@@ -117,40 +132,40 @@ fn unguarded_partition(v: &mut [(f32, u32)], mut first: usize, mut last: usize, 
     }
 }
 
-fn unguarded_linear_insert(v: &mut [(f32, u32)], mut last: usize) {
+fn unguarded_linear_insert<const DESC: bool>(v: &mut [(f32, u32)], mut last: usize) {
     let value = v[last];
-    while before(value, v[last - 1]) {
+    while before::<DESC>(value, v[last - 1]) {
         v[last] = v[last - 1];
         last -= 1;
     }
     v[last] = value;
 }
 
-fn insertion_sort(v: &mut [(f32, u32)]) {
+fn insertion_sort<const DESC: bool>(v: &mut [(f32, u32)]) {
     for i in 1..v.len() {
-        if before(v[i], v[0]) {
+        if before::<DESC>(v[i], v[0]) {
             let value = v[i];
             v.copy_within(0..i, 1);
             v[0] = value;
         } else {
-            unguarded_linear_insert(v, i);
+            unguarded_linear_insert::<DESC>(v, i);
         }
     }
 }
 
-fn final_insertion_sort(v: &mut [(f32, u32)]) {
+fn final_insertion_sort<const DESC: bool>(v: &mut [(f32, u32)]) {
     if v.len() > THRESHOLD {
-        insertion_sort(&mut v[..THRESHOLD]);
+        insertion_sort::<DESC>(&mut v[..THRESHOLD]);
         for i in THRESHOLD..v.len() {
-            unguarded_linear_insert(v, i);
+            unguarded_linear_insert::<DESC>(v, i);
         }
     } else {
-        insertion_sort(v);
+        insertion_sort::<DESC>(v);
     }
 }
 
 /// libstdc++'s `__make_heap` + `__sort_heap` (its `__partial_sort` over the whole range).
-fn heap_sort(v: &mut [(f32, u32)]) {
+fn heap_sort<const DESC: bool>(v: &mut [(f32, u32)]) {
     let len = v.len();
     if len < 2 {
         return;
@@ -158,7 +173,7 @@ fn heap_sort(v: &mut [(f32, u32)]) {
     let mut parent = (len - 2) / 2;
     loop {
         let value = v[parent];
-        adjust_heap(v, parent, len, value);
+        adjust_heap::<DESC>(v, parent, len, value);
         if parent == 0 {
             break;
         }
@@ -169,16 +184,16 @@ fn heap_sort(v: &mut [(f32, u32)]) {
         last -= 1;
         let value = v[last];
         v[last] = v[0];
-        adjust_heap(&mut v[..last], 0, last, value);
+        adjust_heap::<DESC>(&mut v[..last], 0, last, value);
     }
 }
 
-fn adjust_heap(v: &mut [(f32, u32)], mut hole: usize, len: usize, value: (f32, u32)) {
+fn adjust_heap<const DESC: bool>(v: &mut [(f32, u32)], mut hole: usize, len: usize, value: (f32, u32)) {
     let top = hole;
     let mut child = hole;
     while child < (len - 1) / 2 {
         child = 2 * (child + 1);
-        if before(v[child], v[child - 1]) {
+        if before::<DESC>(v[child], v[child - 1]) {
             child -= 1;
         }
         v[hole] = v[child];
@@ -191,7 +206,7 @@ fn adjust_heap(v: &mut [(f32, u32)], mut hole: usize, len: usize, value: (f32, u
     }
     // push_heap
     let mut parent = hole.wrapping_sub(1) / 2;
-    while hole > top && before(v[parent], value) {
+    while hole > top && before::<DESC>(v[parent], value) {
         v[hole] = v[parent];
         hole = parent;
         parent = hole.wrapping_sub(1) / 2;
@@ -201,7 +216,9 @@ fn adjust_heap(v: &mut [(f32, u32)], mut hole: usize, len: usize, value: (f32, u
 
 impl GeneralizedTaskArithmetic {
     /// mergekit's `GeneralizedTaskArithmeticMerge.merge_group` in a half-precision dtype, for the
-    /// variants it is reproduced for (no sparsification or magnitude without rescale; `None` else).
+    /// variants it is reproduced for (`None` else): magnitude (TIES) and magnitude-with-outliers
+    /// (Breadcrumbs) sparsification without rescale, and DARE/DELLA at density 1, where mergekit
+    /// draws no random mask (its draws cannot be reproduced).
     pub(crate) fn gta_rounded(
         &self,
         dtype: Dtype,
@@ -211,9 +228,15 @@ impl GeneralizedTaskArithmetic {
         inputs: &[ModelTensor],
         out: &mut [f32],
     ) -> Option<Result<(), MergeError>> {
-        let supported = matches!(self.sparsification, Sparsification::None | Sparsification::Magnitude);
-        if !supported || (self.sparsification != Sparsification::None && self.rescale(shared) != Rescale::None) {
-            return None;
+        let sparsified = inputs.iter().any(|i| i.params.float("density").unwrap_or(1.0) < 1.0);
+        if sparsified {
+            let deterministic = matches!(
+                self.sparsification,
+                Sparsification::None | Sparsification::Magnitude | Sparsification::MagnitudeOutliers
+            );
+            if !deterministic || (self.sparsification != Sparsification::None && self.rescale(shared) != Rescale::None) {
+                return None;
+            }
         }
         Some(self.gta_rounded_supported(dtype, ctx, shared, base, inputs, out))
     }
@@ -232,7 +255,6 @@ impl GeneralizedTaskArithmetic {
             out.copy_from_slice(base);
             return Ok(());
         }
-        let n = base.len();
         let weights: Vec<f32> = super::gta::input_f64s(ctx, inputs, "weight", self.name)?
             .into_iter()
             .map(|w| round_f64_to(dtype, w))
@@ -250,16 +272,15 @@ impl GeneralizedTaskArithmetic {
         for (input, &w) in inputs.iter().zip(&weights) {
             let mut d: Vec<f32> = input.data.iter().zip(base).map(|(&x, &b)| r(x - b)).collect();
             let density = input.params.float("density").unwrap_or(1.0);
-            if self.sparsification == Sparsification::Magnitude && density < 1.0 {
-                let mut keep = vec![false; n];
-                if density > 0.0 && n > 0 {
-                    // As mergekit: k = max(1, int(density · numel)) in Python floats.
-                    let k = ((density * n as f64) as usize).max(1);
-                    let magnitudes: Vec<f32> = d.iter().map(|v| v.abs()).collect();
-                    for &i in torch_argsort_descending(&magnitudes).iter().take(k) {
-                        keep[i as usize] = true;
-                    }
+            let kept = match self.sparsification {
+                _ if density >= 1.0 => None,
+                Sparsification::Magnitude => Some(magnitude_keep(&d, density)),
+                Sparsification::MagnitudeOutliers => {
+                    Some(outlier_keep(&d, density, input.params.float("gamma").unwrap_or(0.01)))
                 }
+                _ => None,
+            };
+            if let Some(keep) = kept {
                 for (v, kept) in d.iter_mut().zip(keep) {
                     if !kept {
                         *v *= 0.0;
@@ -306,6 +327,36 @@ impl GeneralizedTaskArithmetic {
     }
 }
 
+/// Which entries mergekit's `magnitude` keeps: the top k = max(1, int(density · numel)) of |d|
+/// (Python floats) in `torch.argsort(descending=True)` order; none at density 0.
+fn magnitude_keep(d: &[f32], density: f64) -> Vec<bool> {
+    let n = d.len();
+    let mut keep = vec![false; n];
+    if density > 0.0 && n > 0 {
+        let k = ((density * n as f64) as usize).max(1);
+        let magnitudes: Vec<f32> = d.iter().map(|v| v.abs()).collect();
+        for &i in torch_argsort_descending(&magnitudes).iter().take(k) {
+            keep[i as usize] = true;
+        }
+    }
+    keep
+}
+
+/// Which entries mergekit's `magnitude_outliers` keeps: in `torch.sort` (ascending) order of |d|,
+/// the int(density · numel) entries after the smallest numel − kept − int(gamma · numel).
+fn outlier_keep(d: &[f32], density: f64, gamma: f64) -> Vec<bool> {
+    let n = d.len();
+    let target = (density * n as f64) as usize;
+    let top = (gamma * n as f64) as usize;
+    let bottom = n.saturating_sub(target + top);
+    let mut keep = vec![false; n];
+    let magnitudes: Vec<f32> = d.iter().map(|v| v.abs()).collect();
+    for &i in torch_argsort_ascending(&magnitudes).iter().skip(bottom).take(target) {
+        keep[i as usize] = true;
+    }
+    keep
+}
+
 #[inline]
 fn sign(x: f32) -> f32 {
     ((x > 0.0) as i32 - (x < 0.0) as i32) as f32
@@ -334,7 +385,7 @@ mod tests {
     fn heap_sort_orders_descending() {
         let values: Vec<f32> = (0..1001u32).map(|i| ((i * 613) % 101) as f32).collect();
         let mut v: Vec<(f32, u32)> = values.iter().zip(0u32..).map(|(&x, i)| (x, i)).collect();
-        heap_sort(&mut v);
+        heap_sort::<true>(&mut v);
         let order: Vec<u32> = v.iter().map(|p| p.1).collect();
         assert!(is_descending_permutation(&values, &order));
     }
