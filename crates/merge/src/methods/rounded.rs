@@ -26,7 +26,7 @@ pub fn round_to(dtype: Dtype, v: f32) -> f32 {
 /// A Python float (f64) rounded straight to `dtype`, as `torch.tensor([...], dtype=...)` does.
 /// Going through f32 first could round twice; only a value landing exactly halfway between two
 /// bf16 values can differ, and then the f64 says which way.
-fn round_f64_to(dtype: Dtype, v: f64) -> f32 {
+pub(crate) fn round_f64_to(dtype: Dtype, v: f64) -> f32 {
     match dtype {
         Dtype::F32 => v as f32,
         Dtype::F16 => f16::from_f64(v).to_f32(),
