@@ -18,10 +18,12 @@ mod rounded;
 mod sce;
 mod slerp;
 mod task_arithmetic;
+mod torch_sort;
 mod ties;
 
 pub use gta::{Consensus, GeneralizedTaskArithmetic, Rescale, Sparsification};
-pub use rounded::{round_to, torch_argsort_descending};
+pub use rounded::round_to;
+pub use torch_sort::{torch_argsort_ascending, torch_argsort_descending, torch_topk_indices};
 
 use evomerge_checkpoint::Dtype;
 
