@@ -241,6 +241,12 @@ parity_bf16!(
     nearswap_bf16,
     ram_bf16,
     ramplus_tl_bf16,
+    model_stock_bf16,
+    sce_bf16,
+    nuslerp_bf16,
+    multislerp_bf16,
+    karcher_bf16,
+    arcee_fusion_bf16,
 );
 
 /// The default f32 arithmetic is not mergekit's in bf16: TIES keeps other entries (this is why
