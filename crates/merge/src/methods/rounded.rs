@@ -48,8 +48,8 @@ pub(crate) fn round_f64_to(dtype: Dtype, v: f64) -> f32 {
 impl GeneralizedTaskArithmetic {
     /// mergekit's `GeneralizedTaskArithmeticMerge.merge_group` in a half-precision dtype, for the
     /// variants it is reproduced for (`None` else): magnitude (TIES) and magnitude-with-outliers
-    /// (Breadcrumbs) sparsification without rescale, and DARE/DELLA at density 1, where mergekit
-    /// draws no random mask (its draws cannot be reproduced).
+    /// (Breadcrumbs) sparsification with or without the L1 rescale, and DARE/DELLA at density 1,
+    /// where mergekit draws no random mask (its draws cannot be reproduced).
     pub(crate) fn gta_rounded(
         &self,
         dtype: Dtype,
@@ -65,7 +65,9 @@ impl GeneralizedTaskArithmetic {
                 self.sparsification,
                 Sparsification::None | Sparsification::Magnitude | Sparsification::MagnitudeOutliers
             );
-            if !deterministic || (self.sparsification != Sparsification::None && self.rescale(shared) != Rescale::None) {
+            // mergekit's `rescale: true` is the L1 rescale; inverse density is evomerge's own.
+            let rescale = self.rescale(shared);
+            if !deterministic || (self.sparsification != Sparsification::None && rescale == Rescale::InverseDensity) {
                 return None;
             }
         }
@@ -92,6 +94,7 @@ impl GeneralizedTaskArithmetic {
             .collect();
         let normalize = shared.bool("normalize").unwrap_or(self.default_normalize);
         let lambda = shared.float("lambda").unwrap_or(1.0);
+        let rescale = self.rescale(shared);
         let consensus = match (self.consensus, shared.text("consensus_method")) {
             (false, _) => None,
             (true, Some("count")) => Some(Consensus::Count),
@@ -112,9 +115,22 @@ impl GeneralizedTaskArithmetic {
                 _ => None,
             };
             if let Some(keep) = kept {
+                let l1 = |d: &[f32]| r(d.iter().map(|v| v.abs() as f64).sum::<f64>() as f32);
+                let before = l1(&d);
                 for (v, kept) in d.iter_mut().zip(keep) {
                     if !kept {
                         *v *= 0.0;
+                    }
+                }
+                if rescale == Rescale::L1 {
+                    // mergekit's `rescaled_masked_tensor`: masked · (‖d‖₁ / ‖masked‖₁), sums
+                    // rounded to the dtype, unless either is below 1e-7.
+                    let after = l1(&d);
+                    if before >= 1e-7 && after >= 1e-7 {
+                        let factor = r(before / after);
+                        for v in d.iter_mut() {
+                            *v = r(*v * factor);
+                        }
                     }
                 }
             }
