@@ -29,8 +29,8 @@ pub struct Args {
     #[arg(long, default_value = "1GiB", value_parser = parse_size)]
     pub memory: u64,
     /// What the merge computes in: `f32` (default; most accurate) or `recipe`, the recipe's
-    /// `dtype` as mergekit does (reproduces its bf16/f16 outputs for linear, slerp,
-    /// task_arithmetic and ties).
+    /// `dtype` as mergekit does (reproduces its bf16 outputs; not for DARE/DELLA below density 1,
+    /// whose masks are random).
     #[arg(long, default_value = "f32", value_parser = parse_compute_dtype)]
     pub compute_dtype: ComputeDtype,
 }

@@ -6,7 +6,9 @@
 //!     cargo bench -p evomerge-merge --bench merge -- generate     # only write the model set
 //!     cargo bench -p evomerge-merge --bench merge -- ties         # only one merge
 //!     cargo bench -p evomerge-merge --bench merge -- della        # also: breadcrumbs_ties, sce, model_stock,
-//!                                                                 # nuslerp, multislerp, karcher
+//!                                                                 # nuslerp, multislerp, karcher, breadcrumbs,
+//!                                                                 # della_linear, nearswap, arcee_fusion, ram,
+//!                                                                 # ramplus_tl
 //!
 //! The model set (~6.6 GB) and the recipes are written once to `$EVOMERGE_BENCH_DIR`
 //! (default `/tmp/evomerge-bench`) and reused; `bench/mergekit_side_by_side.sh` runs the same
@@ -31,7 +33,7 @@ const KV_HEADS: usize = 4;
 const HEAD_DIM: usize = HIDDEN / HEADS;
 
 /// The merges, by name; with no argument the first two run (the others: name them).
-const RECIPES: [(&str, &str); 9] = [
+const RECIPES: [(&str, &str); 15] = [
     (
         "ties",
         "models:\n  - model: ft1\n    parameters: {weight: 0.5, density: 0.5}\n  - model: ft2\n    parameters: {weight: 0.5, density: 0.5}\nmerge_method: ties\nbase_model: base\ndtype: bfloat16\n",
@@ -67,6 +69,30 @@ const RECIPES: [(&str, &str); 9] = [
     (
         "karcher",
         "models:\n  - model: ft1\n  - model: ft2\nmerge_method: karcher\ndtype: bfloat16\n",
+    ),
+    (
+        "breadcrumbs",
+        "models:\n  - model: ft1\n    parameters: {weight: 0.5, density: 0.9, gamma: 0.01}\n  - model: ft2\n    parameters: {weight: 0.5, density: 0.9, gamma: 0.01}\nmerge_method: breadcrumbs\nbase_model: base\ndtype: bfloat16\n",
+    ),
+    (
+        "della_linear",
+        "models:\n  - model: ft1\n    parameters: {weight: 0.5, density: 0.5, epsilon: 0.1}\n  - model: ft2\n    parameters: {weight: 0.5, density: 0.5, epsilon: 0.1}\nmerge_method: della_linear\nbase_model: base\ndtype: bfloat16\n",
+    ),
+    (
+        "nearswap",
+        "models:\n  - model: ft1\nmerge_method: nearswap\nbase_model: base\nparameters: {t: 0.001}\ndtype: bfloat16\n",
+    ),
+    (
+        "arcee_fusion",
+        "models:\n  - model: ft1\nmerge_method: arcee_fusion\nbase_model: base\ndtype: bfloat16\n",
+    ),
+    (
+        "ram",
+        "models:\n  - model: ft1\n  - model: ft2\nmerge_method: ram\nbase_model: base\nparameters: {epsilon: 0.001}\ndtype: bfloat16\n",
+    ),
+    (
+        "ramplus_tl",
+        "models:\n  - model: ft1\n  - model: ft2\nmerge_method: ramplus_tl\nbase_model: base\nparameters: {epsilon: 0.001}\ndtype: bfloat16\n",
     ),
 ];
 

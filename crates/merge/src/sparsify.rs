@@ -174,16 +174,18 @@ pub fn della_delta(
     let low = (density - epsilon) as f32;
     let eps = epsilon as f32;
     // One row: its entries are `input[offset + r·inner]`, r < len; writes `out` at the same places.
-    let row = |offset: usize, write: &mut dyn FnMut(usize, f32)| {
+    let row = |offset: usize, order: &mut Vec<u64>, write: &mut dyn FnMut(usize, f32)| {
         let at = |r: usize| offset + r * inner;
-        let mut order: Vec<u32> = (0..len as u32).collect();
-        let mag = |r: u32| {
-            let j = at(r as usize);
-            (input[j] - base[j]).abs()
-        };
-        order.sort_by(|&a, &b| mag(a).total_cmp(&mag(b)).then(a.cmp(&b)));
+        // Rank by |delta|, ties by position: |delta| is never negative, so its bit pattern orders
+        // as `total_cmp` does; (bits, position) packed in a u64 sorts as one integer key.
+        order.clear();
+        order.extend((0..len).map(|r| {
+            let j = at(r);
+            (u64::from((input[j] - base[j]).abs().to_bits()) << 32) | r as u64
+        }));
+        order.sort_unstable();
         let denom = (len.max(2) - 1) as f32;
-        for (rank, &r) in order.iter().enumerate() {
+        for (rank, r) in order.iter().map(|&key| key as u32).enumerate() {
             let j = at(r as usize);
             let p = if len > 1 { low + (rank as f32 / denom).clamp(0.0, 1.0) * 2.0 * eps } else { density as f32 };
             let d = input[j] - base[j];
@@ -201,12 +203,15 @@ pub fn della_delta(
     };
     let mut out = vec![0f32; n];
     if inner == 1 {
-        out.par_chunks_mut(len.max(1)).enumerate().for_each(|(o, chunk)| row(o * len, &mut |r, v| chunk[r] = v));
+        out.par_chunks_mut(len.max(1))
+            .enumerate()
+            .for_each_init(Vec::new, |order, (o, chunk)| row(o * len, order, &mut |r, v| chunk[r] = v));
     } else {
+        let mut order = Vec::new();
         for o in 0..outer {
             for i in 0..inner {
                 let offset = o * len * inner + i;
-                row(offset, &mut |r, v| out[offset + r * inner] = v);
+                row(offset, &mut order, &mut |r, v| out[offset + r * inner] = v);
             }
         }
     }

@@ -15,19 +15,30 @@ use rayon::prelude::*;
 use super::{need_base, BasePolicy, MergeMethod, ModelTensor, TensorContext, CHUNK};
 use crate::params::{ParamSet, ParamSpec};
 use crate::MergeError;
+use evomerge_checkpoint::Dtype;
+
+use super::round_to;
 
 pub struct ArceeFusion;
 
 /// Softmax of one row plus mergekit's 1e-8 (torch's order: subtract the max, exponentiate, scale by
 /// the reciprocal of the sum).
 fn softmax(row: &[f32], out: &mut Vec<f32>) {
+    softmax_plain(row, out);
+    for e in out.iter_mut() {
+        *e += 1e-8;
+    }
+}
+
+/// The softmax alone (f32).
+fn softmax_plain(row: &[f32], out: &mut Vec<f32>) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     out.clear();
     out.extend(row.iter().map(|&x| (x - max).exp()));
     let sum = out.iter().map(|&e| e as f64).sum::<f64>() as f32;
     let inv = 1.0 / sum;
     for e in out.iter_mut() {
-        *e = *e * inv + 1e-8;
+        *e *= inv;
     }
 }
 
@@ -48,6 +59,20 @@ impl MergeMethod for ArceeFusion {
     }
     fn input_bounds(&self) -> (usize, Option<usize>) {
         (2, Some(2))
+    }
+    /// mergekit's half-precision arithmetic (see [`rounded_fusion`]).
+    fn merge_rounded(
+        &self,
+        dtype: Dtype,
+        ctx: &TensorContext,
+        _shared: &ParamSet,
+        base: Option<&[f32]>,
+        inputs: &[ModelTensor],
+        out: &mut [f32],
+    ) -> Option<Result<(), MergeError>> {
+        let (Some(base), Some(other)) = (base, inputs.first()) else { return Some(Err(need_base(ctx, self.name()))) };
+        rounded_fusion(dtype, ctx.shape.last().copied().unwrap_or(1).max(1), base, other.data, out);
+        Some(Ok(()))
     }
     fn merge(
         &self,
@@ -102,3 +127,43 @@ impl MergeMethod for ArceeFusion {
     }
 }
 
+/// `arcee_fusion` as mergekit computes it on half-precision tensors: softmaxes (computed in f32
+/// by torch) rounded to `dtype`, each elementwise step of the KL divergence and the importance
+/// rounded, the row sums accumulated wide and rounded once; the quartiles are order statistics
+/// of the rounded importances (over all entries: mergekit samples 1M entries of larger tensors)
+/// and the threshold is computed in the dtype. The f32 mask promotes the blend to f32.
+fn rounded_fusion(dtype: Dtype, width: usize, base: &[f32], x: &[f32], out: &mut [f32]) {
+    let r = |v: f32| round_to(dtype, v);
+    let n = base.len();
+    if n == 0 {
+        return;
+    }
+    let eps = 1e-8f32;
+    let mut importance = vec![0f32; n];
+    let (mut p, mut q) = (Vec::new(), Vec::new());
+    for (row, imp) in importance.chunks_mut(width).enumerate() {
+        let range = row * width..row * width + imp.len();
+        softmax_plain(&x[range.clone()], &mut p);
+        softmax_plain(&base[range.clone()], &mut q);
+        let kl = r(p
+            .iter()
+            .zip(&q)
+            .map(|(&p, &q)| {
+                let (p, q) = (r(r(p) + eps), r(r(q) + eps));
+                r(p * r(r(p / q).ln())) as f64
+            })
+            .sum::<f64>() as f32);
+        for ((v, &a), &b) in imp.iter_mut().zip(&base[range.clone()]).zip(&x[range]) {
+            *v = r(r(b - a).abs() * kl);
+        }
+    }
+    let position = |q: f32| (q * (n - 1) as f32) as usize;
+    let mut sorted = importance.clone();
+    sorted.sort_unstable_by(f32::total_cmp);
+    let (q1, median, q3) = (sorted[position(0.25)], sorted[position(0.5)], sorted[position(0.75)]);
+    let threshold = r(median + r(1.5 * r(q3 - q1)));
+    for (j, o) in out.iter_mut().enumerate() {
+        let mask = (importance[j] >= threshold) as u8 as f32;
+        *o = base[j] + r(x[j] - base[j]) * mask;
+    }
+}

@@ -7,6 +7,9 @@ use rayon::prelude::*;
 use super::{par_sums, BasePolicy, MergeMethod, ModelTensor, TensorContext, CHUNK};
 use crate::params::{ParamDefault, ParamKind, ParamScope, ParamSet, ParamSpec};
 use crate::MergeError;
+use evomerge_checkpoint::Dtype;
+
+use super::round_to;
 
 pub struct Karcher;
 
@@ -38,6 +41,19 @@ impl MergeMethod for Karcher {
     }
     fn input_bounds(&self) -> (usize, Option<usize>) {
         (1, None)
+    }
+    /// mergekit's half-precision arithmetic step by step (see [`rounded_karcher`]).
+    fn merge_rounded(
+        &self,
+        dtype: Dtype,
+        _ctx: &TensorContext,
+        shared: &ParamSet,
+        _base: Option<&[f32]>,
+        inputs: &[ModelTensor],
+        out: &mut [f32],
+    ) -> Option<Result<(), MergeError>> {
+        rounded_karcher(dtype, shared, inputs, out);
+        Some(Ok(()))
     }
     fn merge(
         &self,
@@ -136,4 +152,79 @@ impl MergeMethod for Karcher {
         out.par_iter_mut().for_each(|o| *o *= scale);
         Ok(())
     }
+}
+
+/// `karcher` as mergekit computes it on half-precision tensors: the norms in f32 (mergekit
+/// upcasts for them), unit vectors, mean and tangent in the dtype with every elementwise operation
+/// rounded; a 0-dim f32 divisor (a norm) applies in f32, a 0-dim f32 factor on the left (cos,
+/// sin, the scale) is first rounded to the dtype; `torch.dot` accumulates wide and rounds once.
+fn rounded_karcher(dtype: Dtype, shared: &ParamSet, inputs: &[ModelTensor], out: &mut [f32]) {
+    let r = |v: f32| round_to(dtype, v);
+    if inputs.len() == 1 {
+        out.copy_from_slice(inputs[0].data);
+        return;
+    }
+    let max_iter = shared.float("max_iter").unwrap_or(10.0).max(0.0) as usize;
+    let tol = shared.float("tol").unwrap_or(1e-5);
+    let f32_norm = |x: &[f32]| x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt() as f32;
+    let k = inputs.len();
+    let alpha = 1.0 / k as f64;
+    let norms: Vec<f32> = inputs.iter().map(|i| f32_norm(i.data)).collect();
+    let units: Vec<Vec<f32>> = inputs
+        .iter()
+        .zip(&norms)
+        .map(|(i, &nm)| if nm == 0.0 { vec![0.0; i.data.len()] } else { i.data.iter().map(|&x| r(x / nm)).collect() })
+        .collect();
+    let valid: Vec<usize> = (0..k).filter(|&i| norms[i] as f64 > tol).collect();
+    if valid.is_empty() {
+        out.fill(0.0);
+        return;
+    }
+    let alpha_sum: f64 = valid.iter().map(|_| alpha).sum();
+    let alphas: Vec<f32> = valid.iter().map(|_| (alpha / alpha_sum) as f32).collect();
+    out.fill(0.0);
+    for (&i, &a) in valid.iter().zip(&alphas) {
+        for (o, &u) in out.iter_mut().zip(&units[i]) {
+            *o = r(*o + r(a * u));
+        }
+    }
+    let mean_norm = f32_norm(out);
+    if (mean_norm as f64) < tol {
+        out.copy_from_slice(&units[valid[0]]);
+    } else {
+        out.iter_mut().for_each(|o| *o = r(*o / mean_norm));
+    }
+    let mut tangent = vec![0f32; out.len()];
+    for _ in 0..max_iter {
+        tangent.fill(0.0);
+        for (&i, &a) in valid.iter().zip(&alphas) {
+            let unit = &units[i];
+            let dot = r(out.iter().zip(unit).map(|(&m, &u)| (m as f64) * (u as f64)).sum::<f64>() as f32).clamp(-1.0, 1.0);
+            let theta = r(dot.acos());
+            if (theta as f64) < tol {
+                continue;
+            }
+            let coefficient = r(a * r(theta / r(theta.sin())));
+            for ((t, &u), &m) in tangent.iter_mut().zip(unit).zip(out.iter()) {
+                *t = r(*t + r(coefficient * r(u - r(dot * m))));
+            }
+        }
+        let tangent_norm = f32_norm(&tangent);
+        if (tangent_norm as f64) < tol {
+            break;
+        }
+        // A 0-dim f32 tensor on the left of `*` is cast to the other operand's dtype first
+        // (on the right it is applied in f32).
+        let (cos, sin) = (r(tangent_norm.cos()), r(tangent_norm.sin()));
+        for (o, &t) in out.iter_mut().zip(&tangent) {
+            *o = r(r(cos * *o) + r(sin * r(t / tangent_norm)));
+        }
+        let unit_norm = f32_norm(out);
+        if unit_norm as f64 > tol {
+            out.iter_mut().for_each(|o| *o = r(*o / unit_norm));
+        }
+    }
+    // Python's sum of `alpha * norm`: 0-dim f32 tensors.
+    let scale = r(norms.iter().fold(0f32, |acc, &nm| acc + alpha as f32 * nm));
+    out.iter_mut().for_each(|o| *o = r(scale * *o));
 }

@@ -19,11 +19,13 @@ mod rounded;
 mod sce;
 mod slerp;
 mod task_arithmetic;
+mod torch_sort;
 mod ties;
 
 pub use elementwise::{ElementInput, ElementKeep, ElementScale, ElementwiseGta};
 pub use gta::{Consensus, GeneralizedTaskArithmetic, Rescale, Sparsification};
-pub use rounded::{round_to, torch_argsort_descending};
+pub use rounded::round_to;
+pub use torch_sort::{torch_argsort_ascending, torch_argsort_descending, torch_topk_indices};
 
 use evomerge_checkpoint::Dtype;
 
@@ -93,7 +95,8 @@ pub trait MergeMethod: Send + Sync {
         out: &mut [f32],
     ) -> Result<(), MergeError>;
     /// Merge as mergekit 0.1.5 does when it computes in `dtype` (bf16 or f16), inputs already
-    /// rounded to it; `None` when evomerge does not reproduce this method in that dtype.
+    /// rounded to it; `None` when evomerge does not reproduce this method (with these parameters)
+    /// in that dtype.
     fn merge_rounded(
         &self,
         _dtype: Dtype,
@@ -204,9 +207,9 @@ pub fn merge_tensor(
         Some(dtype) if dtype != Dtype::F32 => {
             method.merge_rounded(dtype, ctx, shared, base, inputs, out).unwrap_or_else(|| {
                 Err(MergeError::Unsupported(format!(
-                    "computing `{}` in the recipe's dtype ({dtype:?}, --compute-dtype recipe): only linear, slerp, \
-                     task_arithmetic and ties (without rescale) reproduce mergekit's low-precision arithmetic; \
-                     merge in f32 (the default) instead",
+                    "computing `{}` in the recipe's dtype ({dtype:?}, --compute-dtype recipe): below density 1 \
+                     DARE and DELLA draw random masks (torch's draws cannot be reproduced), and the \
+                     inverse-density rescale is evomerge's own; set every density to 1 or merge in f32 (the default)",
                     method.name()
                 )))
             })

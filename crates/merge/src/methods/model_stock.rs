@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use super::{need_base, BasePolicy, MergeMethod, ModelTensor, TensorContext, CHUNK};
+use super::{need_base, round_to, BasePolicy, MergeMethod, ModelTensor, TensorContext, CHUNK};
 use crate::params::{ParamDefault, ParamKind, ParamScope, ParamSet, ParamSpec};
 use crate::MergeError;
 
@@ -72,6 +72,53 @@ impl MergeMethod for ModelStock {
     }
     fn input_bounds(&self) -> (usize, Option<usize>) {
         (3, None)
+    }
+    /// mergekit's half-precision arithmetic step by step; its reductions (norms, dots, sums) run
+    /// in f64 here and are rounded once to the dtype, as torch rounds its f32 accumulators.
+    fn merge_rounded(
+        &self,
+        dtype: evomerge_checkpoint::Dtype,
+        ctx: &TensorContext,
+        shared: &ParamSet,
+        base: Option<&[f32]>,
+        inputs: &[ModelTensor],
+        out: &mut [f32],
+    ) -> Option<Result<(), MergeError>> {
+        let Some(base) = base else { return Some(Err(need_base(ctx, self.name()))) };
+        let r = |v: f32| round_to(dtype, v);
+        let filter_wise = shared.bool("filter_wise").unwrap_or(false);
+        let n = base.len();
+        let row = if filter_wise { ctx.shape.last().copied().unwrap_or(n).max(1) } else { n.max(1) };
+        let k = inputs.len();
+        out.par_chunks_mut(row).enumerate().for_each(|(row_index, chunk)| {
+            let start = row_index * row;
+            let range = start..start + chunk.len();
+            let offset = |i: usize, j: usize| r(inputs[i].data[j] - base[j]);
+            let norms: Vec<f32> = (0..k)
+                .map(|i| r(range.clone().map(|j| (offset(i, j) as f64).powi(2)).sum::<f64>().sqrt() as f32))
+                .collect();
+            let mut cos_sum = 0f32;
+            let mut pairs = 0usize;
+            for a in 0..k {
+                for b in a + 1..k {
+                    let dot = r(range.clone().map(|j| r(offset(a, j) * offset(b, j)) as f64).sum::<f64>() as f32);
+                    let product = r(norms[a] * norms[b]).max(r(1e-6));
+                    cos_sum += r(dot / product).clamp(-1.0, 1.0);
+                    pairs += 1;
+                }
+            }
+            let cos = r(cos_sum / pairs as f32);
+            let denominator = r(1.0 + r((k - 1) as f32 * cos));
+            let t = if denominator.abs() < 1e-6 { 0.0 } else { r(r(k as f32 * cos) / denominator) };
+            let keep = r(1.0 - t);
+            for (o, j) in chunk.iter_mut().zip(range) {
+                // Python's sum(ws) (0 + w1 + w2 ...) then / count, each step rounded.
+                let sum = inputs.iter().fold(0f32, |acc, input| r(acc + input.data[j]));
+                let average = r(sum / k as f32);
+                *o = r(r(t * average) + r(keep * base[j]));
+            }
+        });
+        Some(Ok(()))
     }
     fn merge(
         &self,

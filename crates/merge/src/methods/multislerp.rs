@@ -9,6 +9,10 @@ use rayon::prelude::*;
 use super::{par_sums, BasePolicy, MergeMethod, ModelTensor, TensorContext, CHUNK};
 use crate::params::{ParamDefault, ParamKind, ParamScope, ParamSet, ParamSpec};
 use crate::MergeError;
+use evomerge_checkpoint::Dtype;
+
+use super::round_to;
+use super::rounded::round_f64_to;
 
 pub struct MultiSlerp;
 
@@ -33,6 +37,22 @@ impl MergeMethod for MultiSlerp {
     }
     fn non_base_bounds(&self) -> (usize, Option<usize>) {
         (1, None)
+    }
+    /// mergekit's half-precision arithmetic step by step (see [`rounded_multislerp`]).
+    fn merge_rounded(
+        &self,
+        dtype: Dtype,
+        ctx: &TensorContext,
+        shared: &ParamSet,
+        base: Option<&[f32]>,
+        inputs: &[ModelTensor],
+        out: &mut [f32],
+    ) -> Option<Result<(), MergeError>> {
+        let weights = match super::gta::input_f64s(ctx, inputs, "weight", self.name()) {
+            Ok(w) => w,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(rounded_multislerp(dtype, ctx, shared, base, inputs, &weights, out))
     }
     fn merge(
         &self,
@@ -153,4 +173,75 @@ fn norm(x: &[f32]) -> f32 {
         }
     })[0]
         .sqrt() as f32
+}
+
+/// `multislerp` as mergekit computes it on half-precision tensors: each elementwise operation
+/// rounded to `dtype`; norms, dots and sums (over entries or over models) accumulated wide and
+/// rounded once, as torch's f32 accumulators are.
+fn rounded_multislerp(
+    dtype: Dtype,
+    ctx: &TensorContext,
+    shared: &ParamSet,
+    base: Option<&[f32]>,
+    inputs: &[ModelTensor],
+    weights: &[f64],
+    out: &mut [f32],
+) -> Result<(), MergeError> {
+    let r = |v: f32| round_to(dtype, v);
+    if inputs.len() == 1 {
+        out.copy_from_slice(inputs[0].data);
+        return Ok(());
+    }
+    let eps = shared.float("eps").unwrap_or(1e-8) as f32;
+    let (n, m) = (out.len(), inputs.len());
+    let mut weights: Vec<f32> = weights.iter().map(|&w| round_f64_to(dtype, w)).collect();
+    if shared.bool("normalize_weights").unwrap_or(true) {
+        let total = r(weights.iter().sum::<f32>());
+        for w in &mut weights {
+            *w = r(*w / total);
+        }
+    }
+    let vectors: Vec<Vec<f32>> = inputs
+        .iter()
+        .map(|i| match base {
+            Some(b) => i.data.iter().zip(b).map(|(&x, &b)| r(x - b)).collect(),
+            None => i.data.to_vec(),
+        })
+        .collect();
+    let norm = |x: &mut dyn Iterator<Item = f32>| r(x.map(|v| (v as f64).powi(2)).sum::<f64>().sqrt() as f32);
+    // Wide sum over models of rounded terms, rounded once.
+    let over_models = |term: &dyn Fn(usize) -> f32| r((0..m).map(term).sum::<f32>());
+    let norms: Vec<f32> = vectors.iter().map(|v| norm(&mut v.iter().copied())).collect();
+    let units: Vec<Vec<f32>> =
+        vectors.iter().zip(&norms).map(|(v, &nm)| v.iter().map(|&x| r(x / r(nm + eps))).collect()).collect();
+    let mut mean: Vec<f32> = (0..n).map(|j| over_models(&|i| r(units[i][j] * weights[i]))).collect();
+    let mean_norm = norm(&mut mean.iter().copied());
+    if mean_norm < eps {
+        if m == 2 {
+            for (j, o) in out.iter_mut().enumerate() {
+                let merged = r(r(vectors[0][j] * weights[0]) + r(vectors[1][j] * weights[1]));
+                *o = base.map_or(merged, |b| r(merged + b[j]));
+            }
+            return Ok(());
+        }
+        return Err(MergeError::InvalidInputs {
+            tensor: ctx.name.into(),
+            message: "multislerp: the weighted mean of the models' directions is zero (antipodal models with balancing weights); change the weights".into(),
+        });
+    }
+    for v in mean.iter_mut() {
+        *v = r(*v / mean_norm);
+    }
+    let dots: Vec<f32> =
+        units.iter().map(|u| r(u.iter().zip(&mean).map(|(&a, &b)| r(a * b) as f64).sum::<f64>() as f32)).collect();
+    let tangent: Vec<f32> =
+        (0..n).map(|j| over_models(&|i| r(r(units[i][j] - r(dots[i] * mean[j])) * weights[i]))).collect();
+    let tangent_norm = r(norm(&mut tangent.iter().copied()) + eps);
+    let (cos, sin_ratio) = (r(tangent_norm.cos()), r(r(tangent_norm.sin()) / tangent_norm));
+    let avg_norm = over_models(&|i| r(norms[i] * weights[i]));
+    for (j, o) in out.iter_mut().enumerate() {
+        let merged = r(r(r(mean[j] * cos) + r(tangent[j] * sin_ratio)) * avg_norm);
+        *o = base.map_or(merged, |b| r(merged + b[j]));
+    }
+    Ok(())
 }

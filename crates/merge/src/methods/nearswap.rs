@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::{need_base, BasePolicy, MergeMethod, ModelTensor, TensorContext, CHUNK};
+use super::{need_base, round_to, BasePolicy, MergeMethod, ModelTensor, TensorContext, CHUNK};
 use crate::params::{ParamDefault, ParamKind, ParamScope, ParamSet, ParamSpec};
 use crate::MergeError;
 
@@ -30,6 +30,18 @@ impl MergeMethod for NearSwap {
     fn input_bounds(&self) -> (usize, Option<usize>) {
         (2, Some(2))
     }
+    /// mergekit's arithmetic on half-precision tensors: every elementwise step rounded to the dtype.
+    fn merge_rounded(
+        &self,
+        dtype: evomerge_checkpoint::Dtype,
+        ctx: &TensorContext,
+        shared: &ParamSet,
+        base: Option<&[f32]>,
+        inputs: &[ModelTensor],
+        out: &mut [f32],
+    ) -> Option<Result<(), MergeError>> {
+        Some(self.run(ctx, shared, base, inputs, out, Some(dtype)))
+    }
     fn merge(
         &self,
         ctx: &TensorContext,
@@ -38,6 +50,21 @@ impl MergeMethod for NearSwap {
         inputs: &[ModelTensor],
         out: &mut [f32],
     ) -> Result<(), MergeError> {
+        self.run(ctx, shared, base, inputs, out, None)
+    }
+}
+
+impl NearSwap {
+    /// `rounding`: the dtype mergekit computes in (`None`: f32, where rounding is the identity).
+    fn run(
+        &self,
+        ctx: &TensorContext,
+        shared: &ParamSet,
+        base: Option<&[f32]>,
+        inputs: &[ModelTensor],
+        out: &mut [f32],
+        rounding: Option<evomerge_checkpoint::Dtype>,
+    ) -> Result<(), MergeError> {
         let (Some(a), Some(other)) = (base, inputs.first()) else { return Err(need_base(ctx, self.name())) };
         let t = shared.float("t").ok_or_else(|| MergeError::MissingParameter {
             parameter: "t".into(),
@@ -45,15 +72,18 @@ impl MergeMethod for NearSwap {
             tensor: ctx.name.into(),
             model: "(shared)".into(),
         })? as f32;
+        let r = |v: f32| rounding.map_or(v, |d| round_to(d, v));
+        // The clamp bound as the dtype holds it (torch converts clamp's scalars to the tensor dtype).
+        let floor = r(1e-6);
         let b = other.data;
         out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
             let start = c * CHUNK;
             let (a, b) = (&a[start..start + chunk.len()], &b[start..start + chunk.len()]);
             for ((o, &x), &y) in chunk.iter_mut().zip(a).zip(b) {
-                // torch evaluates `t / d` as `d.reciprocal() * t`.
-                let d = (x - y).abs().max(1e-6);
-                let w = ((1.0 / d) * t).clamp(0.0, 1.0);
-                *o = w * y + (1.0 - w) * x;
+                let d = r(x - y).abs().max(floor);
+                // `t / d` on a tensor is torch's `d.reciprocal() * t`.
+                let w = r(r(1.0 / d) * t).clamp(0.0, 1.0);
+                *o = r(r(w * y) + r(r(1.0 - w) * x));
             }
         });
         Ok(())

@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use super::{par_sums, BasePolicy, MergeMethod, ModelTensor, TensorContext, CHUNK};
+use super::{par_sums, round_to, BasePolicy, MergeMethod, ModelTensor, TensorContext, CHUNK};
 use crate::params::{ParamDefault, ParamKind, ParamScope, ParamSet, ParamSpec};
 use crate::MergeError;
 
@@ -29,29 +29,30 @@ struct Coefficients {
 }
 
 impl Coefficients {
+    /// `r` rounds each operation's result to the dtype mergekit computes in (identity for f32).
     #[inline(always)]
-    fn apply(&self, v0: f32, v1: f32) -> f32 {
+    fn apply(&self, v0: f32, v1: f32, r: impl Fn(f32) -> f32) -> f32 {
         if self.colinear {
-            (1.0 - self.t) as f32 * v0 + self.t as f32 * v1
+            r(r((1.0 - self.t) as f32 * v0) + r(self.t as f32 * v1))
         } else {
-            (self.ca * v0 + self.cb * v1) / self.div
+            r(r(r(self.ca * v0) + r(self.cb * v1)) / self.div)
         }
     }
 
-    /// mergekit's f32 steps from the two norms and the dot of the normalized vectors.
-    fn new(t: f64, cos: f32) -> Self {
+    /// mergekit's steps from the dot of the normalized vectors.
+    fn new(t: f64, cos: f32, r: impl Fn(f32) -> f32) -> Self {
         let cos = cos.clamp(-1.0, 1.0);
-        let colinear = 1.0 - cos * cos <= 1e-16f32;
-        let theta = if colinear { 0f32 } else { cos }.acos();
-        let ca = ((1.0 - t) as f32 * theta).sin();
-        let cb = (t as f32 * theta).sin();
-        Coefficients { ca, cb, div: theta.sin(), colinear, t }
+        let colinear = r(1.0 - r(cos * cos)) <= 1e-16f32;
+        let theta = r(if colinear { 0f32 } else { cos }.acos());
+        let ca = r(r((1.0 - t) as f32 * theta).sin());
+        let cb = r(r(t as f32 * theta).sin());
+        Coefficients { ca, cb, div: r(theta.sin()), colinear, t }
     }
 }
 
 /// Norm clamped as mergekit's `_normalize` does.
-fn clamp_norm(sq: f64) -> f32 {
-    (sq.sqrt() as f32).max(1e-7)
+fn clamp_norm(sq: f64, r: impl Fn(f32) -> f32) -> f32 {
+    r(sq.sqrt() as f32).max(r(1e-7))
 }
 
 impl MergeMethod for NuSlerp {
@@ -70,6 +71,19 @@ impl MergeMethod for NuSlerp {
     fn non_base_bounds(&self) -> (usize, Option<usize>) {
         (2, Some(2))
     }
+    /// mergekit's half-precision arithmetic: every elementwise step rounded to the dtype, the
+    /// norms and the dot accumulated wide and rounded once (as torch's f32 accumulators are).
+    fn merge_rounded(
+        &self,
+        dtype: evomerge_checkpoint::Dtype,
+        ctx: &TensorContext,
+        shared: &ParamSet,
+        base: Option<&[f32]>,
+        inputs: &[ModelTensor],
+        out: &mut [f32],
+    ) -> Option<Result<(), MergeError>> {
+        Some(self.run(ctx, shared, base, inputs, out, move |v| round_to(dtype, v)))
+    }
     fn merge(
         &self,
         ctx: &TensorContext,
@@ -78,6 +92,22 @@ impl MergeMethod for NuSlerp {
         inputs: &[ModelTensor],
         out: &mut [f32],
     ) -> Result<(), MergeError> {
+        self.run(ctx, shared, base, inputs, out, |v| v)
+    }
+}
+
+impl NuSlerp {
+    /// The merge with `r` applied to each operation's result (the identity in f32; a rounding
+    /// to the dtype mergekit computes in otherwise).
+    fn run(
+        &self,
+        ctx: &TensorContext,
+        shared: &ParamSet,
+        base: Option<&[f32]>,
+        inputs: &[ModelTensor],
+        out: &mut [f32],
+        r: impl Fn(f32) -> f32 + Sync + Copy,
+    ) -> Result<(), MergeError> {
         let weights = super::gta::input_f64s(ctx, inputs, "weight", self.name())?;
         let total = weights[0] + weights[1];
         let t = if total.abs() < 1e-6 { 0.5 } else { weights[1] / total };
@@ -85,7 +115,7 @@ impl MergeMethod for NuSlerp {
         let row_wise = shared.bool("nuslerp_row_wise").unwrap_or(false);
         let (x0, x1) = (inputs[0].data, inputs[1].data);
         let v = |x: &[f32], j: usize| match base {
-            Some(b) => x[j] - b[j],
+            Some(b) => r(x[j] - b[j]),
             None => x[j],
         };
         let n = out.len();
@@ -109,31 +139,31 @@ impl MergeMethod for NuSlerp {
                     s[1] += b * b;
                 }
             });
-            let (n0, n1) = (clamp_norm(s0), clamp_norm(s1));
+            let (n0, n1) = (clamp_norm(s0, r), clamp_norm(s1, r));
             let [dot] = par_sums::<1>(n, |range, s| {
                 for j in range {
-                    s[0] += ((v(x0, j) / n0) * (v(x1, j) / n1)) as f64;
+                    s[0] += r(r(v(x0, j) / n0) * r(v(x1, j) / n1)) as f64;
                 }
             });
-            vec![Coefficients::new(t, dot as f32)]
+            vec![Coefficients::new(t, r(dot as f32), r)]
         } else {
             (0..count)
                 .into_par_iter()
-                .map(|r| {
+                .map(|vector| {
                     let (mut s0, mut s1) = (0f64, 0f64);
                     for i in 0..len {
-                        let j = index(r, i);
+                        let j = index(vector, i);
                         let (a, b) = (v(x0, j) as f64, v(x1, j) as f64);
                         s0 += a * a;
                         s1 += b * b;
                     }
-                    let (n0, n1) = (clamp_norm(s0), clamp_norm(s1));
+                    let (n0, n1) = (clamp_norm(s0, r), clamp_norm(s1, r));
                     let mut dot = 0f64;
                     for i in 0..len {
-                        let j = index(r, i);
-                        dot += ((v(x0, j) / n0) * (v(x1, j) / n1)) as f64;
+                        let j = index(vector, i);
+                        dot += r(r(v(x0, j) / n0) * r(v(x1, j) / n1)) as f64;
                     }
-                    Coefficients::new(t, dot as f32)
+                    Coefficients::new(t, r(dot as f32), r)
                 })
                 .collect()
         };
@@ -148,10 +178,10 @@ impl MergeMethod for NuSlerp {
         };
         out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
             for (o, j) in chunk.iter_mut().zip(c * CHUNK..) {
-                let r = coefficients[vector_of(j)].apply(v(x0, j), v(x1, j));
+                let merged = coefficients[vector_of(j)].apply(v(x0, j), v(x1, j), r);
                 *o = match base {
-                    Some(b) => b[j] + r,
-                    None => r,
+                    Some(b) => r(b[j] + merged),
+                    None => merged,
                 };
             }
         });

@@ -22,6 +22,19 @@ impl MergeMethod for Passthrough {
     fn input_bounds(&self) -> (usize, Option<usize>) {
         (1, Some(1))
     }
+    /// mergekit multiplies the half-precision tensor by the Python scalar in f32 and rounds once:
+    /// with inputs rounded to the dtype and the output rounded when written, that is `merge`.
+    fn merge_rounded(
+        &self,
+        _dtype: evomerge_checkpoint::Dtype,
+        ctx: &TensorContext,
+        shared: &ParamSet,
+        base: Option<&[f32]>,
+        inputs: &[ModelTensor],
+        out: &mut [f32],
+    ) -> Option<Result<(), MergeError>> {
+        Some(self.merge(ctx, shared, base, inputs, out))
+    }
     fn merge(
         &self,
         _ctx: &TensorContext,

@@ -7,9 +7,10 @@
 
 use rayon::prelude::*;
 
-use super::{need_base, BasePolicy, MergeMethod, ModelTensor, TensorContext, CHUNK};
+use super::{need_base, round_to, rounded::round_f64_to, BasePolicy, MergeMethod, ModelTensor, TensorContext, CHUNK};
 use crate::params::{ParamDefault, ParamKind, ParamScope, ParamSet, ParamSpec};
 use crate::MergeError;
+use evomerge_checkpoint::Dtype;
 
 const ANY: ParamKind = ParamKind::Float { min: None, max: None };
 
@@ -55,6 +56,18 @@ impl MergeMethod for Ram {
     fn input_bounds(&self) -> (usize, Option<usize>) {
         (1, None)
     }
+    /// mergekit's arithmetic on half-precision tensors (see [`Ram::run`]).
+    fn merge_rounded(
+        &self,
+        dtype: Dtype,
+        ctx: &TensorContext,
+        shared: &ParamSet,
+        base: Option<&[f32]>,
+        inputs: &[ModelTensor],
+        out: &mut [f32],
+    ) -> Option<Result<(), MergeError>> {
+        Some(self.run(ctx, shared, base, inputs, out, Some(dtype)))
+    }
     fn merge(
         &self,
         ctx: &TensorContext,
@@ -63,14 +76,36 @@ impl MergeMethod for Ram {
         inputs: &[ModelTensor],
         out: &mut [f32],
     ) -> Result<(), MergeError> {
+        self.run(ctx, shared, base, inputs, out, None)
+    }
+}
+
+impl Ram {
+    /// `rounding`: the half-precision dtype mergekit computes in (`None`: f32). Then the task
+    /// vectors and the overlap means are rounded to it, epsilon is compared as the dtype holds it,
+    /// `ram` sums the models in f32 and rounds that sum before adding the base; in `ramplus_tl`
+    /// the f32 λ promotes the unique part, the sum and the base addition to f32.
+    fn run(
+        &self,
+        ctx: &TensorContext,
+        shared: &ParamSet,
+        base: Option<&[f32]>,
+        inputs: &[ModelTensor],
+        out: &mut [f32],
+        rounding: Option<Dtype>,
+    ) -> Result<(), MergeError> {
         let base = base.ok_or_else(|| need_base(ctx, self.name()))?;
         if inputs.is_empty() {
             out.copy_from_slice(base);
             return Ok(());
         }
-        // mergekit compares the f32 task vector with epsilon rounded to f32.
+        let r = |v: f32| rounding.map_or(v, |d| round_to(d, v));
+        // The counts' clamp uses epsilon in f32 whatever the tensors' dtype.
         let epsilon = float(shared, "epsilon", 1e-5);
-        let changed = |i: usize, j: usize| (inputs[i].data[j] - base[j]).abs() > epsilon;
+        // mergekit compares the task vector with epsilon rounded to the tensors' dtype.
+        let threshold = round_f64_to(rounding.unwrap_or(Dtype::F32), shared.float("epsilon").unwrap_or(1e-5));
+        let task = |i: usize, j: usize| r(inputs[i].data[j] - base[j]);
+        let changed = |i: usize, j: usize| task(i, j).abs() > threshold;
         let count = |j: usize| (0..inputs.len()).filter(|&i| changed(i, j)).count();
 
         let lambda: Vec<f32> = if self.plus {
@@ -118,12 +153,14 @@ impl MergeMethod for Ram {
                 // mergekit's per-model terms summed over models in order; unchanged entries
                 // contribute exact zeros.
                 let mut merged = 0f32;
-                for (i, (input, &l)) in inputs.iter().zip(&lambda).enumerate() {
-                    let tv = (input.data[j] - base[j]) * (changed(i, j) as u8 as f32);
+                for (i, &l) in lambda.iter().enumerate() {
+                    let tv = task(i, j) * (changed(i, j) as u8 as f32);
                     let own = if self.plus { tv * unique * l } else { tv * unique };
-                    merged += own + tv * overlap / divisor;
+                    let shared_part = r(tv * overlap / divisor);
+                    // One of the two is zero: their sum is exact in any dtype.
+                    merged += own + shared_part;
                 }
-                *o = base[j] + merged;
+                *o = if self.plus { base[j] + merged } else { r(base[j] + r(merged)) };
             }
         });
         Ok(())

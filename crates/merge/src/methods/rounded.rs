@@ -3,12 +3,13 @@
 //! and sums over models (`sum(dim=0)`) in f32 rounded once at the end. TIES keeps the top `k`
 //! magnitudes by `torch.argsort(descending=True)`, which on the CPU is libstdc++'s `std::sort`
 //! (introsort): with bf16's many equal magnitudes, which of the tied entries survive depends on
-//! that algorithm, so it is reproduced step for step here.
+//! that algorithm, so it is reproduced step for step (see [`super::torch_sort`]).
 
 use evomerge_checkpoint::{f32_to_bf16_bits, Dtype};
 use half::f16;
 
 use super::gta::{Consensus, GeneralizedTaskArithmetic, Rescale, Sparsification};
+use super::torch_sort::{torch_argsort_ascending, torch_argsort_descending};
 use super::{ModelTensor, TensorContext};
 use crate::params::ParamSet;
 use crate::MergeError;
@@ -26,7 +27,7 @@ pub fn round_to(dtype: Dtype, v: f32) -> f32 {
 /// A Python float (f64) rounded straight to `dtype`, as `torch.tensor([...], dtype=...)` does.
 /// Going through f32 first could round twice; only a value landing exactly halfway between two
 /// bf16 values can differ, and then the f64 says which way.
-fn round_f64_to(dtype: Dtype, v: f64) -> f32 {
+pub(crate) fn round_f64_to(dtype: Dtype, v: f64) -> f32 {
     match dtype {
         Dtype::F32 => v as f32,
         Dtype::F16 => f16::from_f64(v).to_f32(),
@@ -44,164 +45,11 @@ fn round_f64_to(dtype: Dtype, v: f64) -> f32 {
     }
 }
 
-/// torch's descending comparison on the CPU: larger first, NaN before everything.
-#[inline]
-fn before(a: (f32, u32), b: (f32, u32)) -> bool {
-    a.0 > b.0 || (a.0.is_nan() && !b.0.is_nan())
-}
-
-/// The permutation `torch.argsort(values, descending=True)` returns on the CPU (libstdc++'s
-/// introsort: median-of-three quicksort down to runs of 16, heapsort past depth 2·log2 n, then
-/// one insertion sort).
-pub fn torch_argsort_descending(values: &[f32]) -> Vec<u32> {
-    let mut v: Vec<(f32, u32)> = values.iter().zip(0u32..).map(|(&x, i)| (x, i)).collect();
-    let n = v.len();
-    if n > 1 {
-        let depth = 2 * (usize::BITS - 1 - n.leading_zeros()) as usize;
-        introsort_loop(&mut v, 0, n, depth);
-        final_insertion_sort(&mut v);
-    }
-    v.into_iter().map(|(_, i)| i).collect()
-}
-
-const THRESHOLD: usize = 16;
-
-fn introsort_loop(v: &mut [(f32, u32)], first: usize, mut last: usize, mut depth: usize) {
-    while last - first > THRESHOLD {
-        if depth == 0 {
-            heap_sort(&mut v[first..last]);
-            return;
-        }
-        depth -= 1;
-        let mid = first + (last - first) / 2;
-        move_median_to_first(v, first, first + 1, mid, last - 1);
-        let cut = unguarded_partition(v, first + 1, last, first);
-        introsort_loop(v, cut, last, depth);
-        last = cut;
-    }
-}
-
-fn move_median_to_first(v: &mut [(f32, u32)], result: usize, a: usize, b: usize, c: usize) {
-    let pick = if before(v[a], v[b]) {
-        if before(v[b], v[c]) {
-            b
-        } else if before(v[a], v[c]) {
-            c
-        } else {
-            a
-        }
-    } else if before(v[a], v[c]) {
-        a
-    } else if before(v[b], v[c]) {
-        c
-    } else {
-        b
-    };
-    v.swap(result, pick);
-}
-
-fn unguarded_partition(v: &mut [(f32, u32)], mut first: usize, mut last: usize, pivot: usize) -> usize {
-    loop {
-        while before(v[first], v[pivot]) {
-            first += 1;
-        }
-        last -= 1;
-        while before(v[pivot], v[last]) {
-            last -= 1;
-        }
-        if first >= last {
-            return first;
-        }
-        v.swap(first, last);
-        first += 1;
-    }
-}
-
-fn unguarded_linear_insert(v: &mut [(f32, u32)], mut last: usize) {
-    let value = v[last];
-    while before(value, v[last - 1]) {
-        v[last] = v[last - 1];
-        last -= 1;
-    }
-    v[last] = value;
-}
-
-fn insertion_sort(v: &mut [(f32, u32)]) {
-    for i in 1..v.len() {
-        if before(v[i], v[0]) {
-            let value = v[i];
-            v.copy_within(0..i, 1);
-            v[0] = value;
-        } else {
-            unguarded_linear_insert(v, i);
-        }
-    }
-}
-
-fn final_insertion_sort(v: &mut [(f32, u32)]) {
-    if v.len() > THRESHOLD {
-        insertion_sort(&mut v[..THRESHOLD]);
-        for i in THRESHOLD..v.len() {
-            unguarded_linear_insert(v, i);
-        }
-    } else {
-        insertion_sort(v);
-    }
-}
-
-/// libstdc++'s `__make_heap` + `__sort_heap` (its `__partial_sort` over the whole range).
-fn heap_sort(v: &mut [(f32, u32)]) {
-    let len = v.len();
-    if len < 2 {
-        return;
-    }
-    let mut parent = (len - 2) / 2;
-    loop {
-        let value = v[parent];
-        adjust_heap(v, parent, len, value);
-        if parent == 0 {
-            break;
-        }
-        parent -= 1;
-    }
-    let mut last = len;
-    while last > 1 {
-        last -= 1;
-        let value = v[last];
-        v[last] = v[0];
-        adjust_heap(&mut v[..last], 0, last, value);
-    }
-}
-
-fn adjust_heap(v: &mut [(f32, u32)], mut hole: usize, len: usize, value: (f32, u32)) {
-    let top = hole;
-    let mut child = hole;
-    while child < (len - 1) / 2 {
-        child = 2 * (child + 1);
-        if before(v[child], v[child - 1]) {
-            child -= 1;
-        }
-        v[hole] = v[child];
-        hole = child;
-    }
-    if len % 2 == 0 && child == (len - 2) / 2 {
-        child = 2 * (child + 1);
-        v[hole] = v[child - 1];
-        hole = child - 1;
-    }
-    // push_heap
-    let mut parent = hole.wrapping_sub(1) / 2;
-    while hole > top && before(v[parent], value) {
-        v[hole] = v[parent];
-        hole = parent;
-        parent = hole.wrapping_sub(1) / 2;
-    }
-    v[hole] = value;
-}
-
 impl GeneralizedTaskArithmetic {
     /// mergekit's `GeneralizedTaskArithmeticMerge.merge_group` in a half-precision dtype, for the
-    /// variants it is reproduced for (no sparsification or magnitude without rescale; `None` else).
+    /// variants it is reproduced for (`None` else): magnitude (TIES) and magnitude-with-outliers
+    /// (Breadcrumbs) sparsification with or without the L1 rescale, and DARE/DELLA at density 1,
+    /// where mergekit draws no random mask (its draws cannot be reproduced).
     pub(crate) fn gta_rounded(
         &self,
         dtype: Dtype,
@@ -211,9 +59,17 @@ impl GeneralizedTaskArithmetic {
         inputs: &[ModelTensor],
         out: &mut [f32],
     ) -> Option<Result<(), MergeError>> {
-        let supported = matches!(self.sparsification, Sparsification::None | Sparsification::Magnitude);
-        if !supported || (self.sparsification != Sparsification::None && self.rescale(shared) != Rescale::None) {
-            return None;
+        let sparsified = inputs.iter().any(|i| i.params.float("density").unwrap_or(1.0) < 1.0);
+        if sparsified {
+            let deterministic = matches!(
+                self.sparsification,
+                Sparsification::None | Sparsification::Magnitude | Sparsification::MagnitudeOutliers
+            );
+            // mergekit's `rescale: true` is the L1 rescale; inverse density is evomerge's own.
+            let rescale = self.rescale(shared);
+            if !deterministic || (self.sparsification != Sparsification::None && rescale == Rescale::InverseDensity) {
+                return None;
+            }
         }
         Some(self.gta_rounded_supported(dtype, ctx, shared, base, inputs, out))
     }
@@ -232,13 +88,13 @@ impl GeneralizedTaskArithmetic {
             out.copy_from_slice(base);
             return Ok(());
         }
-        let n = base.len();
         let weights: Vec<f32> = super::gta::input_f64s(ctx, inputs, "weight", self.name)?
             .into_iter()
             .map(|w| round_f64_to(dtype, w))
             .collect();
         let normalize = shared.bool("normalize").unwrap_or(self.default_normalize);
         let lambda = shared.float("lambda").unwrap_or(1.0);
+        let rescale = self.rescale(shared);
         let consensus = match (self.consensus, shared.text("consensus_method")) {
             (false, _) => None,
             (true, Some("count")) => Some(Consensus::Count),
@@ -250,19 +106,31 @@ impl GeneralizedTaskArithmetic {
         for (input, &w) in inputs.iter().zip(&weights) {
             let mut d: Vec<f32> = input.data.iter().zip(base).map(|(&x, &b)| r(x - b)).collect();
             let density = input.params.float("density").unwrap_or(1.0);
-            if self.sparsification == Sparsification::Magnitude && density < 1.0 {
-                let mut keep = vec![false; n];
-                if density > 0.0 && n > 0 {
-                    // As mergekit: k = max(1, int(density · numel)) in Python floats.
-                    let k = ((density * n as f64) as usize).max(1);
-                    let magnitudes: Vec<f32> = d.iter().map(|v| v.abs()).collect();
-                    for &i in torch_argsort_descending(&magnitudes).iter().take(k) {
-                        keep[i as usize] = true;
-                    }
+            let kept = match self.sparsification {
+                _ if density >= 1.0 => None,
+                Sparsification::Magnitude => Some(magnitude_keep(&d, density)),
+                Sparsification::MagnitudeOutliers => {
+                    Some(outlier_keep(&d, density, input.params.float("gamma").unwrap_or(0.01)))
                 }
+                _ => None,
+            };
+            if let Some(keep) = kept {
+                let l1 = |d: &[f32]| r(d.iter().map(|v| v.abs() as f64).sum::<f64>() as f32);
+                let before = l1(&d);
                 for (v, kept) in d.iter_mut().zip(keep) {
                     if !kept {
                         *v *= 0.0;
+                    }
+                }
+                if rescale == Rescale::L1 {
+                    // mergekit's `rescaled_masked_tensor`: masked · (‖d‖₁ / ‖masked‖₁), sums
+                    // rounded to the dtype, unless either is below 1e-7.
+                    let after = l1(&d);
+                    if before >= 1e-7 && after >= 1e-7 {
+                        let factor = r(before / after);
+                        for v in d.iter_mut() {
+                            *v = r(*v * factor);
+                        }
                     }
                 }
             }
@@ -306,6 +174,36 @@ impl GeneralizedTaskArithmetic {
     }
 }
 
+/// Which entries mergekit's `magnitude` keeps: the top k = max(1, int(density · numel)) of |d|
+/// (Python floats) in `torch.argsort(descending=True)` order; none at density 0.
+fn magnitude_keep(d: &[f32], density: f64) -> Vec<bool> {
+    let n = d.len();
+    let mut keep = vec![false; n];
+    if density > 0.0 && n > 0 {
+        let k = ((density * n as f64) as usize).max(1);
+        let magnitudes: Vec<f32> = d.iter().map(|v| v.abs()).collect();
+        for &i in torch_argsort_descending(&magnitudes).iter().take(k) {
+            keep[i as usize] = true;
+        }
+    }
+    keep
+}
+
+/// Which entries mergekit's `magnitude_outliers` keeps: in `torch.sort` (ascending) order of |d|,
+/// the int(density · numel) entries after the smallest numel − kept − int(gamma · numel).
+fn outlier_keep(d: &[f32], density: f64, gamma: f64) -> Vec<bool> {
+    let n = d.len();
+    let target = (density * n as f64) as usize;
+    let top = (gamma * n as f64) as usize;
+    let bottom = n.saturating_sub(target + top);
+    let mut keep = vec![false; n];
+    let magnitudes: Vec<f32> = d.iter().map(|v| v.abs()).collect();
+    for &i in torch_argsort_ascending(&magnitudes).iter().skip(bottom).take(target) {
+        keep[i as usize] = true;
+    }
+    keep
+}
+
 #[inline]
 fn sign(x: f32) -> f32 {
     ((x > 0.0) as i32 - (x < 0.0) as i32) as f32
@@ -314,38 +212,6 @@ fn sign(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Any permutation that orders the values descending is acceptable as a sort; the heapsort
-    /// fallback and the quicksort path must both give one.
-    fn is_descending_permutation(values: &[f32], order: &[u32]) -> bool {
-        let mut seen = vec![false; values.len()];
-        order.iter().all(|&i| !std::mem::replace(&mut seen[i as usize], true))
-            && order.windows(2).all(|w| values[w[0] as usize] >= values[w[1] as usize])
-            && order.len() == values.len()
-    }
-
-    #[test]
-    fn argsort_orders_descending_with_many_ties() {
-        let values: Vec<f32> = (0..5000u32).map(|i| ((i * 7919) % 97) as f32 / 8.0).collect();
-        assert!(is_descending_permutation(&values, &torch_argsort_descending(&values)));
-    }
-
-    #[test]
-    fn heap_sort_orders_descending() {
-        let values: Vec<f32> = (0..1001u32).map(|i| ((i * 613) % 101) as f32).collect();
-        let mut v: Vec<(f32, u32)> = values.iter().zip(0u32..).map(|(&x, i)| (x, i)).collect();
-        heap_sort(&mut v);
-        let order: Vec<u32> = v.iter().map(|p| p.1).collect();
-        assert!(is_descending_permutation(&values, &order));
-    }
-
-    #[test]
-    fn argsort_breaks_ties_as_torch() {
-        // torch 2.15 `torch.argsort(x, descending=True)` for this x on the CPU (not index order).
-        let x = [1.0f32, 2.0, 1.0, 2.0, 1.0, 2.0, 1.0, 2.0, 1.0, 2.0, 1.0, 2.0, 1.0, 2.0, 1.0, 2.0, 1.0, 2.0, 1.0, 2.0];
-        let torch = [1u32, 19, 17, 15, 13, 11, 9, 7, 5, 3, 8, 6, 10, 12, 4, 14, 16, 2, 18, 0];
-        assert_eq!(torch_argsort_descending(&x), torch);
-    }
 
     #[test]
     fn f64_weights_round_once() {

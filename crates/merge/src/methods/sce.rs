@@ -5,10 +5,11 @@
 
 use rayon::prelude::*;
 
-use super::{need_base, par_sums, BasePolicy, MergeMethod, ModelTensor, TensorContext, CHUNK};
+use super::{need_base, par_sums, round_to, torch_topk_indices, BasePolicy, MergeMethod, ModelTensor, TensorContext, CHUNK};
 use crate::params::{ParamDefault, ParamKind, ParamScope, ParamSet, ParamSpec};
 use crate::sparsify::Keep;
 use crate::MergeError;
+use evomerge_checkpoint::Dtype;
 
 pub struct Sce;
 
@@ -43,6 +44,20 @@ impl MergeMethod for Sce {
     }
     fn input_bounds(&self) -> (usize, Option<usize>) {
         (1, None)
+    }
+    /// mergekit's half-precision arithmetic step by step (see [`rounded_sce`]).
+    fn merge_rounded(
+        &self,
+        dtype: Dtype,
+        ctx: &TensorContext,
+        shared: &ParamSet,
+        base: Option<&[f32]>,
+        inputs: &[ModelTensor],
+        out: &mut [f32],
+    ) -> Option<Result<(), MergeError>> {
+        let Some(base) = base else { return Some(Err(need_base(ctx, self.name()))) };
+        rounded_sce(dtype, shared.float("select_topk").unwrap_or(1.0), base, inputs, out);
+        Some(Ok(()))
     }
     fn merge(
         &self,
@@ -131,4 +146,58 @@ impl MergeMethod for Sce {
 #[inline(always)]
 fn sign(x: f32) -> f32 {
     ((x > 0.0) as i32 - (x < 0.0) as i32) as f32
+}
+
+/// `sce` as mergekit computes it on half-precision tensors: task vectors, squares, products and
+/// quotients rounded to `dtype` per operation; reductions (variance, means, sums over models)
+/// accumulated wide and rounded once, as torch's f32 accumulators are; the selection is
+/// `torch.topk`'s own (its choice among tied variances depends on the algorithm).
+fn rounded_sce(dtype: Dtype, density: f64, base: &[f32], inputs: &[ModelTensor], out: &mut [f32]) {
+    let r = |v: f32| round_to(dtype, v);
+    let (n, m) = (base.len(), inputs.len());
+    if m == 0 {
+        out.copy_from_slice(base);
+        return;
+    }
+    let mut tvs: Vec<Vec<f32>> = inputs.iter().map(|i| i.data.iter().zip(base).map(|(&x, &b)| r(x - b)).collect()).collect();
+    if density < 1.0 {
+        let mut keep = vec![false; n];
+        if density > 0.0 {
+            let var: Vec<f32> = (0..n)
+                .map(|j| {
+                    let mean = tvs.iter().map(|t| t[j] as f64).sum::<f64>() / m as f64;
+                    r((tvs.iter().map(|t| (t[j] as f64 - mean).powi(2)).sum::<f64>() / m as f64) as f32)
+                })
+                .collect();
+            let nonzero = var.iter().filter(|v| **v != 0.0).count();
+            // int(count_nonzero · density): an int64 tensor times a Python float is f32.
+            let k = (nonzero as f32 * density as f32) as usize;
+            for i in torch_topk_indices(&var, k) {
+                keep[i as usize] = true;
+            }
+        }
+        for t in tvs.iter_mut() {
+            for (v, &kept) in t.iter_mut().zip(&keep) {
+                if !kept {
+                    *v *= 0.0;
+                }
+            }
+        }
+    }
+    // Weights: mean of the rounded squares, normalized by their (rounded) sum.
+    let raw: Vec<f32> = tvs.iter().map(|t| r((t.iter().map(|&v| r(v * v) as f64).sum::<f64>() / n as f64) as f32)).collect();
+    let total = r(raw.iter().sum::<f32>());
+    let weights: Vec<f32> =
+        if (total as f64).abs() < 1e-6 { vec![r(1.0 / m as f32); m] } else { raw.iter().map(|&w| r(w / total)).collect() };
+    let floor = r(1e-6);
+    for (j, o) in out.iter_mut().enumerate() {
+        let elected = if tvs.iter().map(|t| t[j]).sum::<f32>() >= 0.0 { 1.0 } else { -1.0 };
+        let (mut merged, mut divisor) = (0f32, 0f32);
+        for (t, &w) in tvs.iter().zip(&weights) {
+            let ew = if sign(t[j]) == elected { w } else { 0.0 };
+            merged += r(t[j] * ew);
+            divisor += ew;
+        }
+        *o = r(base[j] + r(r(merged) / r(divisor).max(floor)));
+    }
 }
