@@ -13,7 +13,7 @@
 #   2. vlm-parity: LLaVA image features (tower + projector) CPU vs GPU (≤ 1e-3) on the fixture, and its images/s
 #   3. merge-parity: candidate merges on the GPU vs the CPU merger, f32 and bf16, bit for bit (DARE masks too)
 #   4. the 1.1 B model set (3 × TinyLlama-shaped bf16, synthetic) written to $EVOMERGE_BENCH_DIR
-#   5. merge-bench: seconds per DARE-TIES candidate into a live bf16 model on the GPU (resident sources) vs the
+#   5. merge-bench: seconds per DARE-TIES (and per TIES) candidate into a live bf16 model on the GPU (resident sources) vs the
 #      CPU merger + upload
 #   6. decode-bench: greedy tokens/s at batch 1 and 32, bf16, evomerge vs transformers (python3 with torch and
 #      transformers, as the machine has) on the same model and prompts

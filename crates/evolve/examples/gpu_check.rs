@@ -8,11 +8,11 @@
 //!     image features (vision tower + projector, f32) on the device vs the CPU (max |diff| ≤ 1e-3), and images/s
 //!     through tower + projector on the device (a tiny fixture tower: a parity check, not a speed figure)
 //! gpu_check merge-parity --fixtures tests/fixtures/merge [--device cuda]
-//!     the candidate merge on the device vs the CPU merger, several DARE-TIES / DARE-linear candidates,
+//!     the candidate merge on the device vs the CPU merger, several DARE-TIES / DARE-linear / TIES candidates,
 //!     f32 and bf16 sources: the written weights must be equal bit for bit (so the DARE masks are identical)
 //! gpu_check merge-bench --models DIR [--device cuda] [--candidates 5]
 //!     DIR holds base/, ft1/, ft2/ (the 1.1 B set `cargo bench -p evomerge-merge --bench merge -- generate`
-//!     writes): seconds per DARE-TIES candidate merged into a live bf16 model on the device, resident sources vs
+//!     writes): seconds per DARE-TIES and per TIES candidate merged into a live bf16 model on the device, resident sources vs
 //!     the CPU merger + upload
 //! gpu_check decode-bench --model DIR [--device cuda] [--batch 1,32] [--new-tokens 128] [--prompt-len 32]
 //!     greedy decode tokens/s of our generation at each batch size (bf16 on a GPU)
@@ -179,12 +179,14 @@ fn recipe(dir: &Path, method: &str, d1: f64, d2: f64, shared: &str) -> Res<Merge
     Ok(config)
 }
 
-const CANDIDATES: [(&str, f64, f64, &str); 5] = [
+const CANDIDATES: [(&str, f64, f64, &str); 7] = [
     ("dare_ties", 0.5, 0.5, ""),
     ("dare_ties", 0.2, 0.9, "normalize: true, lambda: 1.2"),
     ("dare_ties", 0.7, 0.3, "consensus_method: count"),
     ("dare_linear", 0.6, 0.4, ""),
     ("dare_ties", 0.9, 0.1, "rescale: false"),
+    ("ties", 0.5, 0.5, ""),
+    ("ties", 0.1, 0.8, "consensus_method: count"),
 ];
 
 fn write_cpu(m: &mut Mistral, name: &str, values: &[f32]) -> Result<(), MergeError> {
@@ -277,22 +279,24 @@ fn merge_bench(models: &Path, device: &Device, candidates: usize) -> Res<()> {
     let dm = DeviceMerge::new(&merger, device)?;
     device.synchronize()?;
     println!("RESULT merge-bench upload_seconds={:.2} resident_tensors={}", started.elapsed().as_secs_f64(), dm.len());
-    let mut times = Vec::new();
-    for k in 0..candidates.max(1) {
-        let (method, d1, d2, shared) = CANDIDATES[k % CANDIDATES.len()];
-        merger.set_config(&recipe(models, method, d1, d2, shared)?)?;
-        let started = Instant::now();
-        merge_on_device(&merger, &dm, &mut live, DType::BF16)?;
-        device.synchronize()?;
-        times.push(started.elapsed().as_secs_f64());
+    for method in ["dare_ties", "ties"] {
+        let mut times = Vec::new();
+        for k in 0..candidates.max(1) {
+            let (d1, d2) = (0.3 + 0.1 * (k % 5) as f64, 0.7 - 0.1 * (k % 5) as f64);
+            merger.set_config(&recipe(models, method, d1, d2, "")?)?;
+            let started = Instant::now();
+            merge_on_device(&merger, &dm, &mut live, DType::BF16)?;
+            device.synchronize()?;
+            times.push(started.elapsed().as_secs_f64());
+        }
+        times.sort_by(f64::total_cmp);
+        println!(
+            "RESULT merge-bench method={method} path=device candidates={} median_seconds={:.4} min_seconds={:.4}",
+            times.len(),
+            times[times.len() / 2],
+            times[0]
+        );
     }
-    times.sort_by(f64::total_cmp);
-    println!(
-        "RESULT merge-bench path=device candidates={} median_seconds={:.4} min_seconds={:.4}",
-        times.len(),
-        times[times.len() / 2],
-        times[0]
-    );
     // What the search did before: merge on the CPU, copy every tensor to the device.
     let started = Instant::now();
     merger.merge_into(false, |view| write_cpu(&mut live, &view.tensor.name, view.values))?;

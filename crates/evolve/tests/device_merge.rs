@@ -67,6 +67,9 @@ fn the_device_merge_writes_the_cpu_mergers_weights_for_every_candidate() {
             ("dare_ties", 0.7, 0.3, "consensus_method: count"),
             ("dare_linear", 0.6, 0.4, ""),
             ("dare_ties", 1.0, 0.0, ""),
+            ("ties", 0.5, 0.5, ""),
+            ("ties", 0.1, 0.8, "consensus_method: count"),
+            ("ties", 0.3, 1.0, "normalize: false, lambda: 0.9"),
         ] {
             merger.set_config(&config(method, d1, d2, shared)).unwrap();
             let on_device = merge_both(&merger, &dm, &mut cpu, &mut device);
@@ -82,9 +85,57 @@ fn the_device_merge_writes_the_cpu_mergers_weights_for_every_candidate() {
 
 #[test]
 fn a_merge_without_a_per_element_form_keeps_nothing_resident() {
-    let ties = config("ties", 0.5, 0.5, "");
-    let models = open_models(&ties).unwrap();
+    let breadcrumbs = config("breadcrumbs_ties", 0.5, 0.5, "");
+    let models = open_models(&breadcrumbs).unwrap();
     let sources: Vec<&dyn TensorSource> = models.iter().map(|m| m as &dyn TensorSource).collect();
-    let merger = InMemoryMerger::from_sources(&ties, sources, 0).unwrap();
+    let merger = InMemoryMerger::from_sources(&breadcrumbs, sources, 0).unwrap();
     assert!(DeviceMerge::new(&merger, &Device::Cpu).unwrap().is_empty());
+}
+
+/// Which entries survive a threshold and tie cut.
+fn kept(magnitudes: &[f32], threshold: f32, tie_cut: usize) -> Vec<bool> {
+    magnitudes.iter().enumerate().map(|(i, &a)| a > threshold || (a == threshold && i <= tie_cut)).collect()
+}
+
+/// TIES's threshold and tie cut found by counting passes on a device keep the very entries the CPU's selection
+/// keeps, on heavily tied data (quantised magnitudes, many zeros), for small tensors (the CPU's radix select) and
+/// large ones (its sampled bracket), for k across the range.
+#[test]
+fn top_magnitude_keeps_what_the_cpu_selection_keeps() {
+    use evomerge_evolve::device_merge::top_magnitude;
+    use evomerge_merge::methods::{ElementInput, ElementKeep, ElementScale, ElementwiseGta};
+    for (n, levels) in [(1000usize, 7u64), (5000, 1000), (100_000, 50), (100_000, 1 << 20)] {
+        let values: Vec<f32> = (0..n as u64)
+            .map(|i| {
+                let h = evomerge_merge::sparsify::mix64(i ^ (n as u64) << 32);
+                let level = (h % levels) as f32;
+                if h >> 63 == 1 { -level / 64.0 } else { level / 64.0 }
+            })
+            .collect();
+        let base = vec![0f32; n];
+        let magnitudes: Vec<f32> = values.iter().map(|v| v.abs()).collect();
+        let on_device = candle_core::Tensor::from_vec(magnitudes.clone(), n, &Device::Cpu).unwrap();
+        for k in [1, 2, n / 10, n / 3, n / 2, n - n / 5, n - 2, n - 1] {
+            let (threshold, tie_cut) = top_magnitude(&on_device, k).unwrap().expect("finite");
+            let plan = ElementwiseGta {
+                inputs: vec![ElementInput { weight: 1.0, keep: ElementKeep::TopMagnitude { k }, scale: ElementScale::One }],
+                consensus: None,
+                normalize: false,
+                lambda: None,
+                plain_divisor: 1.0,
+            };
+            let ElementKeep::Magnitude { threshold: want, tie_cut: want_cut } =
+                plan.resolve_magnitudes(&base, &[&values]).inputs[0].keep
+            else {
+                panic!("the CPU selection gave no threshold for k = {k} of {n}");
+            };
+            assert_eq!(threshold.to_bits(), want.to_bits(), "threshold, k = {k} of {n}");
+            let mine = kept(&magnitudes, threshold, tie_cut);
+            assert_eq!(mine.iter().filter(|&&survives| survives).count(), k, "kept count, k = {k} of {n}");
+            assert!(mine == kept(&magnitudes, want, want_cut), "kept entries, k = {k} of {n}");
+        }
+    }
+    // Non-finite magnitudes are left to the CPU.
+    let with_inf = candle_core::Tensor::new(&[1f32, f32::INFINITY, 0.5], &Device::Cpu).unwrap();
+    assert_eq!(top_magnitude(&with_inf, 1).unwrap(), None);
 }

@@ -1,6 +1,7 @@
 //! The per-element form of a merge (`InMemoryMerger::elementwise`, what evolve's GPU merge runs): for the methods
-//! and parameters that have one, applying it gives the CPU merge's values bit for bit; where planning would have
-//! to read the data (magnitude trimming, l1 rescale) there is none.
+//! and parameters that have one, applying it gives the CPU merge's values bit for bit (TIES's top-k plan resolved
+//! from the data as the CPU merge resolves it); where planning would have to read more of the data (l1 rescale,
+//! breadcrumbs' band) there is none.
 
 use std::path::PathBuf;
 
@@ -52,7 +53,7 @@ fn check(config: &MergeConfig, seed: u64) -> usize {
 }
 
 #[test]
-fn dare_ties_dare_linear_and_task_arithmetic_have_a_per_element_form_equal_to_the_cpu_merge() {
+fn dare_ties_dare_linear_ties_and_task_arithmetic_have_a_per_element_form_equal_to_the_cpu_merge() {
     for (method, params, shared) in [
         ("dare_ties", "density: 0.5", ""),
         ("dare_ties", "density: 0.3", "normalize: true, lambda: 1.3"),
@@ -60,6 +61,8 @@ fn dare_ties_dare_linear_and_task_arithmetic_have_a_per_element_form_equal_to_th
         ("dare_linear", "density: 0.4", ""),
         ("task_arithmetic", "density: 1.0", "lambda: 0.7"),
         ("ties", "density: 1.0", ""),
+        ("ties", "density: 0.5", ""),
+        ("ties", "density: 0.2", "consensus_method: count, normalize: false"),
     ] {
         let config = config(method, params, shared);
         for seed in [0, 7] {
@@ -71,10 +74,10 @@ fn dare_ties_dare_linear_and_task_arithmetic_have_a_per_element_form_equal_to_th
 
 #[test]
 fn the_per_element_form_carries_the_dare_key_and_rescale() {
-    let config = config("dare_ties", "density: 0.5", "");
-    let models = open_models(&config).unwrap();
+    let dare = config("dare_ties", "density: 0.5", "");
+    let models = open_models(&dare).unwrap();
     let sources: Vec<&dyn TensorSource> = models.iter().map(|m| m as &dyn TensorSource).collect();
-    let merger = InMemoryMerger::from_sources(&config, sources, 3).unwrap();
+    let merger = InMemoryMerger::from_sources(&dare, sources, 3).unwrap();
     let plan = (0..merger.plan().tensors.len()).find_map(|i| merger.elementwise(i)).unwrap().unwrap();
     assert_eq!(plan.inputs.len(), 2);
     for input in &plan.inputs {
@@ -84,12 +87,22 @@ fn the_per_element_form_carries_the_dare_key_and_rescale() {
     let ElementKeep::Random { key: a, .. } = plan.inputs[0].keep else { unreachable!() };
     let ElementKeep::Random { key: b, .. } = plan.inputs[1].keep else { unreachable!() };
     assert_ne!(a, b, "each model gets its own mask");
+
+    // TIES: a top-k plan (k of the tensor's entries), resolved from the data by whoever runs it.
+    let ties = config("ties", "density: 0.25", "");
+    let models = open_models(&ties).unwrap();
+    let merger = InMemoryMerger::from_sources(&ties, models.iter().map(|m| m as &dyn TensorSource).collect(), 0).unwrap();
+    let (index, plan) = (0..merger.plan().tensors.len()).find_map(|i| merger.elementwise(i).map(|p| (i, p))).unwrap();
+    let numel = merger.plan().tensors[index].numel();
+    for input in &plan.unwrap().inputs {
+        assert_eq!(input.keep, ElementKeep::TopMagnitude { k: numel / 4 }, "{input:?}");
+    }
 }
 
 #[test]
 fn merges_whose_plan_reads_the_data_have_no_per_element_form() {
     for (method, params, shared) in [
-        ("ties", "density: 0.5", ""),
+        ("ties", "density: 0.5", "rescale: l1"),
         ("dare_ties", "density: 0.5", "rescale: l1"),
         ("breadcrumbs", "density: 0.5", ""),
     ] {

@@ -1,8 +1,9 @@
-// The task-arithmetic family's merge of one tensor (task_arithmetic, dare_linear, dare_ties), one thread per
+// The task-arithmetic family's merge of one tensor (task_arithmetic, dare_linear, dare_ties, ties), one thread per
 // entry, for evomerge's candidate merge on the GPU. It mirrors the CPU kernel (crates/merge/src/methods/gta.rs)
 // operation for operation: every add, multiply and divide is an explicit round-to-nearest intrinsic, so nothing
 // is contracted into an FMA and the result equals the CPU's bit for bit; the DARE draw is the same counter-based
-// SplitMix64 hash (crates/merge/src/sparsify.rs), so the masks are identical for the same seed.
+// SplitMix64 hash (crates/merge/src/sparsify.rs), so the masks are identical for the same seed; TIES keeps
+// |delta| above the threshold and ties up to the tie cut, both found on the device (device_merge/mod.rs).
 //
 // SRC_T / LOAD: the stacked sources [1 + n_inputs, numel] (base first), bf16 (as unsigned short) or f32.
 // DST_T / STORE: the output [numel], bf16 (rounded to nearest even, as the `half` crate does) or f32.
@@ -13,9 +14,11 @@ struct GtaParams {
     unsigned long long numel;
     unsigned long long key[MAX_INPUTS];
     unsigned long long cut[MAX_INPUTS];
+    unsigned long long tie_cut[MAX_INPUTS];
     float weight[MAX_INPUTS];
     float scale[MAX_INPUTS];
-    unsigned int keep[MAX_INPUTS];        // 0 all, 1 none, 2 random (DARE)
+    float threshold[MAX_INPUTS];
+    unsigned int keep[MAX_INPUTS];        // 0 all, 1 none, 2 random (DARE), 3 magnitude (TIES)
     unsigned int scale_kind[MAX_INPUTS];  // 0 one, 1 divide, 2 multiply
     unsigned int n_inputs;
     unsigned int consensus;               // 0 none, 1 sum, 2 count
@@ -63,6 +66,9 @@ extern "C" __global__ void NAME(const SRC_T* src, DST_T* dst, const GtaParams p)
             bool keep = p.keep[k] == 0u;                                                                     \
             if (p.keep[k] == 2u) {                                                                           \
                 keep = (mix64(p.key[k] + (i + 1ULL) * golden) >> 11) < p.cut[k];                             \
+            } else if (p.keep[k] == 3u) {                                                                    \
+                const float a = fabsf(delta);                                                                \
+                keep = a > p.threshold[k] || (a == p.threshold[k] && i <= p.tie_cut[k]);                     \
             }                                                                                                \
             float v;                                                                                         \
             if (p.scale_kind[k] == 1u) {                                                                     \

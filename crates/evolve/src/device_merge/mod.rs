@@ -4,8 +4,10 @@
 //! weight on the device. Only the candidate's few numbers (weights, DARE keys, rescale, sign rule) travel.
 //!
 //! It covers the merges with a per-element form ([`evomerge_merge::methods::ElementwiseGta`]: task_arithmetic,
-//! dare_linear, dare_ties, ties at density 1, up to [`MAX_INPUTS`] inputs); every other tensor of a candidate goes
-//! through the CPU merger as before. The kernel's arithmetic is the CPU kernel's operation for operation, and its
+//! dare_linear, dare_ties, ties, up to [`MAX_INPUTS`] inputs); every other tensor of a candidate goes through the
+//! CPU merger as before. TIES's threshold (the k-th largest |delta|) and tie cut are found on the device by
+//! bisecting the f32 bit patterns with counting passes ([`top_magnitude`]), the same numbers the CPU's selection
+//! finds, so only a few counts come back to the host. The kernel's arithmetic is the CPU kernel's operation for operation, and its
 //! DARE masks come from the same counter-based hash, so a GPU search writes the weights a CPU search would
 //! (checked by scripts/gpu-check.sh on a GPU; on the CPU the op runs the CPU kernel itself).
 
@@ -80,6 +82,7 @@ impl DeviceMerge {
             if form.inputs.len() + 1 != sources.dim(0).map_err(gpu)? {
                 continue;
             }
+            let Some(form) = resolve_magnitudes(sources, &form)? else { continue };
             let op = GtaOp::new(&form, out_dtype, sources.dim(1).map_err(gpu)?)?;
             let merged = sources.apply_op1_no_bwd(&op).and_then(|t| t.reshape(tensor.shape.as_slice())).map_err(gpu)?;
             write(tensor, &merged)?;
@@ -95,6 +98,76 @@ impl DeviceMerge {
 
 fn gpu(e: candle_core::Error) -> EvolveError {
     EvolveError::Model(format!("merge on the device: {e}"))
+}
+
+/// `form` with every TIES top-k plan resolved on the sources' device into its threshold and tie cut; `None` when
+/// that cannot be done there exactly (non-finite deltas, more than `u32::MAX` entries): the CPU merges the tensor.
+pub fn resolve_magnitudes(sources: &Tensor, form: &ElementwiseGta) -> Result<Option<ElementwiseGta>> {
+    if !form.needs_magnitudes() {
+        return Ok(Some(form.clone()));
+    }
+    let base = sources.get(0).and_then(|b| b.to_dtype(DType::F32)).map_err(gpu)?;
+    let mut resolved = form.clone();
+    for (row, input) in resolved.inputs.iter_mut().enumerate() {
+        let ElementKeep::TopMagnitude { k } = input.keep else { continue };
+        let magnitudes = sources
+            .get(row + 1)
+            .and_then(|x| x.to_dtype(DType::F32))
+            .and_then(|x| x.sub(&base))
+            .and_then(|d| d.abs())
+            .map_err(gpu)?;
+        match top_magnitude(&magnitudes, k).map_err(gpu)? {
+            Some((threshold, tie_cut)) => input.keep = ElementKeep::Magnitude { threshold, tie_cut },
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(resolved))
+}
+
+/// The k-th largest of `magnitudes` (|delta|, 1-D f32, 0 < k < len) and the index of the last entry equal to it
+/// that survives when entries above it survive and ties are taken by position, exactly as
+/// `evomerge_merge`'s selection picks them. Counting passes only: the threshold's bit pattern is bisected (for
+/// non-negative finite floats, float order is the order of their bits), then, when the threshold is tied, the
+/// tie cut's index. `None` when some magnitude is not finite or there are more than `u32::MAX` entries.
+pub fn top_magnitude(magnitudes: &Tensor, k: usize) -> candle_core::Result<Option<(f32, usize)>> {
+    let n = magnitudes.elem_count();
+    if n > u32::MAX as usize || k == 0 || k >= n {
+        return Ok(None);
+    }
+    let count = |mask: Tensor| -> candle_core::Result<usize> {
+        Ok(mask.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as usize)
+    };
+    if count(magnitudes.le(f32::MAX)?)? != n {
+        return Ok(None);
+    }
+    // Invariant: at least k magnitudes are ≥ from_bits(lo); fewer than k are ≥ from_bits(hi).
+    let (mut lo, mut hi) = (0u32, f32::MAX.to_bits() + 1);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if count(magnitudes.ge(f32::from_bits(mid))?)? >= k {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let threshold = f32::from_bits(lo);
+    let need = k - count(magnitudes.gt(threshold)?)?;
+    let ties = magnitudes.eq(threshold)?;
+    if count(ties.clone())? == need {
+        return Ok(Some((threshold, n - 1)));
+    }
+    // The smallest index p with `need` ties at or before it.
+    let index = Tensor::arange(0u32, n as u32, magnitudes.device())?;
+    let (mut lo, mut hi) = (0u32, n as u32 - 1);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if count(ties.mul(&index.le(mid)?)?)? >= need {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok(Some((threshold, lo as usize)))
 }
 
 /// The rows' stored tensors stacked into `[rows, numel]` on `device`: bf16 when every row is stored in bf16,
@@ -137,8 +210,10 @@ pub struct GtaParams {
     pub numel: u64,
     pub key: [u64; MAX_INPUTS],
     pub cut: [u64; MAX_INPUTS],
+    pub tie_cut: [u64; MAX_INPUTS],
     pub weight: [f32; MAX_INPUTS],
     pub scale: [f32; MAX_INPUTS],
+    pub threshold: [f32; MAX_INPUTS],
     pub keep: [u32; MAX_INPUTS],
     pub scale_kind: [u32; MAX_INPUTS],
     pub n_inputs: u32,
@@ -166,8 +241,10 @@ impl GtaOp {
             numel: numel as u64,
             key: [0; MAX_INPUTS],
             cut: [0; MAX_INPUTS],
+            tie_cut: [0; MAX_INPUTS],
             weight: [0.0; MAX_INPUTS],
             scale: [1.0; MAX_INPUTS],
+            threshold: [0.0; MAX_INPUTS],
             keep: [0; MAX_INPUTS],
             scale_kind: [0; MAX_INPUTS],
             n_inputs: form.inputs.len() as u32,
@@ -190,6 +267,16 @@ impl GtaOp {
                     p.keep[k] = 2;
                     p.key[k] = key;
                     p.cut[k] = dare_cut(density);
+                }
+                ElementKeep::Magnitude { threshold, tie_cut } => {
+                    p.keep[k] = 3;
+                    p.threshold[k] = threshold;
+                    p.tie_cut[k] = tie_cut as u64;
+                }
+                ElementKeep::TopMagnitude { .. } => {
+                    return Err(EvolveError::Model(
+                        "the GPU merge needs TIES thresholds resolved first (resolve_magnitudes)".into(),
+                    ))
                 }
             }
             match input.scale {

@@ -11,6 +11,13 @@ pub enum ElementKeep {
     /// DARE: entry `i` survives when `mix64(key + (i + 1)·φ) >> 11 < dare_cut(density)` (see
     /// [`crate::sparsify::dare_keeps_cut`]).
     Random { key: u64, density: f64 },
+    /// TIES: the `k` largest |delta| survive (0 < k < numel), ties at the k-th value by position. A plan, not yet
+    /// numbers: [`ElementwiseGta::resolve_magnitudes`] (or a kernel elsewhere, from the same data) finds the
+    /// threshold and tie cut.
+    TopMagnitude { k: usize },
+    /// TIES resolved: entries with |delta| > `threshold` survive, and those equal to it up to and including index
+    /// `tie_cut`.
+    Magnitude { threshold: f32, tie_cut: usize },
 }
 
 /// How a surviving delta is scaled before its weight: `d`, `d / s` or `d · s`, then `· weight`.
@@ -30,7 +37,7 @@ pub struct ElementInput {
 }
 
 /// The generalized task-arithmetic merge of one tensor in per-element form (task_arithmetic, dare_linear,
-/// dare_ties, ties at density 1): `out = base + finish(Σ kept, weighted deltas)`, with sign election when
+/// dare_ties, ties): `out = base + finish(Σ kept, weighted deltas)`, with sign election when
 /// `consensus` is set.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ElementwiseGta {
@@ -47,5 +54,27 @@ impl ElementwiseGta {
     /// bit for bit). `inputs[k]` are the values of input `k`; all slices have `out`'s length.
     pub fn apply(&self, base: &[f32], inputs: &[&[f32]], out: &mut [f32]) {
         super::gta::run_elementwise(self, base, inputs, out);
+    }
+
+    /// The same merge with every [`ElementKeep::TopMagnitude`] replaced by its threshold and tie cut, found in
+    /// the data as the CPU merge finds them.
+    pub fn resolve_magnitudes(&self, base: &[f32], inputs: &[&[f32]]) -> ElementwiseGta {
+        let mut resolved = self.clone();
+        let mut scratch = Vec::new();
+        for (input, data) in resolved.inputs.iter_mut().zip(inputs) {
+            if let ElementKeep::TopMagnitude { k } = input.keep {
+                input.keep = match crate::select::top_k(data, base, k, &mut scratch) {
+                    crate::sparsify::Keep::Magnitude { threshold, tie_cut } => ElementKeep::Magnitude { threshold, tie_cut },
+                    crate::sparsify::Keep::None => ElementKeep::None,
+                    _ => ElementKeep::All,
+                };
+            }
+        }
+        resolved
+    }
+
+    /// Whether some input's surviving entries still have to be found in the data.
+    pub fn needs_magnitudes(&self) -> bool {
+        self.inputs.iter().any(|input| matches!(input.keep, ElementKeep::TopMagnitude { .. }))
     }
 }

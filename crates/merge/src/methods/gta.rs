@@ -9,7 +9,7 @@ use super::{
     TensorContext, CHUNK,
 };
 use crate::params::{ParamDefault, ParamKind, ParamScope, ParamSet, ParamSpec};
-use crate::sparsify::{dare_cut, dare_keeps_cut, dare_key, della_delta, magnitude_keep, outlier_keep, Keep};
+use crate::sparsify::{dare_cut, dare_keeps_cut, dare_key, della_delta, magnitude_k, magnitude_keep, outlier_keep, Keep};
 use crate::MergeError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,6 +303,11 @@ impl MergeMethod for GeneralizedTaskArithmetic {
                 Sparsification::Random => {
                     ElementKeep::Random { key: dare_key(ctx.seed, ctx.name, model), density }
                 }
+                // As `magnitude_keep`: k of n survive, all of them when k reaches n.
+                Sparsification::Magnitude => match magnitude_k(density, ctx.shape.iter().product()) {
+                    k if k >= ctx.shape.iter().product() => ElementKeep::All,
+                    k => ElementKeep::TopMagnitude { k },
+                },
                 _ => return None,
             };
             let scale = match (keep, rescale) {
@@ -358,11 +363,14 @@ pub(super) fn run_elementwise(plan: &ElementwiseGta, base: &[f32], inputs: &[&[f
     let plans: Vec<InputPlan> = plan
         .inputs
         .iter()
-        .map(|p| InputPlan {
+        .zip(inputs)
+        .map(|(p, &data)| InputPlan {
             keep: match p.keep {
                 ElementKeep::All => Keep::All,
                 ElementKeep::None => Keep::None,
                 ElementKeep::Random { key, density } => Keep::Random { key, density },
+                ElementKeep::Magnitude { threshold, tie_cut } => Keep::Magnitude { threshold, tie_cut },
+                ElementKeep::TopMagnitude { k } => crate::select::top_k(data, base, k, &mut Vec::new()),
             },
             scale: match p.scale {
                 ElementScale::One => Scale::One,
