@@ -83,11 +83,17 @@ start=$SECONDS
 
 # `--build-gpu-check DIR`: instead of checking, build what scripts/gpu-check.sh runs on a GPU machine (which has
 # no Rust toolchain): the `gpu_check` example with CUDA and the merge benchmark (for its model set), release,
-# stripped, into DIR. cudarc loads libcuda/cuBLAS/NVRTC when the program starts, so they need not be here.
+# stripped, into DIR. candle 0.11 builds cudarc with `dynamic-linking`, so linking needs libcuda (the driver's;
+# no PyPI package has it, a stub would do), libcudart, libcublas, libcublasLt, libcurand and libnvrtc here, and
+# the GPU machine needs the same sonames at run time. Measured 2026-12-04: without them the link fails
+# ("unable to find library -lcuda ... -lcudart"); PyPI's cuda-toolkit extras (cublas, curand, nvrtc) provide all
+# but libcuda, but cuRAND alone is 126 MB, over what the device tool carries (64 MiB), and torch's CUDA 13 wheel
+# does not ship it, so the GPU machine may lack it. Not solved yet: see README "On a GPU".
 if [[ "${1:-}" == "--build-gpu-check" ]]; then
     out="${2:?usage: check-cuda.sh --build-gpu-check DIR}"
     mkdir -p "$out"
-    cargo build --release --features cuda -p evomerge-evolve --example gpu_check || die "building gpu_check failed"
+    cargo build --release --features cuda -p evomerge-evolve --example gpu_check \
+        || die "building gpu_check failed (if the link step could not find -lcuda/-lcublas/...: see the note above this block)"
     cp "$CARGO_TARGET_DIR/release/examples/gpu_check" "$out/gpu_check"
     bench="$(cargo bench -p evomerge-merge --bench merge --no-run --message-format=json 2>/dev/null \
         | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)"
