@@ -83,23 +83,39 @@ start=$SECONDS
 
 # `--build-gpu-check DIR`: instead of checking, build what scripts/gpu-check.sh runs on a GPU machine (which has
 # no Rust toolchain): the `gpu_check` example with CUDA and the merge benchmark (for its model set), release,
-# stripped, into DIR. candle 0.11 builds cudarc with `dynamic-linking`, so linking needs libcuda (the driver's;
-# no PyPI package has it, a stub would do), libcudart, libcublas, libcublasLt, libcurand and libnvrtc here, and
-# the GPU machine needs the same sonames at run time. Measured 2026-12-04: without them the link fails
-# ("unable to find library -lcuda ... -lcudart"); PyPI's cuda-toolkit extras (cublas, curand, nvrtc) provide all
-# but libcuda, but cuRAND alone is 126 MB, over what the device tool carries (64 MiB), and torch's CUDA 13 wheel
-# does not ship it, so the GPU machine may lack it. Not solved yet: see README "On a GPU".
+# stripped, into DIR. candle 0.11 builds cudarc with `dynamic-linking`, so the link needs libcuda, libcudart,
+# libcublas, libcublasLt, libcurand and libnvrtc. All but libcuda come from PyPI's cuda-toolkit extras (installed
+# into the same venv); libcuda is the driver's and has no package, so the link uses a stub generated here (every
+# `cu*` symbol the cudarc library leaves undefined, soname libcuda.so.1): the real driver library is what the
+# program loads on the GPU machine, and the other libraries come from its Python's NVIDIA packages there (the
+# device image's torch brings nvidia-cublas, -curand, -cuda-nvrtc, -cuda-runtime; gpu-check.sh finds them).
 if [[ "${1:-}" == "--build-gpu-check" ]]; then
     out="${2:?usage: check-cuda.sh --build-gpu-check DIR}"
     mkdir -p "$out"
-    cargo build --release --features cuda -p evomerge-evolve --example gpu_check \
-        || die "building gpu_check failed (if the link step could not find -lcuda/-lcublas/...: see the note above this block)"
+    "$venv_dir/bin/pip" install -q "cuda-toolkit[nvcc,cudart,cccl,cublas,curand,nvrtc]==$CUDA_TOOLKIT_PIN" \
+        || die "pip install of the CUDA libraries (cuda-toolkit[cublas,curand,nvrtc]) failed"
+    for lib in cudart cublas cublasLt nvrtc curand; do
+        versioned="$(ls "$cuda_root/lib/lib$lib.so."* 2>/dev/null | grep -v builtins | head -n 1)"
+        [[ -n "$versioned" ]] || die "lib$lib.so.* not found in $cuda_root/lib"
+        ln -sf "$(basename "$versioned")" "$cuda_root/lib/lib$lib.so"
+    done
+    # The library first (no binary is linked), so the cudarc rlib exists to read the driver symbols from.
+    cargo build --release --features cuda -p evomerge-evolve --lib || die "building evomerge-evolve with CUDA failed"
+    rlib="$(ls -t "$CARGO_TARGET_DIR"/release/deps/libcudarc-*.rlib | head -n 1)"
+    nm -u "$rlib" 2>/dev/null | awk '{print $2}' | grep -E '^cu[A-Z]' | sort -u \
+        | sed 's/.*/int &(void) { return 999; }/' > "$CARGO_TARGET_DIR/libcuda_stub.c"
+    [[ -s "$CARGO_TARGET_DIR/libcuda_stub.c" ]] || die "no driver symbols found in $rlib"
+    cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$cuda_root/lib/libcuda.so" "$CARGO_TARGET_DIR/libcuda_stub.c" \
+        || die "building the libcuda link stub failed"
+    cargo build --release --features cuda -p evomerge-evolve --example gpu_check || die "building gpu_check failed"
     cp "$CARGO_TARGET_DIR/release/examples/gpu_check" "$out/gpu_check"
     bench="$(cargo bench -p evomerge-merge --bench merge --no-run --message-format=json 2>/dev/null \
         | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)"
     [[ -x "$bench" ]] || die "building the merge benchmark failed"
     cp "$bench" "$out/merge-bench"
     strip "$out/gpu_check" "$out/merge-bench" 2>/dev/null || true
+    # gzipped: the CUDA program holds candle's PTX (~60 MB), and a device run carries at most 64 MiB with the tree.
+    gzip -f -9 "$out/gpu_check" "$out/merge-bench" || die "compressing the programs failed"
     ls -l "$out"
     echo "check-cuda: built the gpu-check programs into $out in $((SECONDS - start)) s"
     exit 0

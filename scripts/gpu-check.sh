@@ -20,11 +20,29 @@
 # Exit: non-zero if a parity check fails or a program is missing; benchmarks only report.
 set -uo pipefail
 bins="${1:?usage: gpu-check.sh DIR (holding gpu_check and merge-bench, from check-cuda.sh --build-gpu-check)}"
+# check-cuda.sh writes the programs gzipped (to fit a device run's carry); unpack them next to a writable copy.
+if [[ -f "$bins/gpu_check.gz" ]]; then
+    unpacked="$(mktemp -d)"
+    for program in gpu_check merge-bench; do
+        gzip -dc "$bins/$program.gz" > "$unpacked/$program" && chmod +x "$unpacked/$program" || exit 1
+    done
+    bins="$unpacked"
+fi
 for program in gpu_check merge-bench; do
     [[ -x "$bins/$program" ]] || { echo "gpu-check: $bins/$program missing; build it with scripts/check-cuda.sh --build-gpu-check $bins" >&2; exit 1; }
 done
+# The CUDA libraries the program links (cudart, cuBLAS, cuRAND, NVRTC) from python3's NVIDIA packages, as the
+# device image's torch installs them; libcuda is the driver's. Say which are missing before running anything.
+nvidia_libs="$(python3 -c 'import glob, os, nvidia; print(":".join(sorted({os.path.dirname(p) for d in nvidia.__path__ for p in glob.glob(os.path.join(d, "**", "lib*.so*"), recursive=True)})))' 2>/dev/null)"
+export LD_LIBRARY_PATH="${nvidia_libs:+$nvidia_libs:}${LD_LIBRARY_PATH:-}"
+missing="$(ldd "$bins/gpu_check" 2>/dev/null | grep 'not found')"
+if [[ -n "$missing" ]]; then
+    echo "gpu-check: $bins/gpu_check cannot load these libraries (LD_LIBRARY_PATH=$LD_LIBRARY_PATH):" >&2
+    echo "$missing" >&2
+    exit 1
+fi
 export EVOMERGE_BENCH_DIR="${EVOMERGE_BENCH_DIR:-/tmp/evomerge-bench}"
-device="${GPU_CHECK_DEVICE:-cuda}"   # `cpu` runs the same steps on the CPU (a dry run of this script)
+device="${GPU_CHECK_DEVICE:-cuda}"   # `cpu` runs the same steps on the CPU (a dry run, with programs built without --features cuda: a CUDA build needs the driver's libcuda to load)
 log="$(mktemp)"
 failed=0
 step() { # name, command...
