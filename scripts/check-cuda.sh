@@ -55,13 +55,16 @@ if [[ ! -x "$venv_dir/bin/python" ]]; then
 fi
 venv_python="$venv_dir/bin/python"
 
-# 2. pinned toolkit
+# 2. pinned toolkit (building the gpu-check programs also links cuBLAS, cuRAND and NVRTC: see below)
+extras="nvcc,cudart,cccl"
+[[ "${1:-}" == "--build-gpu-check" ]] && extras="$extras,cublas,curand,nvrtc"
 installed="$("$venv_python" -m pip show cuda-toolkit 2>/dev/null | sed -n 's/^Version: //p' || true)"
-if [[ "$installed" != "$CUDA_TOOLKIT_PIN" ]]; then
-    echo "check-cuda: installing cuda-toolkit[nvcc,cudart,cccl]==$CUDA_TOOLKIT_PIN into $venv_dir"
+if [[ "$installed" != "$CUDA_TOOLKIT_PIN" ]] \
+    || { [[ "$extras" == *curand* ]] && ! "$venv_python" -m pip show nvidia-curand nvidia-cublas nvidia-cuda-nvrtc >/dev/null 2>&1; }; then
+    echo "check-cuda: installing cuda-toolkit[$extras]==$CUDA_TOOLKIT_PIN into $venv_dir"
     "$venv_python" -m pip install --disable-pip-version-check --quiet \
-        "cuda-toolkit[nvcc,cudart,cccl]==$CUDA_TOOLKIT_PIN" \
-        || die "pip install of cuda-toolkit==$CUDA_TOOLKIT_PIN failed"
+        "cuda-toolkit[$extras]==$CUDA_TOOLKIT_PIN" \
+        || die "pip install of cuda-toolkit[$extras]==$CUDA_TOOLKIT_PIN failed"
 fi
 
 # 3. environment
@@ -84,16 +87,14 @@ start=$SECONDS
 # `--build-gpu-check DIR`: instead of checking, build what scripts/gpu-check.sh runs on a GPU machine (which has
 # no Rust toolchain): the `gpu_check` example with CUDA and the merge benchmark (for its model set), release,
 # stripped, into DIR. candle 0.11 builds cudarc with `dynamic-linking`, so the link needs libcuda, libcudart,
-# libcublas, libcublasLt, libcurand and libnvrtc. All but libcuda come from PyPI's cuda-toolkit extras (installed
-# into the same venv); libcuda is the driver's and has no package, so the link uses a stub generated here (every
+# libcublas, libcublasLt, libcurand and libnvrtc. All but libcuda come from PyPI's cuda-toolkit extras (step 2
+# installs them into the same venv); libcuda is the driver's and has no package, so the link uses a stub generated here (every
 # `cu*` symbol the cudarc library leaves undefined, soname libcuda.so.1): the real driver library is what the
 # program loads on the GPU machine, and the other libraries come from its Python's NVIDIA packages there (the
 # device image's torch brings nvidia-cublas, -curand, -cuda-nvrtc, -cuda-runtime; gpu-check.sh finds them).
 if [[ "${1:-}" == "--build-gpu-check" ]]; then
     out="${2:?usage: check-cuda.sh --build-gpu-check DIR}"
     mkdir -p "$out"
-    "$venv_dir/bin/pip" install -q "cuda-toolkit[nvcc,cudart,cccl,cublas,curand,nvrtc]==$CUDA_TOOLKIT_PIN" \
-        || die "pip install of the CUDA libraries (cuda-toolkit[cublas,curand,nvrtc]) failed"
     for lib in cudart cublas cublasLt nvrtc curand; do
         versioned="$(ls "$cuda_root/lib/lib$lib.so."* 2>/dev/null | grep -v builtins | head -n 1)"
         [[ -n "$versioned" ]] || die "lib$lib.so.* not found in $cuda_root/lib"

@@ -92,9 +92,10 @@ fn a_merge_without_a_per_element_form_keeps_nothing_resident() {
     assert!(DeviceMerge::new(&merger, &Device::Cpu).unwrap().is_empty());
 }
 
-/// Which entries survive a threshold and tie cut.
+/// Which entries survive a threshold and tie cut (the CPU kernel's rule).
 fn kept(magnitudes: &[f32], threshold: f32, tie_cut: usize) -> Vec<bool> {
-    magnitudes.iter().enumerate().map(|(i, &a)| a > threshold || (a == threshold && i <= tie_cut)).collect()
+    let keep = evomerge_merge::sparsify::Keep::Magnitude { threshold, tie_cut };
+    magnitudes.iter().enumerate().map(|(i, &a)| keep.keeps(i, a)).collect()
 }
 
 /// TIES's threshold and tie cut found by counting passes on a device keep the very entries the CPU's selection
