@@ -16,7 +16,7 @@
 #   4. runs `cargo check --workspace --features cuda --all-targets` with its own target dir
 #      (${EVOMERGE_CUDA_TARGET_DIR:-${EVOMERGE_CACHE:-$HOME/.cache/evomerge}/cuda-check-target}) so it never
 #      invalidates the CPU build, and outside the clone so a fresh CI clone reuses it (scripts/test.sh calls this);
-#   5. compiles the CUDA C kernels evomerge builds at run time with NVRTC (crates/evolve/src/device_merge/gta.cu)
+#   5. compiles the CUDA C kernels evomerge builds at run time with NVRTC (crates/evolve/src/device_merge/*.cu)
 #      to PTX with nvcc, with the arithmetic settings NVRTC gets (no FMA contraction, IEEE division).
 #
 # Usage:   scripts/check-cuda.sh [extra cargo args...]
@@ -126,7 +126,7 @@ fi
 cargo check --workspace --features cuda --all-targets "$@" || die "cargo check --features cuda failed"
 # 5. the CUDA C kernels evomerge compiles at run time with NVRTC: compile them here to PTX with the same
 #    arithmetic settings (no FMA contraction, IEEE division), so a syntax or type error shows in CI, not on a GPU.
-for kernel in crates/evolve/src/device_merge/gta.cu; do
+for kernel in crates/evolve/src/device_merge/*.cu; do
     nvcc --ptx -arch="sm_$CUDA_COMPUTE_CAP" --fmad=false --prec-div=true -o "$CARGO_TARGET_DIR/$(basename "$kernel" .cu).ptx" \
         "$kernel" || die "nvcc could not compile $kernel"
 done

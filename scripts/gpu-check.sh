@@ -11,7 +11,8 @@
 # when OUT is set):
 #   1. generate-parity: f32 logits CPU vs GPU (≤ 1e-3) and greedy / 3-beam completions (identical), fixtures
 #   2. vlm-parity: LLaVA image features (tower + projector) CPU vs GPU (≤ 1e-3) on the fixture, and its images/s
-#   3. merge-parity: candidate merges on the GPU vs the CPU merger, f32 and bf16, bit for bit (DARE masks too)
+#   3. merge-parity: candidate merges on the GPU vs the CPU merger (DARE-TIES, DARE-linear, TIES, linear, slerp), f32 and
+#      bf16, bit for bit (DARE masks and TIES thresholds too)
 #   4. the 1.1 B model set (3 × TinyLlama-shaped bf16, synthetic) written to $EVOMERGE_BENCH_DIR
 #   5. merge-bench: seconds per DARE-TIES (and per TIES) candidate into a live bf16 model on the GPU (resident sources) vs the
 #      CPU merger + upload

@@ -8,8 +8,9 @@
 //!     image features (vision tower + projector, f32) on the device vs the CPU (max |diff| ≤ 1e-3), and images/s
 //!     through tower + projector on the device (a tiny fixture tower: a parity check, not a speed figure)
 //! gpu_check merge-parity --fixtures tests/fixtures/merge [--device cuda]
-//!     the candidate merge on the device vs the CPU merger, several DARE-TIES / DARE-linear / TIES candidates,
-//!     f32 and bf16 sources: the written weights must be equal bit for bit (so the DARE masks are identical)
+//!     the candidate merge on the device vs the CPU merger, several DARE-TIES / DARE-linear / TIES / linear / slerp
+//!     candidates, f32 and bf16 sources: the written weights must be equal bit for bit (so the DARE masks and TIES
+//!     thresholds are identical)
 //! gpu_check merge-bench --models DIR [--device cuda] [--candidates 5]
 //!     DIR holds base/, ft1/, ft2/ (the 1.1 B set `cargo bench -p evomerge-merge --bench merge -- generate`
 //!     writes): seconds per DARE-TIES and per TIES candidate merged into a live bf16 model on the device, resident sources vs
@@ -189,6 +190,47 @@ const CANDIDATES: [(&str, f64, f64, &str); 7] = [
     ("ties", 0.1, 0.8, "consensus_method: count"),
 ];
 
+/// A linear recipe over `base`, `ft1`, `ft2` in `dir` with these weights.
+fn linear_recipe(dir: &Path, w: [f64; 3], shared: &str) -> Res<MergeConfig> {
+    let yaml = format!(
+        "models:\n  - model: base\n    parameters: {{weight: {}}}\n  - model: ft1\n    parameters: {{weight: {}}}\n  \
+         - model: ft2\n    parameters: {{weight: {}}}\nmerge_method: linear\nparameters: {{{shared}}}\ndtype: bfloat16\n",
+        w[0], w[1], w[2]
+    );
+    let mut config = MergeConfig::from_yaml(&yaml)?;
+    config.recipe_dir = Some(dir.to_path_buf());
+    Ok(config)
+}
+
+/// A slerp recipe from `base` to `ft1` in `dir`.
+fn slerp_recipe(dir: &Path, t: f64) -> Res<MergeConfig> {
+    let yaml = format!(
+        "models:\n  - model: base\n  - model: ft1\nmerge_method: slerp\nbase_model: base\nparameters: {{t: {t}}}\n\
+         dtype: bfloat16\n"
+    );
+    let mut config = MergeConfig::from_yaml(&yaml)?;
+    config.recipe_dir = Some(dir.to_path_buf());
+    Ok(config)
+}
+
+/// The candidates merge-parity checks, by family (one device merge per family: the first candidate's plan), each
+/// with a label.
+fn parity_families(dir: &Path) -> Res<Vec<Vec<(String, MergeConfig)>>> {
+    let mut gta = Vec::new();
+    for (method, d1, d2, shared) in CANDIDATES {
+        gta.push((format!("{method}/{d1}/{d2}/{shared:?}"), recipe(dir, method, d1, d2, shared)?));
+    }
+    let mut linear = Vec::new();
+    for (w, shared) in [([0.2, 0.5, 0.3], ""), ([1.0, -0.4, 0.7], ""), ([0.1, 0.6, 0.25], "normalize: false")] {
+        linear.push((format!("linear/{w:?}/{shared:?}"), linear_recipe(dir, w, shared)?));
+    }
+    let mut slerp = Vec::new();
+    for t in [0.5, 0.13, 0.0, 1.0] {
+        slerp.push((format!("slerp/{t}"), slerp_recipe(dir, t)?));
+    }
+    Ok(vec![gta, linear, slerp])
+}
+
 fn write_cpu(m: &mut Mistral, name: &str, values: &[f32]) -> Result<(), MergeError> {
     m.write_f32(name, values).map_err(|e| MergeError::Unsupported(e.to_string()))
 }
@@ -240,28 +282,30 @@ fn merge_parity(fixtures: &Path, device: &Device) -> Res<()> {
     }
     for (dir, live_dtype) in [(&f32_dir, DType::F32), (&f32_dir, DType::BF16), (&tmp.path().to_path_buf(), DType::BF16)] {
         let sources_dtype = if dir == &f32_dir { "f32" } else { "bf16" };
-        let config = recipe(dir, CANDIDATES[0].0, CANDIDATES[0].1, CANDIDATES[0].2, CANDIDATES[0].3)?;
-        let opened = open_models(&config)?;
-        let sources: Vec<&dyn TensorSource> = opened.iter().map(|m| m as &dyn TensorSource).collect();
-        let mut merger = InMemoryMerger::from_sources(&config, sources, 5)?;
-        let dm = DeviceMerge::new(&merger, device)?;
-        let load = |device: &Device| {
-            let opts = LoadOptions { device: device.clone(), dtype: Some(live_dtype), cpu_kernels: false, ..Default::default() };
-            Mistral::from_dir(&dir.join("base"), &opts)
-        };
-        let (mut on_cpu, mut on_device) = (load(&Device::Cpu)?, load(device)?);
-        for (method, d1, d2, shared) in CANDIDATES {
-            merger.set_config(&recipe(dir, method, d1, d2, shared)?)?;
-            merger.merge_into(false, |view| write_cpu(&mut on_cpu, &view.tensor.name, view.values))?;
-            let merged_on_device = merge_on_device(&merger, &dm, &mut on_device, live_dtype)?;
-            let diff = differing(&weights_f32(&on_cpu)?, &weights_f32(&on_device)?);
-            println!(
-                "RESULT merge-parity sources={sources_dtype} live={live_dtype:?} candidate={method}/{d1}/{d2}/{shared:?} \
-                 tensors_on_device={merged_on_device} differing_entries={diff} {}",
-                if diff == 0 { "identical" } else { "DIFFERS" }
-            );
-            if diff != 0 || merged_on_device == 0 {
-                return Err(format!("merge parity failed for {method} {d1} {d2} {shared}").into());
+        for family in parity_families(dir)? {
+            let Some((_, initial)) = family.first() else { continue };
+            let opened = open_models(initial)?;
+            let sources: Vec<&dyn TensorSource> = opened.iter().map(|m| m as &dyn TensorSource).collect();
+            let mut merger = InMemoryMerger::from_sources(initial, sources, 5)?;
+            let dm = DeviceMerge::new(&merger, device)?;
+            let load = |device: &Device| {
+                let opts = LoadOptions { device: device.clone(), dtype: Some(live_dtype), cpu_kernels: false, ..Default::default() };
+                Mistral::from_dir(&dir.join("base"), &opts)
+            };
+            let (mut on_cpu, mut on_device) = (load(&Device::Cpu)?, load(device)?);
+            for (label, candidate) in &family {
+                merger.set_config(candidate)?;
+                merger.merge_into(false, |view| write_cpu(&mut on_cpu, &view.tensor.name, view.values))?;
+                let merged_on_device = merge_on_device(&merger, &dm, &mut on_device, live_dtype)?;
+                let diff = differing(&weights_f32(&on_cpu)?, &weights_f32(&on_device)?);
+                println!(
+                    "RESULT merge-parity sources={sources_dtype} live={live_dtype:?} candidate={label} \
+                     tensors_on_device={merged_on_device} differing_entries={diff} {}",
+                    if diff == 0 { "identical" } else { "DIFFERS" }
+                );
+                if diff != 0 || merged_on_device == 0 {
+                    return Err(format!("merge parity failed for {label}").into());
+                }
             }
         }
     }

@@ -83,6 +83,62 @@ fn the_device_merge_writes_the_cpu_mergers_weights_for_every_candidate() {
     }
 }
 
+fn recipe(yaml: &str) -> MergeConfig {
+    let mut config = MergeConfig::from_yaml(yaml).unwrap();
+    config.recipe_dir = Some(fixtures());
+    config
+}
+
+fn linear(w: [f64; 3], shared: &str) -> MergeConfig {
+    recipe(&format!(
+        "models:\n  - model: models/base\n    parameters: {{weight: {}}}\n  - model: models/ft1\n    parameters: {{weight: {}}}\n  \
+         - model: models/ft2\n    parameters: {{weight: {}}}\nmerge_method: linear\nparameters: {{{shared}}}\ndtype: float32\n",
+        w[0], w[1], w[2]
+    ))
+}
+
+fn slerp(t: f64) -> MergeConfig {
+    recipe(&format!(
+        "models:\n  - model: models/base\n  - model: models/ft1\nmerge_method: slerp\nbase_model: models/base\n\
+         parameters: {{t: {t}}}\ndtype: float32\n"
+    ))
+}
+
+/// linear and slerp run on the device as fixed weighted sums of their rows (slerp's statistics computed once, at
+/// upload): every candidate writes the CPU merger's weights bit for bit, on the CPU kernels and the generic path.
+#[test]
+fn weighted_sum_merges_on_the_device_write_the_cpu_mergers_weights() {
+    let families: [(MergeConfig, Vec<MergeConfig>); 2] = [
+        (
+            linear([0.2, 0.5, 0.3], ""),
+            vec![
+                linear([0.2, 0.5, 0.3], ""),
+                linear([1.0, -0.4, 0.7], ""),
+                linear([0.1, 0.6, 0.25], "normalize: false"),
+                linear([0.0, 0.0, 1.0], ""),
+            ],
+        ),
+        (slerp(0.5), vec![slerp(0.5), slerp(0.0), slerp(0.13), slerp(1.0), slerp(-0.2)]),
+    ];
+    for (initial, candidates) in families {
+        let models = open_models(&initial).unwrap();
+        let sources: Vec<&dyn TensorSource> = models.iter().map(|m| m as &dyn TensorSource).collect();
+        let mut merger = InMemoryMerger::from_sources(&initial, sources, 3).unwrap();
+        let dm = DeviceMerge::new(&merger, &Device::Cpu).unwrap();
+        let merged = merger.plan().tensors.iter().filter(|t| matches!(t.job, evomerge_merge::TensorJob::Merge { .. })).count();
+        assert_eq!(dm.len(), merged, "{}: every merged tensor resident", initial.merge_method);
+        for cpu_kernels in [false, true] {
+            let (mut cpu, mut device) = (live(cpu_kernels), live(cpu_kernels));
+            for (i, candidate) in candidates.iter().enumerate() {
+                let what = format!("{} candidate #{i} (kernels {cpu_kernels})", initial.merge_method);
+                merger.set_config(candidate).unwrap();
+                assert_eq!(merge_both(&merger, &dm, &mut cpu, &mut device), dm.len(), "{what}");
+                assert_same_weights(&cpu, &device, &what);
+            }
+        }
+    }
+}
+
 #[test]
 fn a_merge_without_a_per_element_form_keeps_nothing_resident() {
     let breadcrumbs = config("breadcrumbs_ties", 0.5, 0.5, "");

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 use crate::buffers::BufferPool;
 use crate::config::MergeConfig;
 use crate::execute::{Executor, TensorOutput};
-use crate::methods::{ElementwiseGta, TensorContext};
+use crate::methods::{ElementwiseGta, TensorContext, WeightedSum};
 use crate::params::ParamSet;
 use crate::plan::{model_refs, MergePlan, PlannedTensor, TensorJob};
 use crate::source::TensorSource;
@@ -125,15 +125,58 @@ impl<'a> InMemoryMerger<'a> {
         if inputs.is_empty() {
             return None;
         }
-        let ctx = TensorContext {
+        let params: Vec<(usize, &ParamSet)> = inputs.iter().map(|i| (i.model, &i.params)).collect();
+        self.plan.method.elementwise(&self.context(tensor), shared, &params)
+    }
+
+    /// The rows of planned tensor `index` as a [`WeightedSum`] sees them (its base first when it has one, then its
+    /// other inputs, as (model, stored name)); `None` when it is a copy or needs vocabulary alignment or
+    /// permutation.
+    pub fn sum_rows(&self, index: usize) -> Option<Vec<(usize, &str)>> {
+        let tensor = self.plan.tensors.get(index)?;
+        let TensorJob::Merge { base, inputs, vocab: None, permute: None, .. } = &tensor.job else {
+            return None;
+        };
+        Some(base.iter().chain(inputs).map(|i| (i.model, i.name.as_str())).collect())
+    }
+
+    /// The numbers planned tensor `index`'s [`WeightedSum`] form needs from its data
+    /// ([`crate::MergeMethod::sum_statistics`], read from the sources; empty when it needs none); `None` when the tensor
+    /// has no rows ([`InMemoryMerger::sum_rows`]). Independent of the parameters: compute once per tensor.
+    pub fn sum_statistics(&self, index: usize) -> Option<Result<Vec<f64>, MergeError>> {
+        let rows = self.sum_rows(index)?;
+        let Some(statistics) = self.plan.method.sum_statistics() else { return Some(Ok(Vec::new())) };
+        let read = || -> Result<Vec<f64>, MergeError> {
+            let mut values = Vec::with_capacity(rows.len());
+            for (model, name) in &rows {
+                let mut row = Vec::new();
+                self.sources[*model].read_f32(name, &mut row)?;
+                values.push(row);
+            }
+            let rows: Vec<&[f32]> = values.iter().map(Vec::as_slice).collect();
+            Ok(statistics(&rows))
+        };
+        Some(read())
+    }
+
+    /// Planned tensor `index` as a fixed weighted sum of its rows, given its statistics
+    /// ([`InMemoryMerger::sum_statistics`]): `None` when it has no rows or its method no such form.
+    pub fn weighted_sum(&self, index: usize, statistics: &[f64]) -> Option<Result<WeightedSum, MergeError>> {
+        self.sum_rows(index)?;
+        let tensor = &self.plan.tensors[index];
+        let TensorJob::Merge { shared, inputs, .. } = &tensor.job else { return None };
+        let params: Vec<(usize, &ParamSet)> = inputs.iter().map(|i| (i.model, &i.params)).collect();
+        self.plan.method.weighted_sum(&self.context(tensor), shared, &params, statistics)
+    }
+
+    fn context<'t>(&self, tensor: &'t PlannedTensor) -> TensorContext<'t> {
+        TensorContext {
             name: &tensor.canonical,
             layer: tensor.layer,
             seed: self.seed,
             shape: &tensor.shape,
             compute: self.compute.rounding(&self.plan),
-        };
-        let params: Vec<(usize, &ParamSet)> = inputs.iter().map(|i| (i.model, &i.params)).collect();
-        self.plan.method.elementwise(&ctx, shared, &params)
+        }
     }
 
     /// Merge one planned tensor (by position in `plan().tensors`).

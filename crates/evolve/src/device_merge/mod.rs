@@ -1,55 +1,78 @@
 //! The candidate merge on the live model's device. Each merged tensor's sources (base first, then the other
-//! inputs) are uploaded once, in their stored dtype, as one stacked `[1 + inputs, numel]` tensor; each candidate
-//! then runs one kernel per tensor ([`GtaOp`], `gta.cu`) over them and writes the result into the live model's
-//! weight on the device. Only the candidate's few numbers (weights, DARE keys, rescale, sign rule) travel.
+//! inputs) are uploaded once, in their stored dtype, as one stacked `[rows, numel]` tensor; each candidate then
+//! runs one kernel per tensor over them and writes the result into the live model's weight on the device. Only the
+//! candidate's few numbers (weights, DARE keys, rescale, sign rule, sum coefficients) travel.
 //!
-//! It covers the merges with a per-element form ([`evomerge_merge::methods::ElementwiseGta`]: task_arithmetic,
-//! dare_linear, dare_ties, ties, up to [`MAX_INPUTS`] inputs); every other tensor of a candidate goes through the
-//! CPU merger as before. TIES's threshold (the k-th largest |delta|) and tie cut are found on the device by
-//! bisecting the f32 bit patterns with counting passes ([`top_magnitude`]), the same numbers the CPU's selection
-//! finds, so only a few counts come back to the host. The kernel's arithmetic is the CPU kernel's operation for operation, and its
-//! DARE masks come from the same counter-based hash, so a GPU search writes the weights a CPU search would
-//! (checked by scripts/gpu-check.sh on a GPU; on the CPU the op runs the CPU kernel itself).
+//! Two forms of the merge crate run here, each up to [`MAX_INPUTS`] inputs besides the base:
+//! - the task-arithmetic family ([`evomerge_merge::methods::ElementwiseGta`]: task_arithmetic, dare_linear,
+//!   dare_ties, ties; [`GtaOp`], `gta.cu`). TIES's threshold (the k-th largest |delta|) and tie cut are found on
+//!   the device by bisecting the f32 bit patterns with counting passes ([`top_magnitude`]), the same numbers the
+//!   CPU's selection finds, so only a few counts come back to the host;
+//! - fixed weighted sums of the rows ([`evomerge_merge::methods::WeightedSum`]: linear, slerp; [`SumOp`],
+//!   `weighted_sum.cu`). slerp's statistics (norms and dot product of its two rows) do not depend on `t`: they are
+//!   computed once, at upload, by the merge crate's own function, so each candidate only recomputes two numbers.
+//!
+//! Every other tensor of a candidate goes through the CPU merger as before. The kernels' arithmetic is the CPU
+//! kernels' operation for operation, and the DARE masks come from the same counter-based hash, so a GPU search
+//! writes the weights a CPU search would (checked by scripts/gpu-check.sh on a GPU; on the CPU the ops run the
+//! CPU kernels themselves).
 
 use std::collections::HashMap;
 
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, DType, Device, Layout, Tensor};
 use evomerge_checkpoint::Dtype;
-use evomerge_merge::methods::{Consensus, ElementKeep, ElementScale, ElementwiseGta};
-use evomerge_merge::sparsify::dare_cut;
-use evomerge_merge::{InMemoryMerger, PlannedTensor, TensorJob};
+use evomerge_merge::methods::{ElementKeep, ElementwiseGta};
+use evomerge_merge::{InMemoryMerger, PlannedTensor};
 
 use crate::error::{EvolveError, Result};
 
 #[cfg(feature = "cuda")]
 mod cuda;
+mod gta;
+mod weighted_sum;
+
+pub use gta::{GtaOp, GtaParams, GTA_SOURCE};
+pub use weighted_sum::{SumOp, SumParams, MAX_SUM_ROWS, SUM_SOURCE};
 
 /// Most inputs (besides the base) one kernel launch takes.
 pub const MAX_INPUTS: usize = 8;
 
-/// The CUDA source of the kernel (compiled with NVRTC at the first launch).
-pub const KERNEL_SOURCE: &str = include_str!("gta.cu");
+/// One tensor's sources on the device, and the form its merge takes there.
+enum Resident {
+    /// `[1 + inputs, numel]`, base first.
+    Gta(Tensor),
+    /// `[rows, numel]` (the merger's `sum_rows`), with the tensor's sum statistics.
+    Sum { rows: Tensor, statistics: Vec<f64> },
+}
 
 /// Sources resident on the device, by output tensor name.
 pub struct DeviceMerge {
     device: Device,
-    resident: HashMap<String, Tensor>,
+    resident: HashMap<String, Resident>,
 }
 
 impl DeviceMerge {
-    /// Uploads the sources of every tensor whose current plan (the merger's recipe) has a per-element form.
-    /// bf16 sources stay bf16 on the device; any other stored dtype is uploaded as f32.
+    /// Uploads the sources of every tensor whose current plan (the merger's recipe) has a per-element or a
+    /// weighted-sum form. bf16 sources stay bf16 on the device; any other stored dtype is uploaded as f32.
     pub fn new(merger: &InMemoryMerger<'_>, device: &Device) -> Result<DeviceMerge> {
         let mut resident = HashMap::new();
         for (index, tensor) in merger.plan().tensors.iter().enumerate() {
-            if !matches!(merger.elementwise(index), Some(Ok(ref form)) if form.inputs.len() <= MAX_INPUTS) {
+            let Some(rows) = merger.sum_rows(index) else { continue };
+            if tensor.numel() == 0 {
                 continue;
             }
-            let TensorJob::Merge { base: Some(base), inputs, .. } = &tensor.job else { continue };
-            let rows: Vec<(usize, &str)> = std::iter::once((base.model, base.name.as_str()))
-                .chain(inputs.iter().map(|i| (i.model, i.name.as_str())))
-                .collect();
-            resident.insert(tensor.name.clone(), stack_sources(merger, tensor, &rows, device)?);
+            if matches!(merger.elementwise(index), Some(Ok(ref form)) if form.inputs.len() <= MAX_INPUTS) {
+                resident.insert(tensor.name.clone(), Resident::Gta(stack_sources(merger, tensor, &rows, device)?));
+                continue;
+            }
+            if rows.len() > MAX_SUM_ROWS {
+                continue;
+            }
+            let Some(statistics) = merger.sum_statistics(index).transpose()? else { continue };
+            if matches!(merger.weighted_sum(index, &statistics), Some(Ok(_))) {
+                let rows = stack_sources(merger, tensor, &rows, device)?;
+                resident.insert(tensor.name.clone(), Resident::Sum { rows, statistics });
+            }
         }
         Ok(DeviceMerge { device: device.clone(), resident })
     }
@@ -76,15 +99,29 @@ impl DeviceMerge {
         let tensors = &merger.plan().tensors;
         let mut done = vec![false; tensors.len()];
         for (index, tensor) in tensors.iter().enumerate() {
-            let Some(sources) = self.resident.get(&tensor.name) else { continue };
-            let Some(form) = merger.elementwise(index) else { continue };
-            let form = form?;
-            if form.inputs.len() + 1 != sources.dim(0).map_err(gpu)? {
-                continue;
-            }
-            let Some(form) = resolve_magnitudes(sources, &form)? else { continue };
-            let op = GtaOp::new(&form, out_dtype, sources.dim(1).map_err(gpu)?)?;
-            let merged = sources.apply_op1_no_bwd(&op).and_then(|t| t.reshape(tensor.shape.as_slice())).map_err(gpu)?;
+            let Some(resident) = self.resident.get(&tensor.name) else { continue };
+            let merged = match resident {
+                Resident::Gta(sources) => {
+                    let Some(form) = merger.elementwise(index) else { continue };
+                    let form = form?;
+                    if form.inputs.len() + 1 != sources.dim(0).map_err(gpu)? {
+                        continue;
+                    }
+                    let Some(form) = resolve_magnitudes(sources, &form)? else { continue };
+                    let op = GtaOp::new(&form, out_dtype, sources.dim(1).map_err(gpu)?)?;
+                    sources.apply_op1_no_bwd(&op)
+                }
+                Resident::Sum { rows, statistics } => {
+                    let Some(form) = merger.weighted_sum(index, statistics) else { continue };
+                    let form = form?;
+                    if form.coefficients.len() != rows.dim(0).map_err(gpu)? {
+                        continue;
+                    }
+                    let op = SumOp::new(&form, out_dtype, rows.dim(1).map_err(gpu)?)?;
+                    rows.apply_op1_no_bwd(&op)
+                }
+            };
+            let merged = merged.and_then(|t| t.reshape(tensor.shape.as_slice())).map_err(gpu)?;
             write(tensor, &merged)?;
             done[index] = true;
         }
@@ -203,124 +240,17 @@ fn stack_sources(
     Tensor::stack(&stacked, 0).map_err(gpu)
 }
 
-/// The kernel's parameters: the per-element form as plain numbers (layout shared with `gta.cu`'s `GtaParams`).
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct GtaParams {
-    pub numel: u64,
-    pub key: [u64; MAX_INPUTS],
-    pub cut: [u64; MAX_INPUTS],
-    pub tie_cut: [u64; MAX_INPUTS],
-    pub weight: [f32; MAX_INPUTS],
-    pub scale: [f32; MAX_INPUTS],
-    pub threshold: [f32; MAX_INPUTS],
-    pub keep: [u32; MAX_INPUTS],
-    pub scale_kind: [u32; MAX_INPUTS],
-    pub n_inputs: u32,
-    pub consensus: u32,
-    pub normalize: u32,
-    pub has_lambda: u32,
-    pub lambda: f32,
-    pub plain_divisor: f32,
-}
 
-/// One tensor's merge as a candle op over the stacked sources.
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-pub struct GtaOp {
-    form: ElementwiseGta,
-    params: GtaParams,
-    out_dtype: DType,
-}
-
-impl GtaOp {
-    pub fn new(form: &ElementwiseGta, out_dtype: DType, numel: usize) -> Result<GtaOp> {
-        if form.inputs.len() > MAX_INPUTS {
-            return Err(EvolveError::Model(format!("the GPU merge takes at most {MAX_INPUTS} inputs")));
-        }
-        let mut p = GtaParams {
-            numel: numel as u64,
-            key: [0; MAX_INPUTS],
-            cut: [0; MAX_INPUTS],
-            tie_cut: [0; MAX_INPUTS],
-            weight: [0.0; MAX_INPUTS],
-            scale: [1.0; MAX_INPUTS],
-            threshold: [0.0; MAX_INPUTS],
-            keep: [0; MAX_INPUTS],
-            scale_kind: [0; MAX_INPUTS],
-            n_inputs: form.inputs.len() as u32,
-            consensus: match form.consensus {
-                None => 0,
-                Some(Consensus::Sum) => 1,
-                Some(Consensus::Count) => 2,
-            },
-            normalize: u32::from(form.normalize),
-            has_lambda: u32::from(form.lambda.is_some()),
-            lambda: form.lambda.unwrap_or(1.0),
-            plain_divisor: form.plain_divisor,
-        };
-        for (k, input) in form.inputs.iter().enumerate() {
-            p.weight[k] = input.weight;
-            match input.keep {
-                ElementKeep::All => p.keep[k] = 0,
-                ElementKeep::None => p.keep[k] = 1,
-                ElementKeep::Random { key, density } => {
-                    p.keep[k] = 2;
-                    p.key[k] = key;
-                    p.cut[k] = dare_cut(density);
-                }
-                ElementKeep::Magnitude { threshold, tie_cut } => {
-                    p.keep[k] = 3;
-                    p.threshold[k] = threshold;
-                    p.tie_cut[k] = tie_cut as u64;
-                }
-                ElementKeep::TopMagnitude { .. } => {
-                    return Err(EvolveError::Model(
-                        "the GPU merge needs TIES thresholds resolved first (resolve_magnitudes)".into(),
-                    ))
-                }
-            }
-            match input.scale {
-                ElementScale::One => p.scale_kind[k] = 0,
-                ElementScale::Div(s) => (p.scale_kind[k], p.scale[k]) = (1, s),
-                ElementScale::Mul(s) => (p.scale_kind[k], p.scale[k]) = (2, s),
-            }
-        }
-        Ok(GtaOp { form: form.clone(), params: p, out_dtype })
-    }
-
-    pub fn params(&self) -> &GtaParams {
-        &self.params
-    }
-}
-
-impl CustomOp1 for GtaOp {
-    fn name(&self) -> &'static str {
-        "evomerge-gta-merge"
-    }
-
-    /// The CPU kernel itself (what the GPU kernel must equal): f32 out, rounded by the live model's write.
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (rows, numel) = layout.shape().dims2()?;
-        let Some((start, _)) = layout.contiguous_offsets() else {
-            candle_core::bail!("the stacked merge sources must be contiguous");
-        };
-        let values: Vec<f32> = match storage {
-            CpuStorage::F32(v) => v[start..start + rows * numel].to_vec(),
-            CpuStorage::BF16(v) => v[start..start + rows * numel].iter().map(|x| x.to_f32()).collect(),
-            other => candle_core::bail!("merge sources must be bf16 or f32, got {:?}", candle_core::backend::BackendStorage::dtype(other)),
-        };
-        let inputs: Vec<&[f32]> = values[numel..].chunks(numel).collect();
-        let mut out = vec![0f32; numel];
-        self.form.apply(&values[..numel], &inputs, &mut out);
-        Ok((CpuStorage::F32(out), Shape::from(numel)))
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        storage: &candle_core::CudaStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        cuda::launch(&self.params, self.out_dtype, storage, layout)
-    }
+/// The stacked sources a merge op gets on the CPU, as f32 (`[rows · numel]`), and `numel`.
+fn stacked_f32(storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(Vec<f32>, usize)> {
+    let (rows, numel) = layout.shape().dims2()?;
+    let Some((start, _)) = layout.contiguous_offsets() else {
+        candle_core::bail!("the stacked merge sources must be contiguous");
+    };
+    let values = match storage {
+        CpuStorage::F32(v) => v[start..start + rows * numel].to_vec(),
+        CpuStorage::BF16(v) => v[start..start + rows * numel].iter().map(|x| x.to_f32()).collect(),
+        other => candle_core::bail!("merge sources must be bf16 or f32, got {:?}", candle_core::backend::BackendStorage::dtype(other)),
+    };
+    Ok((values, numel))
 }

@@ -78,3 +78,54 @@ impl ElementwiseGta {
         self.inputs.iter().any(|input| matches!(input.keep, ElementKeep::TopMagnitude { .. }))
     }
 }
+
+/// Where a [`WeightedSum`] starts its running sum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SumStart {
+    /// `0 + c₀x₀ + c₁x₁ + …` (linear, as mergekit accumulates from zeros).
+    Zero,
+    /// `c₀x₀ + c₁x₁ + …` (slerp's `s0·v0 + s1·v1`): differs from [`SumStart::Zero`] only in the sign of a zero.
+    FirstTerm,
+}
+
+/// A merge of one tensor whose every output entry is a fixed weighted sum of the same entry of its rows — the
+/// plan's base first when it has one, then its other inputs: `linear`, and `slerp` once the tensor's statistics
+/// are known ([`crate::MergeMethod::sum_statistics`]). `out = (Σ_k c_k·x_k) / divisor`, summed in row order,
+/// with `c_k·x_k + acc` fused into one rounding when `fused` (mergekit's `addcmul_` in a rounded compute dtype).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightedSum {
+    pub coefficients: Vec<f32>,
+    pub start: SumStart,
+    pub fused: bool,
+    pub divisor: Option<f32>,
+}
+
+impl WeightedSum {
+    /// Computes the merge on the host: the CPU kernel of the methods that have this form, and the reference every
+    /// other implementation must equal bit for bit. `rows[k]` pairs with `coefficients[k]`; all have `out`'s length.
+    pub fn apply(&self, rows: &[&[f32]], out: &mut [f32]) {
+        use rayon::prelude::*;
+        debug_assert_eq!(rows.len(), self.coefficients.len());
+        out.par_chunks_mut(super::CHUNK).enumerate().for_each(|(c, chunk)| {
+            let span = c * super::CHUNK..c * super::CHUNK + chunk.len();
+            let mut terms = rows.iter().map(|row| &row[span.clone()]).zip(&self.coefficients);
+            match self.start {
+                SumStart::Zero => chunk.fill(0.0),
+                SumStart::FirstTerm => match terms.next() {
+                    Some((x, &w)) => chunk.iter_mut().zip(x).for_each(|(o, &x)| *o = w * x),
+                    None => chunk.fill(0.0),
+                },
+            }
+            for (x, &w) in terms {
+                if self.fused {
+                    chunk.iter_mut().zip(x).for_each(|(o, &x)| *o = x.mul_add(w, *o));
+                } else {
+                    chunk.iter_mut().zip(x).for_each(|(o, &x)| *o += x * w);
+                }
+            }
+            if let Some(divisor) = self.divisor {
+                chunk.iter_mut().for_each(|o| *o /= divisor);
+            }
+        });
+    }
+}

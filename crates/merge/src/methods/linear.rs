@@ -1,8 +1,6 @@
 //! `linear`: weighted average of the inputs, divided by the sum of weights unless `normalize: false`.
 
-use rayon::prelude::*;
-
-use super::{BasePolicy, MergeMethod, ModelTensor, TensorContext, CHUNK};
+use super::{BasePolicy, MergeMethod, ModelTensor, SumStart, TensorContext, WeightedSum};
 use crate::params::{ParamDefault, ParamKind, ParamScope, ParamSet, ParamSpec};
 use crate::MergeError;
 
@@ -50,11 +48,40 @@ impl MergeMethod for Linear {
         // Unfused: a software fma per entry costs far more than the last-bit difference is worth.
         self.run(ctx, shared, inputs, out, false)
     }
+    /// The unfused kernel's form (what `merge` computes); none in a rounded compute dtype, whose inputs are
+    /// rounded first.
+    fn weighted_sum(
+        &self,
+        ctx: &TensorContext,
+        shared: &ParamSet,
+        inputs: &[(usize, &ParamSet)],
+        _statistics: &[f64],
+    ) -> Option<Result<WeightedSum, MergeError>> {
+        if ctx.compute.is_some_and(|d| d != evomerge_checkpoint::Dtype::F32) {
+            return None;
+        }
+        let weights = inputs.iter().map(|&(model, params)| {
+            params.float("weight").map(|w| w as f32).ok_or_else(|| MergeError::MissingParameter {
+                parameter: "weight".into(),
+                method: self.name().into(),
+                tensor: ctx.name.into(),
+                model: format!("#{model}"),
+            })
+        });
+        Some(weights.collect::<Result<Vec<f32>, _>>().and_then(|w| self.form(ctx, shared, w, false)))
+    }
 }
 
 impl Linear {
     fn run(&self, ctx: &TensorContext, shared: &ParamSet, inputs: &[ModelTensor], out: &mut [f32], fused: bool) -> Result<(), MergeError> {
         let weights = super::gta::input_floats(ctx, inputs, "weight", self.name())?;
+        let form = self.form(ctx, shared, weights, fused)?;
+        let rows: Vec<&[f32]> = inputs.iter().map(|i| i.data).collect();
+        form.apply(&rows, out);
+        Ok(())
+    }
+
+    fn form(&self, ctx: &TensorContext, shared: &ParamSet, weights: Vec<f32>, fused: bool) -> Result<WeightedSum, MergeError> {
         let normalize = shared.bool("normalize").unwrap_or(true);
         // mergekit sums the f32 weights; a zero sum divides by zero there too (inf/nan), so refuse.
         let total: f32 = weights.iter().sum();
@@ -64,27 +91,6 @@ impl Linear {
                 message: "linear weights sum to 0; with normalize they must not".into(),
             });
         }
-        out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
-            let start = c * CHUNK;
-            chunk.fill(0.0);
-            for (input, &w) in inputs.iter().zip(&weights) {
-                let src = &input.data[start..start + chunk.len()];
-                if fused {
-                    for (o, &x) in chunk.iter_mut().zip(src) {
-                        *o = x.mul_add(w, *o);
-                    }
-                } else {
-                    for (o, &x) in chunk.iter_mut().zip(src) {
-                        *o += x * w;
-                    }
-                }
-            }
-            if normalize {
-                for o in chunk.iter_mut() {
-                    *o /= total;
-                }
-            }
-        });
-        Ok(())
+        Ok(WeightedSum { coefficients: weights, start: SumStart::Zero, fused, divisor: normalize.then_some(total) })
     }
 }

@@ -22,7 +22,7 @@ mod task_arithmetic;
 mod torch_sort;
 mod ties;
 
-pub use elementwise::{ElementInput, ElementKeep, ElementScale, ElementwiseGta};
+pub use elementwise::{ElementInput, ElementKeep, ElementScale, ElementwiseGta, SumStart, WeightedSum};
 pub use gta::{Consensus, GeneralizedTaskArithmetic, Rescale, Sparsification};
 pub use rounded::round_to;
 pub use torch_sort::{torch_argsort_ascending, torch_argsort_descending, torch_topk_indices};
@@ -117,6 +117,24 @@ pub trait MergeMethod: Send + Sync {
         _shared: &ParamSet,
         _inputs: &[(usize, &ParamSet)],
     ) -> Option<Result<ElementwiseGta, MergeError>> {
+        None
+    }
+    /// The per-tensor numbers this merge's [`WeightedSum`] form depends on that no parameter changes (slerp:
+    /// |base|², |other|², base·other), as a function of the tensor's rows (base first, then the other inputs);
+    /// `None` when the form needs none. A caller that merges many candidates computes them once per tensor.
+    fn sum_statistics(&self) -> Option<fn(&[&[f32]]) -> Vec<f64>> {
+        None
+    }
+    /// This merge of one tensor as a fixed weighted sum of its rows ([`WeightedSum`]), given its
+    /// [`MergeMethod::sum_statistics`] (empty when it needs none); `None` when it has no such form (with these
+    /// parameters or this compute dtype). `inputs` as for [`MergeMethod::elementwise`].
+    fn weighted_sum(
+        &self,
+        _ctx: &TensorContext,
+        _shared: &ParamSet,
+        _inputs: &[(usize, &ParamSet)],
+        _statistics: &[f64],
+    ) -> Option<Result<WeightedSum, MergeError>> {
         None
     }
 }

@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::{BasePolicy, MergeMethod, ModelTensor, TensorContext, CHUNK};
+use super::{BasePolicy, MergeMethod, ModelTensor, SumStart, TensorContext, WeightedSum, CHUNK};
 use crate::params::{ParamDefault, ParamKind, ParamScope, ParamSet, ParamSpec};
 use crate::MergeError;
 
@@ -69,37 +69,65 @@ impl MergeMethod for Slerp {
         let (Some(a), Some(other)) = (base, inputs.first()) else {
             return Err(MergeError::InvalidInputs { tensor: ctx.name.into(), message: "slerp needs a base and one other model".into() });
         };
-        let b = other.data;
+        let rows = [a, other.data];
+        let form = self.form(ctx, shared, &slerp_statistics(&rows))?;
+        form.apply(&rows, out);
+        Ok(())
+    }
+    fn sum_statistics(&self) -> Option<fn(&[&[f32]]) -> Vec<f64>> {
+        Some(slerp_statistics)
+    }
+    fn weighted_sum(
+        &self,
+        ctx: &TensorContext,
+        shared: &ParamSet,
+        _inputs: &[(usize, &ParamSet)],
+        statistics: &[f64],
+    ) -> Option<Result<WeightedSum, MergeError>> {
+        Some(self.form(ctx, shared, statistics))
+    }
+}
+
+impl Slerp {
+    /// `s0·base + s1·other` with the coefficients of `t` and the tensor's statistics.
+    fn form(&self, ctx: &TensorContext, shared: &ParamSet, statistics: &[f64]) -> Result<WeightedSum, MergeError> {
         let t = shared.float("t").ok_or_else(|| MergeError::MissingParameter {
             parameter: "t".into(),
             method: "slerp".into(),
             tensor: ctx.name.into(),
             model: "(shared)".into(),
         })?;
-        // Fixed chunking + ordered reduction keeps the sums independent of the thread count.
-        let partial: Vec<[f64; 3]> = a
-            .par_chunks(CHUNK)
-            .zip(b.par_chunks(CHUNK))
-            .map(|(x, y)| {
-                let mut s = [0f64; 3];
-                for (&u, &v) in x.iter().zip(y) {
-                    let (u, v) = (u as f64, v as f64);
-                    s[0] += u * u;
-                    s[1] += v * v;
-                    s[2] += u * v;
-                }
-                s
-            })
-            .collect();
-        let sums = partial.iter().fold([0f64; 3], |acc, s| [acc[0] + s[0], acc[1] + s[1], acc[2] + s[2]]);
-        let (ca, cb) = slerp_coefficients(t, sums[0].sqrt(), sums[1].sqrt(), sums[2]);
-        out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
-            let start = c * CHUNK;
-            let (x, y) = (&a[start..start + chunk.len()], &b[start..start + chunk.len()]);
-            for ((o, &u), &v) in chunk.iter_mut().zip(x).zip(y) {
-                *o = ca * u + cb * v;
-            }
-        });
-        Ok(())
+        let &[norm2_a, norm2_b, dot_ab] = statistics else {
+            return Err(MergeError::InvalidInputs {
+                tensor: ctx.name.into(),
+                message: format!("slerp needs 3 statistics of its two rows, got {}", statistics.len()),
+            });
+        };
+        let (ca, cb) = slerp_coefficients(t, norm2_a.sqrt(), norm2_b.sqrt(), dot_ab);
+        Ok(WeightedSum { coefficients: vec![ca, cb], start: SumStart::FirstTerm, fused: false, divisor: None })
     }
+}
+
+/// `[|a|², |b|², a·b]` of slerp's two rows, summed in f64 over fixed chunks in order, so the numbers do not depend
+/// on the thread count.
+pub fn slerp_statistics(rows: &[&[f32]]) -> Vec<f64> {
+    let (a, b) = match rows {
+        [a, b] => (*a, *b),
+        _ => return Vec::new(),
+    };
+    let partial: Vec<[f64; 3]> = a
+        .par_chunks(CHUNK)
+        .zip(b.par_chunks(CHUNK))
+        .map(|(x, y)| {
+            let mut s = [0f64; 3];
+            for (&u, &v) in x.iter().zip(y) {
+                let (u, v) = (u as f64, v as f64);
+                s[0] += u * u;
+                s[1] += v * v;
+                s[2] += u * v;
+            }
+            s
+        })
+        .collect();
+    partial.iter().fold([0f64; 3], |acc, s| [acc[0] + s[0], acc[1] + s[1], acc[2] + s[2]]).to_vec()
 }
