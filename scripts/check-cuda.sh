@@ -126,8 +126,11 @@ fi
 cargo check --workspace --features cuda --all-targets "$@" || die "cargo check --features cuda failed"
 # 5. the CUDA C kernels evomerge compiles at run time with NVRTC: compile them here to PTX with the same
 #    arithmetic settings (no FMA contraction, IEEE division), so a syntax or type error shows in CI, not on a GPU.
+#    Each is compiled after merge_common.cuh, as the program prepends it.
 for kernel in crates/evolve/src/device_merge/*.cu; do
-    nvcc --ptx -arch="sm_$CUDA_COMPUTE_CAP" --fmad=false --prec-div=true -o "$CARGO_TARGET_DIR/$(basename "$kernel" .cu).ptx" \
-        "$kernel" || die "nvcc could not compile $kernel"
+    name="$(basename "$kernel" .cu)"
+    cat crates/evolve/src/device_merge/merge_common.cuh "$kernel" > "$CARGO_TARGET_DIR/$name.cu"
+    nvcc --ptx -arch="sm_$CUDA_COMPUTE_CAP" --fmad=false --prec-div=true -o "$CARGO_TARGET_DIR/$name.ptx" \
+        "$CARGO_TARGET_DIR/$name.cu" || die "nvcc could not compile $kernel (after merge_common.cuh)"
 done
 echo "check-cuda: OK in $((SECONDS - start)) s"

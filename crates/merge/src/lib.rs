@@ -30,6 +30,7 @@ mod execute;
 pub mod layout;
 pub mod lora;
 mod memory;
+mod output_config;
 pub mod modules;
 pub mod methods;
 pub mod params;

@@ -19,7 +19,8 @@ use serde_json::Value;
 use crate::config::{parse_dtype, MergeConfig, OutputModule};
 use crate::layout::Layout;
 use crate::methods::{BasePolicy, MergeMethod};
-use crate::plan::{resolve_chat_template, update_config, MergePlan, ModelInfo, Planner, SliceSpec};
+use crate::output_config::{resolve_chat_template, update_config};
+use crate::plan::{MergePlan, ModelInfo, Planner, SliceSpec};
 use crate::source::TensorSource;
 use crate::MergeError;
 

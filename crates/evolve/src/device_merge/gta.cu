@@ -5,6 +5,8 @@
 // SplitMix64 hash (crates/merge/src/sparsify.rs), so the masks are identical for the same seed; TIES keeps
 // |delta| above the threshold and ties up to the tie cut, both found on the device (device_merge/mod.rs).
 //
+// Compiled after merge_common.cuh (loads and stores).
+//
 // SRC_T / LOAD: the stacked sources [1 + n_inputs, numel] (base first), bf16 (as unsigned short) or f32.
 // DST_T / STORE: the output [numel], bf16 (rounded to nearest even, as the `half` crate does) or f32.
 
@@ -32,24 +34,6 @@ __device__ __forceinline__ unsigned long long mix64(unsigned long long z) {
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
     return z ^ (z >> 31);
-}
-
-__device__ __forceinline__ float load_f32(const float* p, unsigned long long i) { return p[i]; }
-__device__ __forceinline__ float load_bf16(const unsigned short* p, unsigned long long i) {
-    return __uint_as_float(((unsigned int)p[i]) << 16);
-}
-__device__ __forceinline__ void store_f32(float* p, unsigned long long i, float v) { p[i] = v; }
-__device__ __forceinline__ void store_bf16(unsigned short* p, unsigned long long i, float v) {
-    unsigned int x = __float_as_uint(v);
-    unsigned short r;
-    if ((x & 0x7fffffffu) > 0x7f800000u) {
-        r = (unsigned short)((x >> 16) | 0x0040u);
-    } else if ((x & 0x8000u) != 0u && (x & (3u * 0x8000u - 1u)) != 0u) {
-        r = (unsigned short)((x >> 16) + 1u);
-    } else {
-        r = (unsigned short)(x >> 16);
-    }
-    p[i] = r;
 }
 
 __device__ __forceinline__ float sign_of(float x) { return (float)((x > 0.0f) - (x < 0.0f)); }

@@ -8,8 +8,8 @@ use evomerge_merge::sparsify::dare_cut;
 use super::MAX_INPUTS;
 use crate::error::{EvolveError, Result};
 
-/// The CUDA source of the kernel (compiled with NVRTC at the first launch).
-pub const GTA_SOURCE: &str = include_str!("gta.cu");
+/// The CUDA source of the kernel, after the shared loads and stores (compiled with NVRTC at the first launch).
+pub const GTA_SOURCE: &str = concat!(include_str!("merge_common.cuh"), include_str!("gta.cu"));
 
 /// The kernel's parameters: the per-element form as plain numbers (layout shared with `gta.cu`'s `GtaParams`).
 #[repr(C)]

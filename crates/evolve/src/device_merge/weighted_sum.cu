@@ -4,6 +4,8 @@
 // fused multiply-add and divide is an explicit round-to-nearest intrinsic, so nothing is contracted differently
 // and the result equals the CPU's bit for bit.
 //
+// Compiled after merge_common.cuh (loads and stores).
+//
 // SRC_T / LOAD: the stacked rows [n_rows, numel], bf16 (as unsigned short) or f32.
 // DST_T / STORE: the output [numel], bf16 (rounded to nearest even, as the `half` crate does) or f32.
 
@@ -18,24 +20,6 @@ struct SumParams {
     unsigned int has_divisor;
     float divisor;
 };
-
-__device__ __forceinline__ float load_f32(const float* p, unsigned long long i) { return p[i]; }
-__device__ __forceinline__ float load_bf16(const unsigned short* p, unsigned long long i) {
-    return __uint_as_float(((unsigned int)p[i]) << 16);
-}
-__device__ __forceinline__ void store_f32(float* p, unsigned long long i, float v) { p[i] = v; }
-__device__ __forceinline__ void store_bf16(unsigned short* p, unsigned long long i, float v) {
-    unsigned int x = __float_as_uint(v);
-    unsigned short r;
-    if ((x & 0x7fffffffu) > 0x7f800000u) {
-        r = (unsigned short)((x >> 16) | 0x0040u);
-    } else if ((x & 0x8000u) != 0u && (x & (3u * 0x8000u - 1u)) != 0u) {
-        r = (unsigned short)((x >> 16) + 1u);
-    } else {
-        r = (unsigned short)(x >> 16);
-    }
-    p[i] = r;
-}
 
 #define SUM_KERNEL(NAME, SRC_T, LOAD, DST_T, STORE)                                                           \
 extern "C" __global__ void NAME(const SRC_T* src, DST_T* dst, const SumParams p) {                            \

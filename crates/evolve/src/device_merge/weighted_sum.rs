@@ -10,8 +10,8 @@ use crate::error::{EvolveError, Result};
 /// Most rows (base included) one launch takes.
 pub const MAX_SUM_ROWS: usize = super::MAX_INPUTS + 1;
 
-/// The CUDA source of the kernel (compiled with NVRTC at the first launch).
-pub const SUM_SOURCE: &str = include_str!("weighted_sum.cu");
+/// The CUDA source of the kernel, after the shared loads and stores (compiled with NVRTC at the first launch).
+pub const SUM_SOURCE: &str = concat!(include_str!("merge_common.cuh"), include_str!("weighted_sum.cu"));
 
 /// The kernel's parameters (layout shared with `weighted_sum.cu`'s `SumParams`).
 #[repr(C)]
