@@ -131,6 +131,14 @@ fn an_output_directory_of_another_recipe_is_refused() {
     let after = records(&out_dir);
     assert_eq!(after.len(), 4);
     assert_eq!(after[..2], before[..]);
+    // Where it runs is not part of the search: --device continues it; an unknown device is named and refused.
+    let out = evomerge(&["evolve", path.to_str().unwrap(), "--out", out_dir.to_str().unwrap(), "--max-trials", "5", "--device", "cpu", "--quiet"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(records(&out_dir)[..4], after[..]);
+    let out = evomerge(&["evolve", path.to_str().unwrap(), "--out", out_dir.to_str().unwrap(), "--max-trials", "6", "--device", "tpu:0", "--quiet"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--device") && stderr(&out).contains("tpu:0"), "{}", stderr(&out));
+    assert_eq!(records(&out_dir).len(), 5);
     // A non-empty directory that is not a search is not written into.
     let stranger = tmp.path().join("stranger");
     std::fs::create_dir(&stranger).unwrap();

@@ -43,6 +43,9 @@ pub struct Args {
     /// Seconds a claimed candidate stays claimed without a heartbeat.
     #[arg(long, default_value_t = evomerge_evolve::search::DEFAULT_LEASE_SECONDS)]
     pub lease_seconds: f64,
+    /// Where this process evaluates candidates (cpu, cuda, cuda:N), instead of the recipe's `device`.
+    #[arg(long)]
+    pub device: Option<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -67,6 +70,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         journal,
         evaluate: args.workers != Some(0),
         lease_seconds: args.lease_seconds,
+        device: args.device.clone(),
         ..SearchOptions::new(out.clone())
     };
     if args.evaluate_initial {

@@ -24,6 +24,10 @@ pub struct Args {
     /// Seconds to wait for the coordinator to create the search (a worker may start first).
     #[arg(long, default_value_t = 600.0)]
     pub wait_seconds: f64,
+    /// Where this worker evaluates (cpu, cuda, cuda:N), instead of the recipe's `device`: start one worker per
+    /// GPU, each with its own --device cuda:N.
+    #[arg(long)]
+    pub device: Option<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -35,6 +39,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         recipe: args.recipe,
         lease_seconds: args.lease_seconds,
         wait_for_search: Duration::from_secs_f64(args.wait_seconds),
+        device: args.device,
     };
     let report = run_worker(&options).with_context(|| format!("worker on {}", options.journal.display()))?;
     println!("worker {}: {} trials evaluated; the search is done", report.worker, report.evaluated);

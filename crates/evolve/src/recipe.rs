@@ -212,6 +212,16 @@ impl Default for OptimizerSpec {
     }
 }
 
+/// `cpu`, `cuda` or `cuda:N`; otherwise what to write instead.
+pub fn check_device(device: &str) -> std::result::Result<(), String> {
+    let known = device == "cpu" || device == "cuda" || device.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok());
+    if known {
+        Ok(())
+    } else {
+        Err(format!("unknown device `{device}`; use cpu, cuda or cuda:N"))
+    }
+}
+
 fn default_device() -> String {
     "cpu".into()
 }
@@ -310,9 +320,11 @@ impl EvolveRecipe {
         if let Some(opt) = value.get_mut("optimizer").and_then(|o| o.as_object_mut()) {
             opt.remove("max_trials");
         }
-        // What is evaluated after the search does not change the search.
+        // What is evaluated after the search, and where candidates are evaluated, do not change the search:
+        // workers on other GPUs (or a resume on another machine) join it with their own `--device`.
         if let Some(top) = value.as_object_mut() {
             top.remove("final_eval");
+            top.remove("device");
         }
         serde_json::to_string(&value).map_err(|e| EvolveError::recipe("(recipe)", e.to_string()))
     }
@@ -431,13 +443,7 @@ impl EvolveRecipe {
         if o.max_trials == 0 {
             return Err(EvolveError::recipe("optimizer.max_trials", "must be at least 1"));
         }
-        let device_ok = self.device == "cpu"
-            || self.device == "cuda"
-            || self.device.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok());
-        if !device_ok {
-            return Err(EvolveError::recipe("device", format!("unknown device `{}`; use cpu, cuda or cuda:N", self.device)));
-        }
-        Ok(())
+        check_device(&self.device).map_err(|m| EvolveError::recipe("device", m))
     }
 
     fn validate_task(&self) -> Result<()> {
@@ -738,10 +744,11 @@ task:
     }
 
     #[test]
-    fn identity_ignores_max_trials_only() {
+    fn identity_ignores_max_trials_and_device_only() {
         let a = EvolveRecipe::from_yaml(MINIMAL).unwrap();
         let mut b = a.clone();
         b.optimizer.max_trials = 5;
+        b.device = "cuda:1".into();
         assert_eq!(a.identity().unwrap(), b.identity().unwrap());
         b.optimizer.seed = 3;
         assert_ne!(a.identity().unwrap(), b.identity().unwrap());

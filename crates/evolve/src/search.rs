@@ -39,6 +39,8 @@ pub struct SearchOptions {
     pub evaluate: bool,
     /// How long a claimed candidate stays claimed without a heartbeat.
     pub lease_seconds: f64,
+    /// Overrides the recipe's `device` (`cpu`, `cuda`, `cuda:N`).
+    pub device: Option<String>,
 }
 
 impl SearchOptions {
@@ -52,6 +54,7 @@ impl SearchOptions {
             journal: None,
             evaluate: true,
             lease_seconds: DEFAULT_LEASE_SECONDS,
+            device: None,
         }
     }
 }
@@ -94,6 +97,10 @@ pub fn effective_recipe(recipe_path: &Path, options: &SearchOptions) -> Result<E
             return Err(EvolveError::recipe("--max-trials", "must be at least 1"));
         }
         recipe.optimizer.max_trials = n;
+    }
+    if let Some(device) = &options.device {
+        crate::recipe::check_device(device).map_err(|m| EvolveError::recipe("--device", m))?;
+        recipe.device = device.clone();
     }
     Ok(recipe)
 }

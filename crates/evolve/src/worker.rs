@@ -25,6 +25,9 @@ pub struct WorkerOptions {
     pub lease_seconds: f64,
     /// How long to wait for the search to appear in the journal (a worker may start first).
     pub wait_for_search: Duration,
+    /// Where this worker evaluates (`cpu`, `cuda`, `cuda:N`) instead of the recipe's `device`: one worker per
+    /// GPU of a machine.
+    pub device: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -129,6 +132,11 @@ fn worker_recipe(journal: &Journal, options: &WorkerOptions) -> Result<EvolveRec
             recipe
         }
     };
+    let mut recipe = recipe;
+    if let Some(device) = &options.device {
+        crate::recipe::check_device(device).map_err(|m| EvolveError::recipe("--device", m))?;
+        recipe.device = device.clone();
+    }
     Ok(recipe)
 }
 
