@@ -137,16 +137,25 @@ impl ImageEncoder {
     ) -> Result<ImageEncoder> {
         spec.vision.validate()?;
         if text_hidden == 0 {
-            return Err(VisionError::config("text_config.hidden_size", "must be positive"));
+            return Err(VisionError::config(
+                "text_config.hidden_size",
+                "must be positive",
+            ));
         }
         let layers = resolve_layer_indices(&spec.feature_layers, spec.vision.num_hidden_layers)?;
         let needed = layers.iter().copied().max().unwrap_or(0);
         let v = &spec.vision;
         let (d, p, inner) = (v.hidden_size, v.patch_size, v.intermediate_size);
         let mut shapes: Vec<(String, Vec<usize>)> = vec![
-            ("embeddings.patch_embedding.weight".into(), vec![d, v.num_channels, p, p]),
+            (
+                "embeddings.patch_embedding.weight".into(),
+                vec![d, v.num_channels, p, p],
+            ),
             ("embeddings.class_embedding".into(), vec![d]),
-            ("embeddings.position_embedding.weight".into(), vec![v.grid() * v.grid() + 1, d]),
+            (
+                "embeddings.position_embedding.weight".into(),
+                vec![v.grid() * v.grid() + 1, d],
+            ),
             ("pre_layrnorm.weight".into(), vec![d]),
             ("pre_layrnorm.bias".into(), vec![d]),
         ];
@@ -171,8 +180,15 @@ impl ImageEncoder {
             .map(|(name, dims)| (format!("vision_tower.vision_model.{name}"), dims))
             .collect();
         for i in 0..spec.projector.layers {
-            let in_dim = if i == 0 { d * layers.len() } else { text_hidden };
-            shapes.push((layout.projector_tensor(i, "weight"), vec![text_hidden, in_dim]));
+            let in_dim = if i == 0 {
+                d * layers.len()
+            } else {
+                text_hidden
+            };
+            shapes.push((
+                layout.projector_tensor(i, "weight"),
+                vec![text_hidden, in_dim],
+            ));
             if spec.projector.bias {
                 shapes.push((layout.projector_tensor(i, "bias"), vec![text_hidden]));
             }
@@ -192,7 +208,11 @@ impl ImageEncoder {
             };
             tensors.insert(name, tensor);
         }
-        ImageEncoder::load(&Weights::from_tensors(&tensors, device.clone(), dtype), layout, spec)
+        ImageEncoder::load(
+            &Weights::from_tensors(&tensors, device.clone(), dtype),
+            layout,
+            spec,
+        )
     }
 
     pub fn spec(&self) -> &EncoderSpec {

@@ -50,7 +50,12 @@ impl LlavaConfig {
             .and_then(Value::as_u64)
             .filter(|n| *n > 0)
             .map(|n| n as usize)
-            .ok_or_else(|| VisionError::config("text_config.hidden_size", "missing or not a positive integer"))
+            .ok_or_else(|| {
+                VisionError::config(
+                    "text_config.hidden_size",
+                    "missing or not a positive integer",
+                )
+            })
     }
 
     /// Parses `config` (the model's `config.json`) and the processor files of `dir`.

@@ -168,12 +168,24 @@ pub struct Weights<'a> {
 impl<'a> Weights<'a> {
     /// Reads `ckpt`'s tensors onto `device`, converted to `dtype`.
     pub fn from_checkpoint(ckpt: &'a Checkpoint, device: Device, dtype: DType) -> Weights<'a> {
-        Weights { store: Store::Checkpoint(ckpt), device, dtype }
+        Weights {
+            store: Store::Checkpoint(ckpt),
+            device,
+            dtype,
+        }
     }
 
     /// Serves `tensors` by name (converted to `dtype` and moved to `device` if they are not already).
-    pub fn from_tensors(tensors: &'a HashMap<String, Tensor>, device: Device, dtype: DType) -> Weights<'a> {
-        Weights { store: Store::Memory(tensors), device, dtype }
+    pub fn from_tensors(
+        tensors: &'a HashMap<String, Tensor>,
+        device: Device,
+        dtype: DType,
+    ) -> Weights<'a> {
+        Weights {
+            store: Store::Memory(tensors),
+            device,
+            dtype,
+        }
     }
 
     /// The tensor `name` with the expected `shape`, converted to this reader's dtype and device.
@@ -207,7 +219,10 @@ impl<'a> Weights<'a> {
                 let stored = crate::llava::candle_dtype(view.dtype);
                 Tensor::from_raw_buffer(view.data, stored, view.shape, &self.device)?
             }
-            Store::Memory(tensors) => tensors.get(name).ok_or_else(missing)?.to_device(&self.device)?,
+            Store::Memory(tensors) => tensors
+                .get(name)
+                .ok_or_else(missing)?
+                .to_device(&self.device)?,
         };
         if tensor.dtype() == self.dtype {
             Ok(tensor)
