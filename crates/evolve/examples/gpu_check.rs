@@ -26,7 +26,7 @@
 //! gpu_check decode-bench --model DIR [--device cuda] [--batch 1,32] [--new-tokens 128] [--prompt-len 32]
 //!     greedy decode tokens/s of our generation at each batch size (bf16 on a GPU)
 //! gpu_check vqa-extrapolate --model DIR [--device cuda] [--beams 5] [--new-tokens 64] [--prompt-len 640]
-//!                           [--items 500] [--max-tokens 512] [--target-params 7.24e9] [--repeats 3]
+//!                           [--items 500] [--max-tokens 512] [--target-params 7.24e9] [--repeats 3] [--dtype D]
 //!                           [--tower-ms-per-item MS | --crops-per-item 1 --layers L --images 8 --config FILE]
 //!     end-to-end seconds of JA-VG-VQA-500-shaped work, EXTRAPOLATED from measurements on DIR (the 1.1 B set's
 //!     base/): beam search (5 beams) on one prompt of --prompt-len tokens (default 640 = LLaVA-1.6's 576 single-tile
