@@ -11,13 +11,21 @@
 # when OUT is set):
 #   1. generate-parity: f32 logits CPU vs GPU (≤ 1e-3) and greedy / 3-beam completions (identical), fixtures
 #   2. vlm-parity: LLaVA image features (tower + projector) CPU vs GPU (≤ 1e-3) on the fixture, and its images/s
-#   3. merge-parity: candidate merges on the GPU vs the CPU merger (DARE-TIES, DARE-linear, TIES, linear, slerp), f32 and
-#      bf16, bit for bit (DARE masks and TIES thresholds too)
-#   4. the 1.1 B model set (3 × TinyLlama-shaped bf16, synthetic) written to $EVOMERGE_BENCH_DIR
-#   5. merge-bench: seconds per DARE-TIES (and per TIES) candidate into a live bf16 model on the GPU (resident sources) vs the
+#   3. vlm-bench: images/s through a full-size LLaVA-1.6-Mistral-7B tower + projector (CLIP ViT-L/14-336, shapes from
+#      its published config, random bf16 weights made on the GPU): per 336-px crop at batch 1 and 8, and per anyres
+#      image (a 640x480 photo: 5 crops)
+#   4. merge-parity: candidate merges on the GPU vs the CPU merger (DARE-TIES, DARE-linear, TIES, linear, slerp), f32
+#      and bf16, bit for bit (DARE masks and TIES thresholds too)
+#   5. the 1.1 B model set (3 × TinyLlama-shaped bf16, synthetic) written to $EVOMERGE_BENCH_DIR
+#   6. merge-bench: seconds per DARE-TIES (and per TIES) candidate into a live bf16 model on the GPU (resident sources) vs the
 #      CPU merger + upload
-#   6. decode-bench: greedy tokens/s at batch 1 and 32, bf16, evomerge vs transformers (python3 with torch and
+#   7. decode-bench: greedy tokens/s at batch 1 and 32, bf16, evomerge vs transformers (python3 with torch and
 #      transformers, as the machine has) on the same model and prompts
+#   8. vqa-extrapolate: JA-VG-VQA-500-shaped work (500 items, 5 beams, 512 max tokens) in seconds, EXTRAPOLATED from
+#      the measured tower + projector, prefill (640 positions) and 5-beam decode step of the 1.1 B base model, and
+#      scaled to the 7.24 B LLM by parameter bytes (`measured_*` and `extrapolated_*` keys say which is which)
+# Steps 3 and 8 take seconds on an H200. With GPU_CHECK_DEVICE=cpu they run shrunk (2 tower layers, 1 crop, a 64-token
+# prompt, 4 decode steps): a check that the programs work, not a speed figure.
 # Exit: non-zero if a parity check fails or a program is missing; benchmarks only report.
 set -uo pipefail
 bins="${1:?usage: gpu-check.sh DIR (holding gpu_check and merge-bench, from check-cuda.sh --build-gpu-check)}"
@@ -44,6 +52,14 @@ if [[ -n "$missing" ]]; then
 fi
 export EVOMERGE_BENCH_DIR="${EVOMERGE_BENCH_DIR:-/tmp/evomerge-bench}"
 device="${GPU_CHECK_DEVICE:-cuda}"   # `cpu` runs the same steps on the CPU (a dry run, with programs built without --features cuda: a CUDA build needs the driver's libcuda to load)
+# A CPU dry run shrinks the two full-size benchmarks (the 0.3 B tower takes seconds per crop there).
+if [[ "$device" == cpu ]]; then
+    vlm_bench_size=(--layers 2 --images 1 --batch 1)
+    vqa_size=(--layers 2 --images 1 --prompt-len 64 --new-tokens 4 --repeats 1)
+else
+    vlm_bench_size=(--images 32 --batch 1,8)
+    vqa_size=(--images 8 --prompt-len 640 --new-tokens 64 --repeats 3)
+fi
 log="$(mktemp)"
 failed=0
 step() { # name, command...
@@ -63,11 +79,14 @@ echo "RESULT machine gpu=\"${gpu:-unknown}\" date=$(date -u +%Y-%m-%d)" | tee -a
 step generate-parity "$bins/gpu_check" generate-parity --device "$device" --model tests/fixtures/mistral/generation/model || failed=1
 step vlm-parity "$bins/gpu_check" vlm-parity --device "$device" --model tests/fixtures/vision/llava \
     --images tests/fixtures/vision/images || failed=1
+step vlm-bench "$bins/gpu_check" vlm-bench --device "$device" "${vlm_bench_size[@]}"
 step merge-parity "$bins/gpu_check" merge-parity --device "$device" --fixtures tests/fixtures/merge || failed=1
 step model-set "$bins/merge-bench" generate || failed=1
 if [[ -f "$EVOMERGE_BENCH_DIR/ft2/config.json" ]]; then
     step merge-bench "$bins/gpu_check" merge-bench --device "$device" --models "$EVOMERGE_BENCH_DIR" --candidates 5
     step decode-bench "$bins/gpu_check" decode-bench --device "$device" --model "$EVOMERGE_BENCH_DIR/base" --batch 1,32 --new-tokens 128
+    step vqa-extrapolate "$bins/gpu_check" vqa-extrapolate --device "$device" --model "$EVOMERGE_BENCH_DIR/base" \
+        --beams 5 --items 500 --max-tokens 512 --target-params 7.24e9 "${vqa_size[@]}"
     step decode-bench-transformers python3 scripts/gpu_decode_transformers.py "$EVOMERGE_BENCH_DIR/base" \
         --batch 1,32 --new-tokens 128
 fi

@@ -2,7 +2,9 @@
 //! of the tiles' features into one sequence (unpadded to the image's aspect ratio, with `image_newline`
 //! closing every row), exactly as transformers' `LlavaNextModel.pack_image_features` does.
 
-use candle_core::{Module, Tensor};
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::Linear;
 
 use crate::clip::{activate, linear, resolve_layer_indices, select_features, ClipVisionTower};
@@ -99,7 +101,7 @@ impl ImageEncoder {
     pub fn load(w: &Weights, layout: WeightLayout, spec: &EncoderSpec) -> Result<ImageEncoder> {
         let layers = resolve_layer_indices(&spec.feature_layers, spec.vision.num_hidden_layers)?;
         let needed = layers.iter().copied().max().unwrap_or(0);
-        let prefix = layout.vision_prefix(w.ckpt);
+        let prefix = layout.vision_prefix(w);
         let tower = ClipVisionTower::load(w, &prefix, &spec.vision, needed)?;
         let projector = Projector::load(
             w,
@@ -119,6 +121,98 @@ impl ImageEncoder {
             projector,
             newline,
         })
+    }
+
+    /// An encoder with `spec`'s shapes and random weights, made directly on `device` in `dtype`, whose projector
+    /// maps into a language model `text_hidden` wide. Weights are normal with standard deviation `std`
+    /// (transformers initialises with 0.02), LayerNorms start at weight 1 and bias 0. Only the tower layers the
+    /// feature selection reads are made. For timing a full-size tower and projector without their checkpoint
+    /// (LLaVA-1.6's is 0.3 B parameters): the features mean nothing.
+    pub fn random(
+        spec: &EncoderSpec,
+        text_hidden: usize,
+        device: &Device,
+        dtype: DType,
+        std: f64,
+    ) -> Result<ImageEncoder> {
+        spec.vision.validate()?;
+        if text_hidden == 0 {
+            return Err(VisionError::config(
+                "text_config.hidden_size",
+                "must be positive",
+            ));
+        }
+        let layers = resolve_layer_indices(&spec.feature_layers, spec.vision.num_hidden_layers)?;
+        let needed = layers.iter().copied().max().unwrap_or(0);
+        let v = &spec.vision;
+        let (d, p, inner) = (v.hidden_size, v.patch_size, v.intermediate_size);
+        let mut shapes: Vec<(String, Vec<usize>)> = vec![
+            (
+                "embeddings.patch_embedding.weight".into(),
+                vec![d, v.num_channels, p, p],
+            ),
+            ("embeddings.class_embedding".into(), vec![d]),
+            (
+                "embeddings.position_embedding.weight".into(),
+                vec![v.grid() * v.grid() + 1, d],
+            ),
+            ("pre_layrnorm.weight".into(), vec![d]),
+            ("pre_layrnorm.bias".into(), vec![d]),
+        ];
+        for i in 0..needed {
+            let l = format!("encoder.layers.{i}.");
+            for norm in ["layer_norm1", "layer_norm2"] {
+                shapes.push((format!("{l}{norm}.weight"), vec![d]));
+                shapes.push((format!("{l}{norm}.bias"), vec![d]));
+            }
+            for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+                shapes.push((format!("{l}self_attn.{proj}.weight"), vec![d, d]));
+                shapes.push((format!("{l}self_attn.{proj}.bias"), vec![d]));
+            }
+            shapes.push((format!("{l}mlp.fc1.weight"), vec![inner, d]));
+            shapes.push((format!("{l}mlp.fc1.bias"), vec![inner]));
+            shapes.push((format!("{l}mlp.fc2.weight"), vec![d, inner]));
+            shapes.push((format!("{l}mlp.fc2.bias"), vec![d]));
+        }
+        let layout = WeightLayout::HfLegacy;
+        let mut shapes: Vec<(String, Vec<usize>)> = shapes
+            .into_iter()
+            .map(|(name, dims)| (format!("vision_tower.vision_model.{name}"), dims))
+            .collect();
+        for i in 0..spec.projector.layers {
+            let in_dim = if i == 0 {
+                d * layers.len()
+            } else {
+                text_hidden
+            };
+            shapes.push((
+                layout.projector_tensor(i, "weight"),
+                vec![text_hidden, in_dim],
+            ));
+            if spec.projector.bias {
+                shapes.push((layout.projector_tensor(i, "bias"), vec![text_hidden]));
+            }
+        }
+        if spec.has_newline {
+            shapes.push((layout.image_newline().to_string(), vec![text_hidden]));
+        }
+        let mut tensors = HashMap::with_capacity(shapes.len());
+        for (name, dims) in shapes {
+            let tensor = if name.contains("norm") && name.ends_with(".weight") {
+                Tensor::ones(dims, dtype, device)?
+            } else if name.contains("norm") {
+                Tensor::zeros(dims, dtype, device)?
+            } else {
+                // Drawn in f32 (every backend's random kernels have it), then cast.
+                Tensor::randn(0f32, std as f32, dims, device)?.to_dtype(dtype)?
+            };
+            tensors.insert(name, tensor);
+        }
+        ImageEncoder::load(
+            &Weights::from_tensors(&tensors, device.clone(), dtype),
+            layout,
+            spec,
+        )
     }
 
     pub fn spec(&self) -> &EncoderSpec {

@@ -133,11 +133,7 @@ impl LlavaModel {
         let llm = Mistral::load(&text, &CheckpointSource(ckpt), &mopts).map_err(|e| {
             VisionError::UnsupportedModel(format!("loading the language model: {e}"))
         })?;
-        let weights = Weights {
-            ckpt,
-            device: opts.device.clone(),
-            dtype: llm.dtype(),
-        };
+        let weights = Weights::from_checkpoint(ckpt, opts.device.clone(), llm.dtype());
         let mode = match (&opts.mode, &config.native_mode) {
             (ModeChoice::Native, native) => native.clone(),
             (ModeChoice::Single, _) => ImageMode::Single,

@@ -43,6 +43,21 @@ pub struct LlavaConfig {
 }
 
 impl LlavaConfig {
+    /// The language model's hidden size: the width the projector maps image features to.
+    pub fn text_hidden_size(&self) -> Result<usize> {
+        self.text_config
+            .get("hidden_size")
+            .and_then(Value::as_u64)
+            .filter(|n| *n > 0)
+            .map(|n| n as usize)
+            .ok_or_else(|| {
+                VisionError::config(
+                    "text_config.hidden_size",
+                    "missing or not a positive integer",
+                )
+            })
+    }
+
     /// Parses `config` (the model's `config.json`) and the processor files of `dir`.
     pub fn from_json(config: &Value, dir: &Path) -> Result<LlavaConfig> {
         let model_type = config
@@ -164,6 +179,7 @@ fn hf(config: &Value, dir: &Path, flavor: Flavor) -> Result<LlavaConfig> {
     if let Some(obj) = text_config.as_object_mut() {
         obj.entry("model_type")
             .or_insert_with(|| Value::from("llama"));
+        fill_text_defaults(obj);
     }
     Ok(LlavaConfig {
         flavor,
@@ -186,6 +202,36 @@ fn hf(config: &Value, dir: &Path, flavor: Flavor) -> Result<LlavaConfig> {
         image_token_id: token_id(config)?.or(Some(32000)),
         text_config,
     })
+}
+
+/// Fills the shape fields a llava-hf `text_config` leaves out with the defaults of transformers' config class for its
+/// model type, as transformers does when it builds the config. llava-hf's llava-v1.6-mistral-7b-hf lists only the
+/// fields that differ from `MistralConfig`: no hidden size, layer count or head counts.
+fn fill_text_defaults(text: &mut serde_json::Map<String, Value>) {
+    let defaults: &[(&str, u64)] = match text.get("model_type").and_then(Value::as_str) {
+        Some("mistral") => &[
+            ("vocab_size", 32000),
+            ("hidden_size", 4096),
+            ("intermediate_size", 14336),
+            ("num_hidden_layers", 32),
+            ("num_attention_heads", 32),
+            ("num_key_value_heads", 8),
+            ("max_position_embeddings", 4096 * 32),
+        ],
+        // LlamaConfig's num_key_value_heads defaults to the head count, as evomerge_mistral::Config does.
+        Some("llama") => &[
+            ("vocab_size", 32000),
+            ("hidden_size", 4096),
+            ("intermediate_size", 11008),
+            ("num_hidden_layers", 32),
+            ("num_attention_heads", 32),
+            ("max_position_embeddings", 2048),
+        ],
+        _ => return,
+    };
+    for (field, value) in defaults {
+        text.entry(*field).or_insert_with(|| Value::from(*value));
+    }
 }
 
 fn check_processor(processor: &ProcessorConfig, mode: &ImageMode) {

@@ -8,7 +8,9 @@
 //! | LLM | `language_model.model.*`, `language_model.lm_head.weight` | `model.language_model.*`, `lm_head.weight` | `model.*`, `lm_head.weight` |
 //!
 //! [`WeightLayout::detect`] tells them apart from the tensor names; [`Weights`] reads tensors to candle
-//! with shape checks.
+//! with shape checks, from a checkpoint or from tensors already in memory.
+
+use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use evomerge_checkpoint::Checkpoint;
@@ -46,22 +48,22 @@ impl WeightLayout {
         }
     }
 
-    /// The prefix of the CLIP tower's tensors, including `vision_model.` when the checkpoint has it.
-    pub fn vision_prefix(self, ckpt: &Checkpoint) -> String {
-        let base = match self {
+    /// The prefix of the CLIP tower's tensors, including `vision_model.` when the weights have it.
+    pub fn vision_prefix(self, weights: &Weights) -> String {
+        let with_model = format!("{}vision_model.", self.vision_base());
+        if weights.any_name_starts_with(&with_model) {
+            with_model
+        } else {
+            self.vision_base().to_string()
+        }
+    }
+
+    /// The prefix of the CLIP tower's tensors without the optional `vision_model.`.
+    fn vision_base(self) -> &'static str {
+        match self {
             WeightLayout::HfLegacy => "vision_tower.",
             WeightLayout::HfModern => "model.vision_tower.",
             WeightLayout::Original => "model.vision_tower.vision_tower.",
-        };
-        let with_model = format!("{base}vision_model.");
-        if ckpt
-            .tensor_names()
-            .iter()
-            .any(|n| n.starts_with(&with_model))
-        {
-            with_model
-        } else {
-            base.to_string()
         }
     }
 
@@ -149,14 +151,43 @@ impl WeightLayout {
     }
 }
 
-/// Reads tensors from a checkpoint into candle, checking shapes.
+/// Where [`Weights`] finds its tensors.
+enum Store<'a> {
+    Checkpoint(&'a Checkpoint),
+    /// Tensors already on the reader's device, in its dtype (synthetic weights for benchmarks).
+    Memory(&'a HashMap<String, Tensor>),
+}
+
+/// Reads tensors from a checkpoint (or from tensors in memory) into candle, checking shapes.
 pub struct Weights<'a> {
-    pub ckpt: &'a Checkpoint,
+    store: Store<'a>,
     pub device: Device,
     pub dtype: DType,
 }
 
-impl Weights<'_> {
+impl<'a> Weights<'a> {
+    /// Reads `ckpt`'s tensors onto `device`, converted to `dtype`.
+    pub fn from_checkpoint(ckpt: &'a Checkpoint, device: Device, dtype: DType) -> Weights<'a> {
+        Weights {
+            store: Store::Checkpoint(ckpt),
+            device,
+            dtype,
+        }
+    }
+
+    /// Serves `tensors` by name (converted to `dtype` and moved to `device` if they are not already).
+    pub fn from_tensors(
+        tensors: &'a HashMap<String, Tensor>,
+        device: Device,
+        dtype: DType,
+    ) -> Weights<'a> {
+        Weights {
+            store: Store::Memory(tensors),
+            device,
+            dtype,
+        }
+    }
+
     /// The tensor `name` with the expected `shape`, converted to this reader's dtype and device.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let t = self.get_any(name)?;
@@ -172,27 +203,54 @@ impl Weights<'_> {
 
     /// The tensor `name` whatever its shape.
     pub fn get_any(&self, name: &str) -> Result<Tensor> {
-        if !self.ckpt.contains(name) {
-            return Err(VisionError::MissingTensor {
-                name: name.to_string(),
-                hint: format!(
-                    "in {}; the checkpoint may be incomplete or of another architecture",
-                    self.ckpt.label()
-                ),
-            });
-        }
-        let view = self.ckpt.tensor(name)?;
-        let stored = crate::llava::candle_dtype(view.dtype);
-        let tensor = Tensor::from_raw_buffer(view.data, stored, view.shape, &self.device)?;
-        let tensor = if stored == self.dtype {
-            tensor
-        } else {
-            tensor.to_dtype(self.dtype)?
+        let missing = || VisionError::MissingTensor {
+            name: name.to_string(),
+            hint: format!(
+                "in {}; the checkpoint may be incomplete or of another architecture",
+                self.label()
+            ),
         };
-        Ok(tensor)
+        let tensor = match self.store {
+            Store::Checkpoint(ckpt) => {
+                if !ckpt.contains(name) {
+                    return Err(missing());
+                }
+                let view = ckpt.tensor(name)?;
+                let stored = crate::llava::candle_dtype(view.dtype);
+                Tensor::from_raw_buffer(view.data, stored, view.shape, &self.device)?
+            }
+            Store::Memory(tensors) => tensors
+                .get(name)
+                .ok_or_else(missing)?
+                .to_device(&self.device)?,
+        };
+        if tensor.dtype() == self.dtype {
+            Ok(tensor)
+        } else {
+            Ok(tensor.to_dtype(self.dtype)?)
+        }
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.ckpt.contains(name)
+        match self.store {
+            Store::Checkpoint(ckpt) => ckpt.contains(name),
+            Store::Memory(tensors) => tensors.contains_key(name),
+        }
+    }
+
+    /// Whether any tensor's name starts with `prefix`.
+    pub fn any_name_starts_with(&self, prefix: &str) -> bool {
+        match self.store {
+            Store::Checkpoint(ckpt) => ckpt.tensor_names().iter().any(|n| n.starts_with(prefix)),
+            Store::Memory(tensors) => tensors.keys().any(|n| n.starts_with(prefix)),
+        }
+    }
+
+    /// What the weights are, for messages.
+    fn label(&self) -> String {
+        match self.store {
+            Store::Checkpoint(ckpt) => ckpt.label().to_string(),
+            Store::Memory(tensors) => format!("{} tensors in memory", tensors.len()),
+        }
     }
 }
