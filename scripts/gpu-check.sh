@@ -17,7 +17,8 @@
 #   4. merge-parity: candidate merges on the GPU vs the CPU merger (DARE-TIES, DARE-linear, TIES, linear, slerp), f32
 #      and bf16, bit for bit (DARE masks and TIES thresholds too)
 #   5. the 1.1 B model set (3 × TinyLlama-shaped bf16, synthetic) written to $EVOMERGE_BENCH_DIR
-#   6. merge-bench: seconds per DARE-TIES (and per TIES) candidate into a live bf16 model on the GPU (resident sources) vs the
+#   6. merge-bench: seconds per DARE-TIES (and per TIES) candidate into a live bf16 model on the GPU (resident sources), also
+#      extrapolated to 7B by parameter count, vs the
 #      CPU merger + upload
 #   7. decode-bench: greedy tokens/s at batch 1 and 32, bf16, evomerge vs transformers (python3 with torch and
 #      transformers, as the machine has) on the same model and prompts

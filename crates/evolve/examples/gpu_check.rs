@@ -20,10 +20,11 @@
 //!     the candidate merge on the device vs the CPU merger, several DARE-TIES / DARE-linear / TIES / linear / slerp
 //!     candidates, f32 and bf16 sources: the written weights must be equal bit for bit (so the DARE masks and TIES
 //!     thresholds are identical)
-//! gpu_check merge-bench --models DIR [--device cuda] [--candidates 5]
+//! gpu_check merge-bench --models DIR [--device cuda] [--candidates 5] [--target-params 7.24e9]
 //!     DIR holds base/, ft1/, ft2/ (the 1.1 B set `cargo bench -p evomerge-merge --bench merge -- generate`
 //!     writes): seconds per DARE-TIES and per TIES candidate merged into a live bf16 model on the device, resident sources vs
-//!     the CPU merger + upload
+//!     the CPU merger + upload; and the median extrapolated to a --target-params model (Mistral-7B: 7.24e9) by the
+//!     ratio of parameter counts (the merge streams each source once), under its own `extrapolated_` key
 //! gpu_check decode-bench --model DIR [--device cuda] [--batch 1,32] [--new-tokens 128] [--prompt-len 32]
 //!     greedy decode tokens/s of our generation at each batch size (bf16 on a GPU)
 //! gpu_check vqa-extrapolate --model DIR [--device cuda] [--beams 5] [--new-tokens 64] [--prompt-len 640]
@@ -88,7 +89,7 @@ fn run() -> Res<()> {
         "merge-parity" => merge_parity(&path_flag(&flags, "fixtures")?, &device),
         "vlm-parity" => vlm_parity(&path_flag(&flags, "model")?, &path_flag(&flags, "images")?, &device),
         "vlm-bench" => vlm_bench(&flags, &device),
-        "merge-bench" => merge_bench(&path_flag(&flags, "models")?, &device, number(&flags, "candidates", 5)?),
+        "merge-bench" => merge_bench(&path_flag(&flags, "models")?, &device, number(&flags, "candidates", 5)?, float(&flags, "target-params", 7.24e9)?),
         "decode-bench" => {
             let batches = flags.get("batch").map_or("1,32", String::as_str);
             let batches = batches.split(',').map(str::parse).collect::<Result<Vec<usize>, _>>()?;
@@ -501,13 +502,14 @@ fn merge_parity(fixtures: &Path, device: &Device) -> Res<()> {
     Ok(())
 }
 
-fn merge_bench(models: &Path, device: &Device, candidates: usize) -> Res<()> {
+fn merge_bench(models: &Path, device: &Device, candidates: usize, target_params: f64) -> Res<()> {
     let config = recipe(models, "dare_ties", 0.5, 0.5, "")?;
     let opened = open_models(&config)?;
     let sources: Vec<&dyn TensorSource> = opened.iter().map(|m| m as &dyn TensorSource).collect();
     let mut merger = InMemoryMerger::from_sources(&config, sources, 0)?;
     let opts = LoadOptions { device: device.clone(), dtype: Some(DType::BF16), cpu_kernels: false, ..Default::default() };
     let mut live = Mistral::from_dir(&models.join("base"), &opts)?;
+    let params: usize = merger.plan().tensors.iter().map(|t| t.numel()).sum();
     let started = Instant::now();
     let dm = DeviceMerge::new(&merger, device)?;
     device.synchronize()?;
@@ -526,11 +528,19 @@ fn merge_bench(models: &Path, device: &Device, candidates: usize) -> Res<()> {
             times.push(started.elapsed().as_secs_f64());
         }
         times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
         println!(
-            "RESULT merge-bench method={method} path=device candidates={} median_seconds={:.4} min_seconds={:.4}",
+            "RESULT merge-bench method={method} path=device candidates={} median_seconds={median:.4} min_seconds={:.4}",
             times.len(),
-            times[times.len() / 2],
             times[0]
+        );
+        // The merge reads every source once and writes the model once: its time scales with the parameter count.
+        println!(
+            "RESULT merge-bench method={method} path=device model_params={:.3}e9 target_params={:.3}e9 \
+             assumption=time_scales_with_params extrapolated_target_median_seconds={:.3}",
+            params as f64 / 1e9,
+            target_params / 1e9,
+            median * target_params / params as f64
         );
     }
     // What the search did before: merge on the CPU, copy every tensor to the device.
