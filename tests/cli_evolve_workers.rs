@@ -8,6 +8,7 @@
 mod evolve_support;
 
 use std::collections::BTreeSet;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -28,13 +29,32 @@ fn recipe(dir: &Path, seed: u64) -> PathBuf {
 }
 
 fn spawn(args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_evomerge"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting evomerge")
+    spawn_gated(args, None)
+}
+
+/// `evomerge ARGS`; with `gate`, its trials are held back by that gate file (see [`set_gate`]).
+fn spawn_gated(args: &[&str], gate: Option<&Path>) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_evomerge"));
+    command.args(args).env("HF_HUB_OFFLINE", "1").stdout(Stdio::null()).stderr(Stdio::piped());
+    if let Some(gate) = gate {
+        command.env("EVOMERGE_TEST_TRIAL_GATE", gate);
+    }
+    command.spawn().expect("starting evomerge")
+}
+
+/// The test-only trial gate (EVOMERGE_TEST_TRIAL_GATE, read in crates/evolve/src/work.rs): a process
+/// that has evaluated trial n does not record it, and keeps holding it as running, until the gate
+/// file holds a number above n or is gone. `Some(m)` lets trials below m through, `None` all of them.
+fn set_gate(gate: &Path, open_below: Option<u64>) {
+    match open_below {
+        Some(m) => {
+            // Written whole and renamed in place: a reader never sees a half-written number.
+            let tmp = gate.with_extension("tmp");
+            std::fs::write(&tmp, m.to_string()).unwrap();
+            std::fs::rename(&tmp, gate).unwrap();
+        }
+        None => std::fs::remove_file(gate).unwrap(),
+    }
 }
 
 fn wait_ok(child: Child, what: &str) {
@@ -84,41 +104,57 @@ fn distributed(recipe: &Path, out: &Path, url: Option<&str>) -> (Vec<serde_json:
 
 /// Coordinator + 3 workers; SIGKILL one worker in the middle of a trial, later the coordinator,
 /// restart the coordinator: the records must still be the single-process ones.
+///
+/// The kills do not depend on catching the search at the right moment (a trial lasts some 50 ms and
+/// the whole search about a second, so polling could miss it on a fast or a busy machine): the trial
+/// gate holds the search where each kill belongs. Trials from 3 on are held (evaluated, not recorded,
+/// still running) until a worker holding one has been killed; trials from 8 on until the coordinator
+/// has been killed and restarted. The search cannot end before either kill.
 fn distributed_with_kills(recipe: &Path, out: &Path, url: Option<&str>) -> Vec<serde_json::Value> {
     let journal = url.unwrap_or(out.to_str().unwrap()).to_string();
-    let mut workers: Vec<Child> = (0..3).map(|_| spawn(&["worker", "--journal", &journal, "--wait-seconds", "120"])).collect();
-    let mut coordinator = spawn(&coordinator_args(recipe, out, url));
+    let gate = out.with_extension("gate");
+    set_gate(&gate, Some(3));
+    let mut workers: Vec<Child> =
+        (0..3).map(|_| spawn_gated(&["worker", "--journal", &journal, "--wait-seconds", "120"], Some(&gate))).collect();
+    let mut coordinator = spawn_gated(&coordinator_args(recipe, out, url), Some(&gate));
     let started = Instant::now();
-    let mut killed_worker = false;
-    let mut killed_coordinator = false;
-    while !(killed_worker && killed_coordinator) {
-        assert!(started.elapsed() < Duration::from_secs(240), "could not kill a worker and the coordinator mid-search");
+    // Poll the journal until `ready` holds for its records; the coordinator must not end meanwhile.
+    let wait_for = |coordinator: &mut Child, what: &str, ready: &dyn Fn(&[serde_json::Value]) -> bool| loop {
+        assert!(started.elapsed() < Duration::from_secs(240), "waited too long for {what}");
         if coordinator.try_wait().unwrap().is_some() {
-            break;
+            let mut err = String::new();
+            if let Some(mut e) = coordinator.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            panic!("the search ended before {what}: {err}");
         }
         let now = raw_records(out.to_str().unwrap());
-        let complete = now.iter().filter(|r| r["status"] == "complete").count();
-        if !killed_worker && complete >= 2 {
-            // A worker holding a running trial.
-            let running: Vec<u32> = now
-                .iter()
-                .filter(|r| r["status"] == "running")
-                .filter_map(|r| r["worker"].as_str()?.rsplit(':').next()?.parse().ok())
-                .collect();
-            if let Some(w) = workers.iter_mut().find(|w| running.contains(&w.id())) {
-                w.kill().unwrap();
-                w.wait().unwrap();
-                killed_worker = true;
-            }
-        } else if killed_worker && !killed_coordinator && complete >= 7 {
-            coordinator.kill().unwrap();
-            coordinator.wait().unwrap();
-            killed_coordinator = true;
-            coordinator = spawn(&coordinator_args(recipe, out, url));
+        if ready(&now) {
+            return now;
         }
         std::thread::sleep(Duration::from_millis(5));
-    }
-    assert!(killed_worker && killed_coordinator, "the search ended before the kills");
+    };
+    let complete = |now: &[serde_json::Value]| now.iter().filter(|r| r["status"] == "complete").count();
+    // A worker of ours holding a running trial the gate holds back (so still holding it at the kill).
+    let pids: Vec<u32> = workers.iter().map(Child::id).collect();
+    let held = |now: &[serde_json::Value]| -> Vec<u32> {
+        now.iter()
+            .filter(|r| r["status"] == "running" && r["trial"].as_u64().is_some_and(|t| t >= 3))
+            .filter_map(|r| r["worker"].as_str()?.rsplit(':').next()?.parse().ok())
+            .filter(|p| pids.contains(p))
+            .collect()
+    };
+    let now = wait_for(&mut coordinator, "a worker held a running trial", &|now| complete(now) >= 2 && !held(now).is_empty());
+    let holding = held(&now);
+    let w = workers.iter_mut().find(|w| holding.contains(&w.id())).unwrap();
+    w.kill().unwrap();
+    w.wait().unwrap();
+    set_gate(&gate, Some(8));
+    wait_for(&mut coordinator, "7 trials were complete", &|now| complete(now) >= 7);
+    coordinator.kill().unwrap();
+    coordinator.wait().unwrap();
+    coordinator = spawn_gated(&coordinator_args(recipe, out, url), Some(&gate));
+    set_gate(&gate, None);
     wait_ok(coordinator, "the restarted coordinator");
     for mut w in workers {
         if w.try_wait().unwrap().is_some_and(|s| !s.success()) {

@@ -85,6 +85,7 @@ pub fn evaluate_claim(
     let t0 = Instant::now();
     let result = budget.execute(phase, journal, claim);
     let seconds = t0.elapsed().as_secs_f64();
+    test_gate(claim.trial);
     heartbeat.set(None);
     let recorded = match &result {
         Ok(outcome) => journal.finish_trial(claim.trial, worker, Ok(outcome), seconds)?,
@@ -97,4 +98,27 @@ pub fn evaluate_claim(
         tracing::warn!("trial {}: not recorded by this process (its lease ran out and another process took it)", claim.trial);
     }
     Ok(recorded)
+}
+
+/// For tests only: the environment variable naming a gate file that holds evaluated trials back from
+/// being recorded. It is read here and nowhere else, and is no setting of the command line.
+const TEST_TRIAL_GATE_ENV: &str = "EVOMERGE_TEST_TRIAL_GATE";
+
+/// Tests that kill processes in the middle of a search (tests/cli_evolve_workers.rs) need a trial to be
+/// in flight at a moment they choose, however fast trials run or slow the machine is. With
+/// `EVOMERGE_TEST_TRIAL_GATE=FILE` set, a process that has evaluated trial `n` waits — still holding it
+/// as `running`, its lease kept by the heartbeat, its result not recorded — while FILE exists and does
+/// not hold a number greater than `n` (a file that cannot be read or parsed holds back too). The test
+/// lets trials below `m` through by writing `m` (atomically, by a rename) and every trial by removing
+/// FILE. Unset (always, outside tests), this does nothing.
+fn test_gate(trial: u64) {
+    let Some(gate) = std::env::var_os(TEST_TRIAL_GATE_ENV) else { return };
+    let gate = std::path::PathBuf::from(gate);
+    loop {
+        match std::fs::read_to_string(&gate) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Ok(text) if text.trim().parse::<u64>().is_ok_and(|open_below| trial < open_below) => return,
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
 }
