@@ -228,6 +228,12 @@ fn a_worker_with_another_recipe_is_refused() {
     // is done, so the worker has nothing to do and exits.
     let o = evomerge(&["worker", "--journal", out.to_str().unwrap(), "--recipe", path.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
+    // Where a worker evaluates is its own (--device, not part of the search); an unknown device is named.
+    let o = evomerge(&["worker", "--journal", out.to_str().unwrap(), "--device", "cpu"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = evomerge(&["worker", "--journal", out.to_str().unwrap(), "--device", "gpu:1"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--device") && stderr(&o).contains("gpu:1"), "{}", stderr(&o));
     // No search at all.
     let o = evomerge(&["worker", "--journal", tmp.path().join("nothing").to_str().unwrap(), "--wait-seconds", "0"]);
     assert!(!o.status.success());

@@ -41,6 +41,9 @@ const IDLE_POLL: Duration = Duration::from_millis(50);
 
 /// Serve the search in `options.journal` until it is done.
 pub fn run_worker(options: &WorkerOptions) -> Result<WorkerReport> {
+    if let Some(device) = &options.device {
+        crate::recipe::check_device(device).map_err(|m| EvolveError::recipe("--device", m))?;
+    }
     let journal = wait_for_search(options)?;
     let recipe = worker_recipe(&journal, options)?;
     let worker = worker_id();
@@ -134,7 +137,6 @@ fn worker_recipe(journal: &Journal, options: &WorkerOptions) -> Result<EvolveRec
     };
     let mut recipe = recipe;
     if let Some(device) = &options.device {
-        crate::recipe::check_device(device).map_err(|m| EvolveError::recipe("--device", m))?;
         recipe.device = device.clone();
     }
     Ok(recipe)
