@@ -162,9 +162,9 @@ impl<'a> InMemoryMerger<'a> {
     /// Planned tensor `index` as a fixed weighted sum of its rows, given its statistics
     /// ([`InMemoryMerger::sum_statistics`]): `None` when it has no rows or its method no such form.
     pub fn weighted_sum(&self, index: usize, statistics: &[f64]) -> Option<Result<WeightedSum, MergeError>> {
-        self.sum_rows(index)?;
-        let tensor = &self.plan.tensors[index];
-        let TensorJob::Merge { shared, inputs, .. } = &tensor.job else { return None };
+        let tensor = self.plan.tensors.get(index)?;
+        // The tensors `sum_rows` gives rows for.
+        let TensorJob::Merge { shared, inputs, vocab: None, permute: None, .. } = &tensor.job else { return None };
         let params: Vec<(usize, &ParamSet)> = inputs.iter().map(|i| (i.model, &i.params)).collect();
         self.plan.method.weighted_sum(&self.context(tensor), shared, &params, statistics)
     }

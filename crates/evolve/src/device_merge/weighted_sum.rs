@@ -53,10 +53,6 @@ impl SumOp {
         };
         Ok(SumOp { form: form.clone(), params, out_dtype })
     }
-
-    pub fn params(&self) -> &SumParams {
-        &self.params
-    }
 }
 
 impl CustomOp1 for SumOp {

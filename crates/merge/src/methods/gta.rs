@@ -131,14 +131,24 @@ pub(crate) fn input_f64s(
     name: &str,
     method: &str,
 ) -> Result<Vec<f64>, MergeError> {
+    param_f64s(ctx, inputs.iter().map(|i| (i.model, i.params)), name, method)
+}
+
+/// [`input_f64s`] over the inputs' (model index, parameters), as the per-element and weighted-sum forms get them.
+pub(crate) fn param_f64s<'p>(
+    ctx: &TensorContext,
+    inputs: impl IntoIterator<Item = (usize, &'p ParamSet)>,
+    name: &str,
+    method: &str,
+) -> Result<Vec<f64>, MergeError> {
     inputs
-        .iter()
-        .map(|i| {
-            i.params.float(name).ok_or_else(|| MergeError::MissingParameter {
+        .into_iter()
+        .map(|(model, params)| {
+            params.float(name).ok_or_else(|| MergeError::MissingParameter {
                 parameter: name.into(),
                 method: method.into(),
                 tensor: ctx.name.into(),
-                model: format!("#{}", i.model),
+                model: format!("#{model}"),
             })
         })
         .collect()
@@ -284,16 +294,12 @@ impl MergeMethod for GeneralizedTaskArithmetic {
             return None;
         }
         let (rescale, normalize, lambda, consensus) = self.shared_settings(shared);
+        let weights = match param_f64s(ctx, inputs.iter().copied(), "weight", self.name) {
+            Ok(weights) => weights,
+            Err(e) => return Some(Err(e)),
+        };
         let mut planned = Vec::with_capacity(inputs.len());
-        for &(model, params) in inputs {
-            let Some(weight) = params.float("weight") else {
-                return Some(Err(MergeError::MissingParameter {
-                    parameter: "weight".into(),
-                    method: self.name.into(),
-                    tensor: ctx.name.into(),
-                    model: format!("#{model}"),
-                }));
-            };
+        for (&(model, params), weight) in inputs.iter().zip(weights) {
             let density = params.float("density").unwrap_or(1.0);
             // The same decisions as `merge`, for the sparsifications whose plan reads no data.
             let keep = match self.sparsification {

@@ -60,15 +60,8 @@ impl MergeMethod for Linear {
         if ctx.compute.is_some_and(|d| d != evomerge_checkpoint::Dtype::F32) {
             return None;
         }
-        let weights = inputs.iter().map(|&(model, params)| {
-            params.float("weight").map(|w| w as f32).ok_or_else(|| MergeError::MissingParameter {
-                parameter: "weight".into(),
-                method: self.name().into(),
-                tensor: ctx.name.into(),
-                model: format!("#{model}"),
-            })
-        });
-        Some(weights.collect::<Result<Vec<f32>, _>>().and_then(|w| self.form(ctx, shared, w, false)))
+        let weights = super::gta::param_f64s(ctx, inputs.iter().copied(), "weight", self.name());
+        Some(weights.and_then(|w| self.form(ctx, shared, w.into_iter().map(|w| w as f32).collect(), false)))
     }
 }
 
