@@ -51,7 +51,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use evomerge_evolve::device_merge::DeviceMerge;
-use evomerge_evolve::generators::parse_device;
+use evomerge_evolve::generators::{device_name, parse_device, parse_dtype};
 use evomerge_merge::{
     merge_to_dir, open_models, InMemoryMerger, MergeConfig, MergeError, MergeOptions, TensorSource,
 };
@@ -133,25 +133,10 @@ fn float(flags: &BTreeMap<String, String>, name: &str, default: f64) -> Res<f64>
     }
 }
 
-/// `--dtype bf16|f16|f32`; by default bf16 on an accelerator and f32 on the CPU (as decode-bench).
+/// `--dtype bf16|f16|f32` (the CLI's parser); by default bf16 on an accelerator and f32 on the CPU (as decode-bench).
 fn dtype_flag(flags: &BTreeMap<String, String>, device: &Device) -> Res<DType> {
-    match flags.get("dtype").map(String::as_str) {
-        None => Ok(if device.is_cpu() { DType::F32 } else { DType::BF16 }),
-        Some("bf16") => Ok(DType::BF16),
-        Some("f16") => Ok(DType::F16),
-        Some("f32") => Ok(DType::F32),
-        Some(other) => Err(format!("--dtype: `{other}` (bf16, f16 or f32)").into()),
-    }
-}
-
-fn device_name(device: &Device) -> &'static str {
-    if device.is_cuda() {
-        "cuda"
-    } else if device.is_metal() {
-        "metal"
-    } else {
-        "cpu"
-    }
+    let given = parse_dtype(flags.get("dtype").map(String::as_str)).map_err(|e| format!("--dtype: {e}"))?;
+    Ok(given.unwrap_or(if device.is_cpu() { DType::F32 } else { DType::BF16 }))
 }
 
 fn generate_parity(dir: &Path, device: &Device) -> Res<()> {
@@ -358,6 +343,13 @@ fn vlm_bench(flags: &BTreeMap<String, String>, device: &Device) -> Res<()> {
     Ok(())
 }
 
+/// The merge recipe `yaml`, its model paths relative to `dir`.
+fn config_in(dir: &Path, yaml: &str) -> Res<MergeConfig> {
+    let mut config = MergeConfig::from_yaml(yaml)?;
+    config.recipe_dir = Some(dir.to_path_buf());
+    Ok(config)
+}
+
 /// A DARE recipe over `base`, `ft1`, `ft2` in `dir`.
 fn recipe(dir: &Path, method: &str, d1: f64, d2: f64, shared: &str) -> Res<MergeConfig> {
     let yaml = format!(
@@ -365,9 +357,7 @@ fn recipe(dir: &Path, method: &str, d1: f64, d2: f64, shared: &str) -> Res<Merge
          - model: ft2\n    parameters: {{weight: 0.45, density: {d2}}}\nmerge_method: {method}\n\
          base_model: base\nparameters: {{{shared}}}\ndtype: bfloat16\n"
     );
-    let mut config = MergeConfig::from_yaml(&yaml)?;
-    config.recipe_dir = Some(dir.to_path_buf());
-    Ok(config)
+    config_in(dir, &yaml)
 }
 
 const CANDIDATES: [(&str, f64, f64, &str); 7] = [
@@ -387,9 +377,7 @@ fn linear_recipe(dir: &Path, w: [f64; 3], shared: &str) -> Res<MergeConfig> {
          - model: ft2\n    parameters: {{weight: {}}}\nmerge_method: linear\nparameters: {{{shared}}}\ndtype: bfloat16\n",
         w[0], w[1], w[2]
     );
-    let mut config = MergeConfig::from_yaml(&yaml)?;
-    config.recipe_dir = Some(dir.to_path_buf());
-    Ok(config)
+    config_in(dir, &yaml)
 }
 
 /// A slerp recipe from `base` to `ft1` in `dir`.
@@ -398,9 +386,7 @@ fn slerp_recipe(dir: &Path, t: f64) -> Res<MergeConfig> {
         "models:\n  - model: base\n  - model: ft1\nmerge_method: slerp\nbase_model: base\nparameters: {{t: {t}}}\n\
          dtype: bfloat16\n"
     );
-    let mut config = MergeConfig::from_yaml(&yaml)?;
-    config.recipe_dir = Some(dir.to_path_buf());
-    Ok(config)
+    config_in(dir, &yaml)
 }
 
 /// The candidates merge-parity checks, by family (one device merge per family: the first candidate's plan), each
@@ -466,8 +452,7 @@ fn merge_parity(fixtures: &Path, device: &Device) -> Res<()> {
     let tmp = tempfile::tempdir()?;
     for model in ["base", "ft1", "ft2"] {
         let yaml = format!("models:\n  - model: {model}\n    parameters: {{weight: 1.0}}\nmerge_method: linear\ndtype: bfloat16\n");
-        let mut copy = MergeConfig::from_yaml(&yaml)?;
-        copy.recipe_dir = Some(f32_dir.clone());
+        let copy = config_in(&f32_dir, &yaml)?;
         merge_to_dir(&copy, &tmp.path().join(model), &MergeOptions { progress: false, ..Default::default() })?;
     }
     for (dir, live_dtype) in [(&f32_dir, DType::F32), (&f32_dir, DType::BF16), (&tmp.path().to_path_buf(), DType::BF16)] {
